@@ -1,0 +1,249 @@
+//! VM records and the requests that act on them.
+//!
+//! A VM is split the way the daemon's crash safety needs it:
+//! - [`VmSpec`]: durable intent, what the user asked for;
+//! - [`VmRuntime`]: durable or deterministic facts the daemon derived
+//!   (paths, guest address, last error) plus *mirrors* of the
+//!   teardown-critical kernel handles so cleanup survives a lost cache.
+//!
+//! Transient handles (pids, taps, loops as live objects) are not here:
+//! they live in the daemon's memory and a per-VM scratch file, never on
+//! the wire or in SQLite as authority.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle state of a VM. Which transitions are legal is the daemon
+/// core's business (`banger_core::lifecycle`); this is only the label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    Created,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Error,
+}
+
+impl VmState {
+    pub const ALL: [VmState; 6] = [
+        Self::Created,
+        Self::Starting,
+        Self::Running,
+        Self::Stopping,
+        Self::Stopped,
+        Self::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Unknown state label (a database written by a newer banger).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown vm state {0:?}")]
+pub struct UnknownState(pub String);
+
+impl FromStr for VmState {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_owned()))
+    }
+}
+
+/// Which virtual machine monitor runs the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmmKind {
+    Firecracker,
+    Qemu,
+}
+
+impl VmmKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Firecracker => "firecracker",
+            Self::Qemu => "qemu",
+        }
+    }
+}
+
+impl fmt::Display for VmmKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Durable intent: what the VM should be. Changed only by the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Size of the VM's copy-on-write root disk.
+    pub root_disk_bytes: u64,
+    /// Size of the persistent work disk mounted at `/root`.
+    pub work_disk_bytes: u64,
+    pub image: String,
+    pub kernel: String,
+    pub nat: bool,
+    pub vmm: VmmKind,
+}
+
+/// Durable or derived facts about a VM, owned by the daemon.
+///
+/// Every field is optional so rows written by an older daemon decode, and
+/// empty fields stay out of the JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRuntime {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_socket: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_cid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_log: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_disk_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_disk_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Mirrors of teardown-critical handles: written together with the
+    /// handle scratch file so cleanup still finds them when the cache and
+    /// the scratch file are lost.
+    #[serde(default, skip_serializing_if = "TeardownMirror::is_empty")]
+    pub teardown: TeardownMirror,
+}
+
+/// Names of host objects a VM owns, as last recorded durably.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeardownMirror {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loops: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dm_target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail_root: Option<String>,
+}
+
+impl TeardownMirror {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// A VM as stored and as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub id: String,
+    pub name: String,
+    pub state: VmState,
+    pub spec: VmSpec,
+    pub runtime: VmRuntime,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `POST /v1/vms`. Every field is optional: the daemon fills defaults
+/// from its configuration and the host's capabilities.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVmRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_disk_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_disk_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub nat: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<VmmKind>,
+}
+
+/// `PATCH /v1/vms/{vm}`: changes to a VM's spec; absent fields stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetVmRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_disk_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<bool>,
+}
+
+impl SetVmRequest {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_labels_round_trip() {
+        for st in VmState::ALL {
+            assert_eq!(st.as_str().parse::<VmState>(), Ok(st));
+            assert_eq!(
+                serde_json::to_value(st).expect("ser"),
+                serde_json::Value::String(st.as_str().into())
+            );
+        }
+        assert!("paused".parse::<VmState>().is_err());
+    }
+
+    #[test]
+    fn old_runtime_rows_decode_and_empty_fields_stay_out() {
+        let rt: VmRuntime = serde_json::from_str("{}").expect("empty runtime decodes");
+        assert_eq!(rt, VmRuntime::default());
+        assert_eq!(serde_json::to_string(&rt).expect("ser"), "{}");
+    }
+
+    #[test]
+    fn create_request_rejects_unknown_fields() {
+        let err = serde_json::from_str::<CreateVmRequest>(r#"{"nmae":"x"}"#)
+            .expect_err("typo must not be ignored");
+        assert!(err.to_string().contains("nmae"), "{err}");
+    }
+}
