@@ -1,1 +1,12 @@
+//! Host side effects and host inspection, behind traits.
+//!
+//! Everything the daemon learns from or does to the host goes through a
+//! trait in this crate with two implementations: the real one, and a
+//! recording fake that unit tests drive without privileges or host
+//! changes.
 
+pub mod doctor;
+pub mod probe;
+
+pub use doctor::{DoctorInputs, run_doctor};
+pub use probe::{FakeProbe, HostProbe, ProbeError, SystemProbe, ToolOutput};

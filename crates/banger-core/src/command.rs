@@ -1,0 +1,37 @@
+//! The one enum every API request becomes.
+
+use banger_api::daemon::DaemonStatus;
+use banger_api::doctor::DoctorReport;
+use banger_api::vm::{CreateVmRequest, SetVmRequest, VmRecord};
+
+/// A request to the core. `vm` fields take a name or an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    DaemonStatus,
+    /// Ask the daemon to exit; running VMs are left running.
+    Shutdown,
+    Doctor,
+    VmList,
+    VmShow {
+        vm: String,
+    },
+    VmCreate(CreateVmRequest),
+    VmSet {
+        vm: String,
+        changes: SetVmRequest,
+    },
+    VmDelete {
+        vm: String,
+    },
+}
+
+/// What a command produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Status(DaemonStatus),
+    ShuttingDown,
+    Doctor(DoctorReport),
+    Vms(Vec<VmRecord>),
+    Vm(VmRecord),
+    Deleted(VmRecord),
+}
