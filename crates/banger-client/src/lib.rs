@@ -1,1 +1,393 @@
+//! A typed client for `bangerd`'s API over its unix socket.
+//!
+//! HTTP/1.1, one connection per request: requests are rare and local, and
+//! a fresh connection per call means a restarted daemon is picked up with
+//! no reconnect logic.
 
+use std::path::{Path, PathBuf};
+
+use banger_api::daemon::DaemonStatus;
+use banger_api::doctor::DoctorReport;
+use banger_api::event::{Progress, StreamEvent};
+use banger_api::vm::{CreateVmRequest, SetVmRequest, VmRecord};
+use banger_api::{ApiError, ErrorCode};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket (daemon not running).
+    #[error("cannot reach bangerd at {socket}: {source}")]
+    Unreachable {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to bangerd at {socket}: {source}")]
+    Http {
+        socket: PathBuf,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The daemon answered with an error.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("unexpected answer from bangerd for {what}: {message}")]
+    Decode { what: String, message: String },
+    #[error(
+        "bangerd closed the stream of {what} before the result (did the daemon die? `banger daemon logs` shows why)"
+    )]
+    StreamEnded { what: String },
+}
+
+impl ClientError {
+    /// True when the daemon is not there at all (so starting it may help).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
+
+    /// The API error code, when the daemon answered with one.
+    pub fn api_code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Api(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+/// Client of one daemon socket.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let http = |source| ClientError::Http {
+            socket: self.socket.clone(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        tokio::spawn(async move {
+            // Errors surface on the request future; nothing to do here.
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://bangerd{path}"))
+            .header(hyper::header::HOST, "bangerd");
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Decode {
+                what: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        sender.send_request(req).await.map_err(http)
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|source| ClientError::Http {
+                socket: self.socket.clone(),
+                source,
+            })?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(ClientError::Api(error_from(status.as_u16(), &bytes)));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            what: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Calls a streaming endpoint: `on_progress` sees each progress event,
+    /// the result event's value is returned.
+    pub async fn stream<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        mut on_progress: impl FnMut(&Progress),
+    ) -> Result<T, ClientError> {
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(ClientError::Api(error_from(status.as_u16(), &bytes)));
+        }
+        let mut buf = BytesMut::new();
+        loop {
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line = buf.split_to(pos + 1);
+                let line = &line[..pos];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let ev: StreamEvent<T> =
+                    serde_json::from_slice(line).map_err(|e| ClientError::Decode {
+                        what: path.to_owned(),
+                        message: format!("bad stream line: {e}"),
+                    })?;
+                match ev {
+                    StreamEvent::Progress(p) => on_progress(&p),
+                    StreamEvent::Result { value } => return Ok(value),
+                    StreamEvent::Error(e) => return Err(ClientError::Api(e)),
+                }
+            }
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                }
+                Some(Err(source)) => {
+                    return Err(ClientError::Http {
+                        socket: self.socket.clone(),
+                        source,
+                    });
+                }
+                None => {
+                    return Err(ClientError::StreamEnded {
+                        what: path.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn json<B: Serialize>(body: &B) -> Option<Vec<u8>> {
+        serde_json::to_vec(body).ok()
+    }
+
+    pub async fn status(&self) -> Result<DaemonStatus, ClientError> {
+        self.call(Method::GET, "/v1/daemon/status", None).await
+    }
+
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>(Method::POST, "/v1/daemon/shutdown", None)
+            .await
+            .map(drop)
+    }
+
+    pub async fn doctor(&self) -> Result<DoctorReport, ClientError> {
+        self.call(Method::GET, "/v1/host/doctor", None).await
+    }
+
+    pub async fn list_vms(&self) -> Result<Vec<VmRecord>, ClientError> {
+        self.call(Method::GET, "/v1/vms", None).await
+    }
+
+    pub async fn show_vm(&self, vm: &str) -> Result<VmRecord, ClientError> {
+        self.call(Method::GET, &vm_path(vm), None).await
+    }
+
+    pub async fn create_vm(
+        &self,
+        req: &CreateVmRequest,
+        on_progress: impl FnMut(&Progress),
+    ) -> Result<VmRecord, ClientError> {
+        self.stream(Method::POST, "/v1/vms", Self::json(req), on_progress)
+            .await
+    }
+
+    pub async fn set_vm(&self, vm: &str, req: &SetVmRequest) -> Result<VmRecord, ClientError> {
+        self.call(Method::PATCH, &vm_path(vm), Self::json(req))
+            .await
+    }
+
+    pub async fn delete_vm(&self, vm: &str) -> Result<VmRecord, ClientError> {
+        self.call(Method::DELETE, &vm_path(vm), None).await
+    }
+}
+
+/// Path segment for a VM reference. References are validated DNS labels
+/// on the daemon side; anything else is percent-encoded here so a bad
+/// reference reaches the daemon intact and gets its clear refusal.
+fn vm_path(vm: &str) -> String {
+    let mut out = String::from("/v1/vms/");
+    for b in vm.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn error_from(status: u16, body: &[u8]) -> ApiError {
+    serde_json::from_slice(body).unwrap_or_else(|_| {
+        ApiError::new(
+            ErrorCode::from_http_status(status),
+            format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    use super::*;
+
+    /// A one-shot server that answers every connection with `response`.
+    fn serve(dir: &Path, response: &'static str) -> PathBuf {
+        let sock = dir.join("s.sock");
+        let listener = UnixListener::bind(&sock).expect("bind");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                // Write in small pieces so line framing is exercised.
+                for chunk in response.as_bytes().chunks(7) {
+                    let _ = s.write_all(chunk).await;
+                    let _ = s.flush().await;
+                }
+                let _ = s.shutdown().await;
+            }
+        });
+        sock
+    }
+
+    #[tokio::test]
+    async fn missing_socket_is_unreachable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = Client::new(dir.path().join("none.sock"))
+            .list_vms()
+            .await
+            .expect_err("no daemon");
+        assert!(err.is_unreachable(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn error_bodies_become_api_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = serve(
+            dir.path(),
+            "HTTP/1.1 409 Conflict\r\ncontent-type: application/json\r\ncontent-length: 45\r\nconnection: close\r\n\r\n{\"code\":\"invalid_state\",\"message\":\"vm is up\"}",
+        );
+        let err = Client::new(sock).show_vm("x").await.expect_err("409");
+        assert_eq!(err.api_code(), Some(ErrorCode::InvalidState));
+        assert_eq!(err.to_string(), "vm is up");
+    }
+
+    #[tokio::test]
+    async fn non_json_error_falls_back_to_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = serve(
+            dir.path(),
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope",
+        );
+        let err = Client::new(sock).show_vm("x").await.expect_err("404");
+        assert_eq!(err.api_code(), Some(ErrorCode::NotFound));
+        assert!(err.to_string().contains("nope"));
+    }
+
+    #[tokio::test]
+    async fn stream_reads_progress_split_across_frames_then_result() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = serve(
+            dir.path(),
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n{\"event\":\"progress\",\"stage\":\"a\"}\n\n{\"event\":\"progress\",\"stage\":\"b\",\"fraction\":0.5}\n{\"event\":\"result\",\"value\":42}\n",
+        );
+        let mut stages = Vec::new();
+        let v: u32 = Client::new(sock)
+            .stream(Method::POST, "/v1/x", None, |p| {
+                stages.push(p.stage.clone())
+            })
+            .await
+            .expect("stream");
+        assert_eq!(v, 42);
+        assert_eq!(stages, ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn stream_without_result_is_reported_as_ended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = serve(
+            dir.path(),
+            "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{\"event\":\"progress\",\"stage\":\"a\"}\n",
+        );
+        let err = Client::new(sock)
+            .stream::<u32>(Method::POST, "/v1/x", None, |_| {})
+            .await
+            .expect_err("ended");
+        assert!(matches!(err, ClientError::StreamEnded { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn stream_error_event_is_returned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = serve(
+            dir.path(),
+            "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{\"event\":\"error\",\"code\":\"conflict\",\"message\":\"taken\"}\n",
+        );
+        let err = Client::new(sock)
+            .stream::<u32>(Method::POST, "/v1/x", None, |_| {})
+            .await
+            .expect_err("error event");
+        assert_eq!(err.api_code(), Some(ErrorCode::Conflict));
+    }
+
+    #[test]
+    fn vm_paths_are_escaped() {
+        assert_eq!(vm_path("web-1"), "/v1/vms/web-1");
+        assert_eq!(vm_path("../x"), "/v1/vms/%2E%2E%2Fx");
+    }
+}

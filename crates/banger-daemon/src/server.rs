@@ -1,0 +1,144 @@
+//! The daemon process: set-up, serve, shut down.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use banger_config::Config;
+use banger_core::Core;
+use banger_host::SystemProbe;
+use banger_store::{Store, StoreError};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::lock::{InstanceLock, LockError};
+use crate::{api, logging};
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("creating {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening log file {path}: {source}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("listening on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("serving the API: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// How the process was started.
+#[derive(Debug, Clone, Copy)]
+pub struct DaemonOptions {
+    /// Also log to stderr (foreground). A detached daemon's stderr is a
+    /// file that only needs panics and pre-logging failures.
+    pub log_to_stderr: bool,
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<(), DaemonError> {
+    let err = |source| DaemonError::Dir {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
+}
+
+/// Runs the daemon until SIGTERM, SIGINT or an API shutdown request.
+/// Running VMs are not touched on the way out: they belong to the host,
+/// and the next daemon adopts them.
+pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError> {
+    mkdir(&config.state_dir, 0o700)?;
+    mkdir(&config.runtime_dir, 0o755)?;
+    if let Some(parent) = config.socket.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| DaemonError::Dir {
+            path: parent.to_owned(),
+            source,
+        })?;
+    }
+    let lock = InstanceLock::acquire(&config.lock_path())?;
+    let _log = logging::init(&config.log_path(), &config.log_level, opts.log_to_stderr).map_err(
+        |source| DaemonError::Log {
+            path: config.log_path(),
+            source,
+        },
+    )?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        state_dir = %config.state_dir.display(),
+        socket = %config.socket.display(),
+        lock = %lock.path().display(),
+        "bangerd starting"
+    );
+
+    let store = Arc::new(Store::open(&config.db_path())?);
+    let socket = config.socket.clone();
+    let core = Arc::new(Core::new(config, store, Arc::new(SystemProbe)));
+    match core.refresh_host().await {
+        Ok(report) => tracing::info!(
+            default_vmm = ?report.default_vmm,
+            storage = ?report.storage,
+            "host capabilities probed"
+        ),
+        Err(e) => tracing::warn!(error = %e, "host probe failed"),
+    }
+
+    // We hold the instance lock, so a socket file here is a dead daemon's.
+    match std::fs::remove_file(&socket) {
+        Ok(()) => tracing::info!(socket = %socket.display(), "removed stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(DaemonError::Listen {
+                path: socket,
+                source,
+            });
+        }
+    }
+    let listener = UnixListener::bind(&socket).map_err(|source| DaemonError::Listen {
+        path: socket.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(
+        |source| DaemonError::Listen {
+            path: socket.clone(),
+            source,
+        },
+    )?;
+
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut api_stop = core.shutdown_requested();
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = api_stop.wait_for(|v| *v) => {}
+        }
+    };
+    tracing::info!("listening");
+    let served = axum::serve(listener, api::router(Arc::clone(&core)))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("bangerd stopped; running vms were left running");
+    served.map_err(DaemonError::Serve)
+}
