@@ -1,1 +1,251 @@
+//! The `banger` command line.
+//!
+//! Thin by design: parse arguments, make sure a daemon is listening
+//! ([`daemon_ctl`]), call it through [`banger_client`], render the answer
+//! ([`render`], [`progress`]).
 
+pub mod args;
+pub mod daemon_ctl;
+pub mod progress;
+pub mod render;
+
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use banger_api::doctor::CheckStatus;
+use banger_api::size::parse_size;
+use banger_api::vm::{CreateVmRequest, SetVmRequest};
+use banger_client::Client;
+use banger_config::Config;
+use clap::{CommandFactory, Parser};
+
+use crate::args::{Cli, DaemonCmd, Top, VmCmd};
+
+/// Parses the process arguments and runs; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Top::Completions { shell } = &cli.command {
+        let mut cmd = Cli::command();
+        clap_complete::generate(*shell, &mut cmd, "banger", &mut std::io::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = Config::load().context("loading configuration")?;
+    match cli.command {
+        Top::Completions { .. } => unreachable_completions(),
+        Top::Doctor { json } => doctor(&config, json).await,
+        Top::Daemon { command } => daemon(&config, command).await,
+        Top::Vm { command } => vm(&config, command).await,
+    }
+}
+
+fn unreachable_completions() -> Result<ExitCode> {
+    bail!("completions are handled before configuration is loaded")
+}
+
+async fn doctor(config: &Config, json: bool) -> Result<ExitCode> {
+    let client = daemon_ctl::connect(config).await?;
+    let report = client.doctor().await?;
+    if json {
+        render::json(&report)?;
+    } else {
+        render::doctor(&report);
+    }
+    let failed = report.checks.iter().any(|c| c.status == CheckStatus::Fail);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn daemon(config: &Config, cmd: DaemonCmd) -> Result<ExitCode> {
+    let client = Client::new(&config.socket);
+    match cmd {
+        DaemonCmd::Start => {
+            if let Ok(st) = client.status().await {
+                println!("bangerd is already running (pid {})", st.pid);
+            } else {
+                let st = daemon_ctl::start(config).await?;
+                println!("bangerd started (pid {}, socket {})", st.pid, st.socket);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DaemonCmd::Stop => {
+            match daemon_ctl::stop(&client).await? {
+                Some(pid) => println!("bangerd (pid {pid}) stopped; running vms keep running"),
+                None => println!("bangerd is not running"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DaemonCmd::Status { json } => match client.status().await {
+            Ok(st) => {
+                if json {
+                    render::json(&serde_json::json!({"running": true, "status": st}))?;
+                } else {
+                    render::daemon_status(&st);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) if e.is_unreachable() => {
+                if json {
+                    render::json(&serde_json::json!({"running": false}))?;
+                } else {
+                    println!(
+                        "bangerd is not running (socket {}); any banger command starts it",
+                        config.socket.display()
+                    );
+                }
+                // Same convention as `systemctl status` for an inactive unit.
+                Ok(ExitCode::from(3))
+            }
+            Err(e) => Err(e.into()),
+        },
+        DaemonCmd::Logs { lines, follow } => {
+            logs(&config.log_path(), lines, follow).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn logs(path: &std::path::Path, lines: usize, follow: bool) -> Result<()> {
+    let mut file = std::fs::File::open(path).with_context(|| {
+        format!(
+            "opening {} (has bangerd ever run with this state dir?)",
+            path.display()
+        )
+    })?;
+    let all: Vec<String> = std::io::BufReader::new(&file)
+        .lines()
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    for l in &all[all.len().saturating_sub(lines)..] {
+        writeln!(out, "{l}")?;
+    }
+    out.flush()?;
+    drop(out);
+    if !follow {
+        return Ok(());
+    }
+    let mut pos = file.seek(SeekFrom::End(0))?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let len = std::fs::metadata(path)?.len();
+        if len < pos {
+            // Truncated or replaced: start over.
+            file = std::fs::File::open(path)?;
+            pos = 0;
+        }
+        file.seek(SeekFrom::Start(pos))?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)?;
+        pos += buf.len() as u64;
+        std::io::stdout().write_all(&buf)?;
+        std::io::stdout().flush()?;
+    }
+}
+
+fn size_arg(flag: &str, v: Option<String>) -> Result<Option<u64>> {
+    v.map(|s| parse_size(&s).with_context(|| format!("{flag} {s:?}")))
+        .transpose()
+}
+
+async fn vm(config: &Config, cmd: VmCmd) -> Result<ExitCode> {
+    let client = daemon_ctl::connect(config).await?;
+    match cmd {
+        VmCmd::List { json } => {
+            let vms = client.list_vms().await?;
+            if json {
+                render::json(&vms)?;
+            } else {
+                render::vm_table(&vms);
+            }
+        }
+        VmCmd::Show { vm, json } => {
+            let rec = client.show_vm(&vm).await?;
+            if json {
+                render::json(&rec)?;
+            } else {
+                render::vm_detail(&rec);
+            }
+        }
+        VmCmd::Create(a) => {
+            let req = CreateVmRequest {
+                name: a.name,
+                vcpus: a.cpus,
+                memory_mib: a.memory,
+                root_disk_bytes: size_arg("--root-disk", a.root_disk)?,
+                work_disk_bytes: size_arg("--work-disk", a.work_disk)?,
+                image: a.image,
+                kernel: a.kernel,
+                nat: a.nat,
+                vmm: a.vmm.map(Into::into),
+            };
+            let mut bars = progress::Stages::new(!a.json);
+            let rec = client.create_vm(&req, |p| bars.update(p)).await;
+            bars.finish(rec.is_ok());
+            let rec = rec?;
+            if a.json {
+                render::json(&rec)?;
+            } else {
+                println!("{}", rec.name);
+            }
+        }
+        VmCmd::Set(a) => {
+            let req = SetVmRequest {
+                vcpus: a.cpus,
+                memory_mib: a.memory,
+                work_disk_bytes: size_arg("--work-disk", a.work_disk)?,
+                nat: a.nat.map(|s| s == args::OnOff::On),
+            };
+            let rec = client.set_vm(&a.vm, &req).await?;
+            if a.json {
+                render::json(&rec)?;
+            } else {
+                render::vm_detail(&rec);
+            }
+        }
+        VmCmd::Delete { vms } => {
+            let mut failed = false;
+            // Each name is independent: one failure does not stop the rest.
+            for vm in vms {
+                match client.delete_vm(&vm).await {
+                    Ok(rec) => println!("deleted {}", rec.name),
+                    Err(e) => {
+                        eprintln!("error: {vm}: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

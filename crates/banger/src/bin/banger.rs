@@ -1,1 +1,5 @@
-fn main() {}
+//! `banger`: the command-line client.
+
+fn main() -> std::process::ExitCode {
+    banger_cli::main()
+}

@@ -1,0 +1,192 @@
+//! Command-line grammar.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+
+/// Disposable, hardware-isolated Linux sandboxes: docker run, but microVMs.
+#[derive(Debug, Parser)]
+#[command(name = "banger", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Top,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Top {
+    /// Create, inspect and remove VMs.
+    Vm {
+        #[command(subcommand)]
+        command: VmCmd,
+    },
+    /// Control the bangerd daemon (it starts by itself when needed).
+    Daemon {
+        #[command(subcommand)]
+        command: DaemonCmd,
+    },
+    /// Check what this host can do: KVM, VMMs, storage, networking tools.
+    Doctor {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCmd {
+    /// Start bangerd in the background if it is not running.
+    Start,
+    /// Stop bangerd; running VMs keep running and are adopted on restart.
+    Stop,
+    /// Show whether bangerd runs, its pid, paths and VM count (exit 3 if not running).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print bangerd's log.
+    Logs {
+        /// How many lines from the end.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        /// Keep printing new lines until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCmd {
+    /// List VMs.
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one VM in detail.
+    Show {
+        /// Name or id.
+        vm: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a new VM (name generated when omitted).
+    Create(CreateArgs),
+    /// Change a VM's settings.
+    Set(SetArgs),
+    /// Delete VMs (they must not be running).
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Names or ids.
+        #[arg(required = true)]
+        vms: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VmmArg {
+    Firecracker,
+    Qemu,
+}
+
+impl From<VmmArg> for banger_api::vm::VmmKind {
+    fn from(v: VmmArg) -> Self {
+        match v {
+            VmmArg::Firecracker => Self::Firecracker,
+            VmmArg::Qemu => Self::Qemu,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// VM name (a DNS label: a-z, 0-9, '-'); generated when omitted.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Virtual CPUs.
+    #[arg(long, visible_alias = "vcpus")]
+    pub cpus: Option<u32>,
+    /// Memory in MiB.
+    #[arg(long, value_name = "MiB")]
+    pub memory: Option<u32>,
+    /// Root disk size, e.g. 8G.
+    #[arg(long, value_name = "SIZE")]
+    pub root_disk: Option<String>,
+    /// Work disk (/root) size, e.g. 8G.
+    #[arg(long, value_name = "SIZE")]
+    pub work_disk: Option<String>,
+    /// Root image name.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Kernel name.
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Give the VM outbound NAT.
+    #[arg(long)]
+    pub nat: bool,
+    /// VMM to use; default picked from the host's capabilities.
+    #[arg(long, value_enum)]
+    pub vmm: Option<VmmArg>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Name or id.
+    pub vm: String,
+    #[arg(long, visible_alias = "vcpus")]
+    pub cpus: Option<u32>,
+    #[arg(long, value_name = "MiB")]
+    pub memory: Option<u32>,
+    /// New work disk size (grow only), e.g. 16G.
+    #[arg(long, value_name = "SIZE")]
+    pub work_disk: Option<String>,
+    #[arg(long, value_enum)]
+    pub nat: Option<OnOff>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_typical_invocations() {
+        let cli = Cli::try_parse_from([
+            "banger", "vm", "create", "--name", "a", "--cpus", "2", "--vmm", "qemu",
+        ])
+        .expect("parse");
+        match cli.command {
+            Top::Vm {
+                command: VmCmd::Create(a),
+            } => {
+                assert_eq!(a.name.as_deref(), Some("a"));
+                assert_eq!(a.vmm, Some(VmmArg::Qemu));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["banger", "vm", "rm"]).is_err(),
+            "delete needs a name"
+        );
+        assert!(Cli::try_parse_from(["banger", "vm", "set", "x", "--nat", "maybe"]).is_err());
+    }
+}

@@ -1,0 +1,150 @@
+//! Finding, starting and stopping `bangerd`.
+//!
+//! Every command that needs the daemon goes through [`connect`]: if the
+//! socket does not answer (never started, stopped, `kill -9`ed), the daemon
+//! is started detached and waited for, bounded, so the user never has to.
+
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use banger_api::daemon::DaemonStatus;
+use banger_client::Client;
+use banger_config::Config;
+
+/// Environment variable naming the `bangerd` binary to start.
+pub const DAEMON_BIN_ENV: &str = "BANGER_DAEMON_BIN";
+/// How long a starting daemon may take to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a stopping daemon may take to release its socket.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A client to a live daemon, starting one if needed.
+pub async fn connect(config: &Config) -> Result<Client> {
+    let client = Client::new(&config.socket);
+    match client.status().await {
+        Ok(_) => Ok(client),
+        Err(e) if e.is_unreachable() => {
+            start(config).await?;
+            Ok(client)
+        }
+        Err(e) => Err(e).context("asking bangerd for its status"),
+    }
+}
+
+/// The `bangerd` to run: `$BANGER_DAEMON_BIN`, else next to this `banger`,
+/// else on `PATH`.
+pub fn daemon_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os(DAEMON_BIN_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let sibling = exe.with_file_name("bangerd");
+        if sibling.is_file() {
+            return sibling;
+        }
+    }
+    PathBuf::from("bangerd")
+}
+
+/// Starts a detached daemon and waits until it answers.
+pub async fn start(config: &Config) -> Result<DaemonStatus> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
+    let stderr_path = config.stderr_log_path();
+    let stderr = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&stderr_path)
+        .with_context(|| format!("opening {}", stderr_path.display()))?;
+    let start_offset = stderr.metadata().map(|m| m.len()).unwrap_or(0);
+    let bin = daemon_binary();
+    let mut child = Command::new(&bin)
+        .arg("--detached")
+        .stdin(Stdio::null())
+        .stdout(stderr.try_clone()?)
+        .stderr(stderr)
+        // Own process group: the terminal's Ctrl-C must not reach it.
+        .process_group(0)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (install bangerd next to banger, put it on PATH, or set {DAEMON_BIN_ENV})",
+                bin.display()
+            )
+        })?;
+    wait_until_up(config, &mut child, &stderr_path, start_offset).await
+}
+
+async fn wait_until_up(
+    config: &Config,
+    child: &mut Child,
+    stderr_path: &Path,
+    offset: u64,
+) -> Result<DaemonStatus> {
+    let client = Client::new(&config.socket);
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match client.status().await {
+            Ok(st) => return Ok(st),
+            Err(e) if !e.is_unreachable() => {
+                return Err(e).context("bangerd started but answers with an error");
+            }
+            Err(_) => {}
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let said = tail_since(stderr_path, offset);
+            // Another banger started a daemon at the same moment and won
+            // the lock: that one will answer, keep waiting for it.
+            if !said.contains("already running") {
+                bail!(
+                    "bangerd exited ({status}) before answering:\n{}\n(full output in {})",
+                    said.trim_end(),
+                    stderr_path.display()
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "bangerd did not answer on {} within {}s; see `banger daemon logs` and {}",
+                config.socket.display(),
+                START_TIMEOUT.as_secs(),
+                stderr_path.display()
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+fn tail_since(path: &Path, offset: u64) -> String {
+    let data = std::fs::read(path).unwrap_or_default();
+    let start = usize::try_from(offset).unwrap_or(0).min(data.len());
+    String::from_utf8_lossy(&data[start..]).into_owned()
+}
+
+/// Asks the daemon to exit and waits until its socket is gone. Returns
+/// the pid it had, or `None` when it was not running.
+pub async fn stop(client: &Client) -> Result<Option<u32>> {
+    let pid = match client.status().await {
+        Ok(st) => st.pid,
+        Err(e) if e.is_unreachable() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    client.shutdown().await.context("asking bangerd to stop")?;
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while client.status().await.is_ok() {
+        if Instant::now() > deadline {
+            bail!(
+                "bangerd (pid {pid}) did not stop within {}s",
+                STOP_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Some(pid))
+}

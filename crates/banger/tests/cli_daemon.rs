@@ -1,0 +1,182 @@
+//! `banger` ↔ `bangerd` over a real unix socket in a temp dir.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{BANGERD, Env, is_bangerd, kill, path_mode, wait_gone};
+use nix::sys::signal::Signal;
+
+#[test]
+fn vm_list_starts_the_daemon_and_prints_an_empty_table() {
+    let env = Env::new();
+    assert!(!env.socket().exists());
+    let out = env.ok(&["vm", "list"]);
+    let lines: Vec<_> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "only the header: {out}");
+    for col in ["NAME", "STATE", "VMM", "IP"] {
+        assert!(lines[0].contains(col), "{out}");
+    }
+    assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]));
+    assert_eq!(path_mode(&env.socket()), 0o600, "socket must be owner-only");
+    assert_eq!(path_mode(&env.state_dir()), 0o700);
+    let log = std::fs::read_to_string(env.state_dir().join("bangerd.log")).expect("log");
+    assert!(log.contains("bangerd starting"), "{log}");
+}
+
+#[test]
+fn daemon_comes_back_after_kill_9_without_user_action() {
+    let env = Env::new();
+    env.ok(&["vm", "create", "--name", "survivor"]);
+    let first = env.daemon_pid();
+    kill(first, Signal::SIGKILL);
+    assert!(
+        wait_gone(first, Duration::from_secs(5)),
+        "daemon did not die"
+    );
+    // The dead daemon's socket file is still there; the CLI must cope.
+    let vms = env.json(&["vm", "list", "--json"]);
+    assert_eq!(
+        vms[0]["name"], "survivor",
+        "state survived the crash: {vms}"
+    );
+    let second = env.daemon_pid();
+    assert_ne!(first, second);
+}
+
+#[test]
+fn a_second_daemon_for_the_same_state_dir_exits_with_a_clear_message() {
+    let env = Env::new();
+    env.ok(&["daemon", "start"]);
+    let pid = env.daemon_pid();
+    let out = env.command(BANGERD).output().expect("run second bangerd");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already running"), "{err}");
+    assert!(err.contains(&format!("pid {pid}")), "{err}");
+    assert!(is_bangerd(pid), "the first daemon must be unaffected");
+    assert!(env.ok(&["daemon", "start"]).contains("already running"));
+}
+
+#[test]
+fn sigterm_and_daemon_stop_shut_down_gracefully() {
+    let env = Env::new();
+    env.ok(&["daemon", "start"]);
+    let pid = env.daemon_pid();
+    kill(pid, Signal::SIGTERM);
+    assert!(
+        wait_gone(pid, Duration::from_secs(10)),
+        "SIGTERM did not stop bangerd"
+    );
+    assert!(!env.socket().exists(), "socket removed on graceful exit");
+
+    env.ok(&["daemon", "start"]);
+    let pid = env.daemon_pid();
+    assert!(env.ok(&["daemon", "stop"]).contains("stopped"));
+    assert!(wait_gone(pid, Duration::from_secs(10)));
+    let out = env.banger(&["daemon", "status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "status of a stopped daemon exits 3"
+    );
+    let out = env.banger(&["daemon", "status", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v, serde_json::json!({"running": false}));
+}
+
+#[test]
+fn vm_records_round_trip_with_clear_errors_for_bad_input() {
+    let env = Env::new();
+    let name = env.ok(&[
+        "vm", "create", "--name", "web", "--cpus", "3", "--memory", "512",
+    ]);
+    assert_eq!(name.trim(), "web");
+    let vm = env.json(&["vm", "show", "web", "--json"]);
+    assert_eq!(vm["state"], "created");
+    assert_eq!(vm["spec"]["vcpus"], 3);
+    assert_eq!(vm["spec"]["memory_mib"], 512);
+    assert_eq!(vm["spec"]["vmm"], "qemu", "picked from host capabilities");
+
+    // Bad input: each refused with a message saying what to do, no state lost.
+    let err = env.fails(&["vm", "create", "--name", "web"]);
+    assert!(err.contains("already exists"), "{err}");
+    let err = env.fails(&["vm", "create", "--name", "Web_1"]);
+    assert!(err.contains("lowercase letters"), "{err}");
+    let err = env.fails(&["vm", "create", "--root-disk", "3X"]);
+    assert!(err.contains("unit"), "{err}");
+    let err = env.fails(&["vm", "create", "--cpus", "0"]);
+    assert!(err.contains("vcpus must be between"), "{err}");
+    let err = env.fails(&["vm", "create", "--vmm", "firecracker"]);
+    assert!(err.contains("banger doctor"), "{err}");
+    let err = env.fails(&["vm", "show", "nope"]);
+    assert!(err.contains("not found"), "{err}");
+    let err = env.fails(&["vm", "show", "../../etc"]);
+    assert!(err.contains("vm reference"), "{err}");
+    assert_eq!(
+        env.json(&["vm", "list", "--json"]).as_array().map(Vec::len),
+        Some(1)
+    );
+
+    // Generated names.
+    let generated = env.ok(&["vm", "create"]);
+    let generated = generated.trim();
+    assert!(
+        generated.contains('-') && generated.len() <= 63,
+        "{generated}"
+    );
+
+    let set = env.json(&["vm", "set", "web", "--cpus", "1", "--nat", "on", "--json"]);
+    assert_eq!(set["spec"]["vcpus"], 1);
+    assert_eq!(set["spec"]["nat"], true);
+
+    let err = env.fails(&["vm", "delete", "web", "ghost"]);
+    assert!(err.contains("ghost"), "{err}");
+    env.ok(&["vm", "rm", generated]);
+    assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]));
+}
+
+#[test]
+fn config_errors_name_the_key_and_stop_before_starting_anything() {
+    let env = Env::new();
+    std::fs::write(env.config_path(), "[network]\nbrige = \"br0\"\n").expect("write");
+    let err = env.fails(&["vm", "list"]);
+    assert!(err.contains("brige"), "{err}");
+    assert!(env.live_daemon_pid().is_none());
+}
+
+#[test]
+fn doctor_reports_every_capability_and_the_choices() {
+    let env = Env::new();
+    let report = env.json(&["doctor", "--json"]);
+    let checks = report["checks"].as_array().expect("checks");
+    assert_eq!(checks.len(), 14);
+    let qemu = checks
+        .iter()
+        .find(|c| c["id"] == "qemu")
+        .expect("qemu check");
+    assert_eq!(qemu["status"], "ok");
+    assert!(qemu["detail"].as_str().unwrap_or("").contains("7.2.0"));
+    let fc = checks
+        .iter()
+        .find(|c| c["id"] == "firecracker")
+        .expect("fc check");
+    assert_eq!(fc["status"], "warn");
+    assert!(report["storage"].is_string());
+    let human = env.ok(&["doctor"]);
+    assert!(
+        human.contains("hardware_kvm") && human.contains("default vmm"),
+        "{human}"
+    );
+}
+
+#[test]
+fn daemon_logs_and_completions() {
+    let env = Env::new();
+    env.ok(&["daemon", "start"]);
+    let logs = env.ok(&["daemon", "logs", "-n", "50"]);
+    assert!(logs.contains("bangerd starting"), "{logs}");
+    let script = env.ok(&["completions", "bash"]);
+    assert!(script.contains("banger"), "{script}");
+}
