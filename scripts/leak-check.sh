@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Fails if the tests left anything behind: daemons or VMMs started from
+# this checkout's build, or test directories in the temp dir.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+target="$(pwd)/target"
+leaks=0
+
+for exe in /proc/[0-9]*/exe; do
+  path=$(readlink "$exe" 2>/dev/null) || continue
+  case "$path" in
+    "$target"/*)
+      pid=${exe#/proc/}; pid=${pid%/exe}
+      echo "leak: process $pid still running $path" >&2
+      leaks=$((leaks + 1))
+      ;;
+  esac
+done
+
+for d in "${TMPDIR:-/tmp}"/banger-test-*; do
+  [ -e "$d" ] || continue
+  echo "leak: test directory $d" >&2
+  leaks=$((leaks + 1))
+done
+
+if [ "$leaks" -gt 0 ]; then
+  echo "leak check: $leaks leak(s)" >&2
+  exit 1
+fi
+echo "leak check: clean"

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Sets up a Debian (bookworm) host for banger: installs the system
+# packages it drives, builds the binaries and installs them.
+#
+#   scripts/setup.sh              packages + release build + install to /usr/local/bin
+#   scripts/setup.sh --deps-only  packages only (what the tests need)
+#   PREFIX=/opt/banger scripts/setup.sh
+#
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  qemu-system-x86   # QEMU microvm: the VMM where there is no hardware KVM
+  e2fsprogs         # mkfs.ext4 -d, debugfs, resize2fs: disks without mounting
+  xfsprogs          # mkfs.xfs -m reflink=1 for a reflink-capable state dir
+  nftables          # per-VM NAT
+  iproute2          # ip netns for the host tests
+  debootstrap       # root images from Debian packages
+  cpio              # checking the initramfs we write
+  tmux              # driving interactive sessions in tests
+  openssh-client    # banger vm ssh
+  ca-certificates
+  pkg-config
+  gcc               # the bundled SQLite is C
+  libc6-dev
+)
+
+deps_only=0
+for arg in "$@"; do
+  case "$arg" in
+    --deps-only) deps_only=1 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "==> installing: ${missing[*]}"
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "==> system packages already installed"
+fi
+
+[ "$deps_only" -eq 1 ] && exit 0
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup.sh: cargo not found. banger needs Rust >= 1.85 (https://rustup.rs), then run this again." >&2
+  exit 1
+fi
+
+echo "==> building (release)"
+cargo build --release --locked -p banger
+
+prefix="${PREFIX:-/usr/local}"
+echo "==> installing banger and bangerd to $prefix/bin"
+as_root install -d "$prefix/bin"
+as_root install -m 0755 target/release/banger target/release/bangerd "$prefix/bin/"
+echo "==> done: try \`banger doctor\`"
