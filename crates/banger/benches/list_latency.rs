@@ -33,7 +33,11 @@ fn populate(env: &Env, n: usize) {
             .insert_vm(&VmRecord {
                 id: format!("{i:016x}"),
                 name: format!("vm-{i:04}"),
-                state: if i % 3 == 0 { VmState::Stopped } else { VmState::Created },
+                state: if i % 3 == 0 {
+                    VmState::Stopped
+                } else {
+                    VmState::Created
+                },
                 spec: VmSpec {
                     vcpus: 2,
                     memory_mib: 1024,
@@ -93,7 +97,11 @@ fn main() {
     let empty = Env::new();
     let t = Instant::now();
     empty.ok(&["vm", "list"]);
-    println!("{:<34} {:>6.1} ms", "cold `vm list` (starts bangerd)", t.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "{:<34} {:>6.1} ms",
+        "cold `vm list` (starts bangerd)",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     let pid = empty.daemon_pid();
     std::thread::sleep(Duration::from_secs(1));
     println!("{:<34} {:>6} KiB", "bangerd idle RSS (0 vms)", rss_kib(pid));
@@ -104,10 +112,24 @@ fn main() {
     full.ok(&["daemon", "start"]);
     let pid = full.daemon_pid();
     std::thread::sleep(Duration::from_secs(1));
-    println!("{:<34} {:>6} KiB", "bangerd idle RSS (1000 vms)", rss_kib(pid));
+    println!(
+        "{:<34} {:>6} KiB",
+        "bangerd idle RSS (1000 vms)",
+        rss_kib(pid)
+    );
     let out = full.ok(&["vm", "list"]);
     assert_eq!(out.lines().count(), 1001, "header + 1000 rows");
-    report("vm list, 1000 vms (table)", &time_runs(&full, &["vm", "list"]));
-    report("vm list, 1000 vms (--json)", &time_runs(&full, &["vm", "list", "--json"]));
-    println!("{:<34} {:>6} KiB", "bangerd RSS after 100 lists", rss_kib(pid));
+    report(
+        "vm list, 1000 vms (table)",
+        &time_runs(&full, &["vm", "list"]),
+    );
+    report(
+        "vm list, 1000 vms (--json)",
+        &time_runs(&full, &["vm", "list", "--json"]),
+    );
+    println!(
+        "{:<34} {:>6} KiB",
+        "bangerd RSS after 100 lists",
+        rss_kib(pid)
+    );
 }
