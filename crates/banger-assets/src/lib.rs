@@ -1,0 +1,11 @@
+//! Boot assets: turning registry packages into something a VMM boots.
+//!
+//! - [`bzimage`]: the uncompressed ELF `vmlinux` inside a bzImage.
+//! - [`deb`]: reading `.deb` archives without installing them.
+//! - [`modules`]: kernel module dependency resolution.
+//! - [`cpio`]: the newc archive an initramfs is.
+
+pub mod bzimage;
+pub mod cpio;
+pub mod deb;
+pub mod modules;
