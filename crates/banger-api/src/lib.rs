@@ -6,6 +6,7 @@
 //! sizes) that both sides must apply identically, and the mapping from
 //! error codes to HTTP statuses.
 
+pub mod asset;
 pub mod daemon;
 pub mod doctor;
 pub mod error;

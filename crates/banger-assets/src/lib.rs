@@ -8,4 +8,5 @@
 pub mod bzimage;
 pub mod cpio;
 pub mod deb;
+pub mod kernel;
 pub mod modules;

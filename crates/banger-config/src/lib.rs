@@ -61,6 +61,35 @@ struct FileConfig {
     network: FileNetwork,
     #[serde(default)]
     defaults: FileDefaults,
+    #[serde(default)]
+    assets: FileAssets,
+    #[serde(default)]
+    guest: FileGuest,
+    #[serde(default)]
+    tools: FileTools,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAssets {
+    debian_mirror: Option<String>,
+    debian_suite: Option<String>,
+    kernel_package: Option<String>,
+    auto_provision: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGuest {
+    init: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTools {
+    apt_get: Option<PathBuf>,
+    debootstrap: Option<PathBuf>,
+    mkfs_ext4: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +141,31 @@ pub struct VmDefaults {
     pub work_disk_bytes: u64,
 }
 
+/// Where boot assets come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetConfig {
+    pub debian_mirror: String,
+    pub debian_suite: String,
+    pub kernel_package: String,
+    /// Build the `default` kernel and image on first use.
+    pub auto_provision: bool,
+}
+
+/// Binaries that go into guests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestConfig {
+    /// Static PID 1 of the initramfs (`scripts/build-guest.sh`).
+    pub init: PathBuf,
+}
+
+/// External host tools; a bare name is looked up on `PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolPaths {
+    pub apt_get: PathBuf,
+    pub debootstrap: PathBuf,
+    pub mkfs_ext4: PathBuf,
+}
+
 /// The resolved, validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -124,6 +178,9 @@ pub struct Config {
     pub vmm: VmmPaths,
     pub network: NetworkConfig,
     pub defaults: VmDefaults,
+    pub assets: AssetConfig,
+    pub guest: GuestConfig,
+    pub tools: ToolPaths,
 }
 
 impl Config {
@@ -304,7 +361,74 @@ impl Config {
             )?,
         };
 
+        let text = |var: &str, f: Option<String>, default: &str| {
+            pick(var, f).map_or_else(|| default.to_owned(), |(v, _)| v)
+        };
+        let auto_provision = match pick(
+            "BANGER_AUTO_PROVISION",
+            file.assets.auto_provision.map(|b| b.to_string()),
+        ) {
+            Some((v, src)) => match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    return Err(invalid(
+                        "assets.auto_provision",
+                        src,
+                        v,
+                        "use true or false".into(),
+                    ));
+                }
+            },
+            None => true,
+        };
+        let assets = AssetConfig {
+            debian_mirror: text(
+                "BANGER_DEBIAN_MIRROR",
+                file.assets.debian_mirror,
+                "http://deb.debian.org/debian",
+            ),
+            debian_suite: text("BANGER_DEBIAN_SUITE", file.assets.debian_suite, "bookworm"),
+            kernel_package: text(
+                "BANGER_KERNEL_PACKAGE",
+                file.assets.kernel_package,
+                "linux-image-cloud-amd64",
+            ),
+            auto_provision,
+        };
+        let guest = GuestConfig {
+            init: bin(
+                "guest.init",
+                "BANGER_GUEST_INIT",
+                file.guest.init,
+                "/usr/local/lib/banger/banger-init",
+            )?,
+        };
+        let tools = ToolPaths {
+            apt_get: bin(
+                "tools.apt_get",
+                "BANGER_APT_GET_BIN",
+                file.tools.apt_get,
+                "apt-get",
+            )?,
+            debootstrap: bin(
+                "tools.debootstrap",
+                "BANGER_DEBOOTSTRAP_BIN",
+                file.tools.debootstrap,
+                "debootstrap",
+            )?,
+            mkfs_ext4: bin(
+                "tools.mkfs_ext4",
+                "BANGER_MKFS_EXT4_BIN",
+                file.tools.mkfs_ext4,
+                "mkfs.ext4",
+            )?,
+        };
+
         Ok(Self {
+            assets,
+            guest,
+            tools,
             state_dir,
             runtime_dir,
             socket,
@@ -333,6 +457,22 @@ impl Config {
     /// happen before logging is set up.
     pub fn stderr_log_path(&self) -> PathBuf {
         self.state_dir.join("bangerd.stderr.log")
+    }
+
+    /// Content-addressed kernels.
+    pub fn kernels_dir(&self) -> PathBuf {
+        self.state_dir.join("kernels")
+    }
+
+    /// Content-addressed images.
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+
+    /// Work area of builds in progress: on the state dir's filesystem so a
+    /// finished asset is published with a rename, never half-visible.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.state_dir.join("tmp")
     }
 
     /// The single-instance lock file.
@@ -527,6 +667,15 @@ mod tests {
 
         let err = Config::from_toml("[defaults]\nvcpus = 0").expect_err("vcpus");
         assert!(err.to_string().contains("defaults.vcpus"), "{err}");
+
+        let err = Config::from_toml("[assets]\nauto_provision = \"maybe\"").expect_err("bool");
+        assert!(err.to_string().contains("auto_provision"), "{err}");
+        let err = Config::load_with(env(&[
+            (CONFIG_ENV, "/dev/null"),
+            ("BANGER_AUTO_PROVISION", "perhaps"),
+        ]))
+        .expect_err("bool env");
+        assert!(err.to_string().contains("BANGER_AUTO_PROVISION"), "{err}");
 
         let err = Config::from_toml("state_dir = 5").expect_err("type");
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");

@@ -7,6 +7,7 @@
 
 pub mod doctor;
 pub mod probe;
+pub mod tools;
 
 pub use doctor::{DoctorInputs, run_doctor};
 pub use probe::{FakeProbe, HostProbe, ProbeError, SystemProbe, ToolOutput};

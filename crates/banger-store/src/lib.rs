@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use banger_api::asset::{ImageRecord, KernelRecord};
 use banger_api::vm::{VmRecord, VmRuntime, VmSpec, VmState};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -70,6 +71,8 @@ pub enum StoreError {
     NameTaken(String),
     #[error("vm {0} not found")]
     VmNotFound(String),
+    #[error("a {kind} named {name:?} already exists")]
+    AssetNameTaken { kind: AssetKind, name: String },
     #[error("vm {id}: stored row is unreadable: {message}")]
     Corrupt { id: String, message: String },
     #[error("database error while {context}: {source}")]
@@ -256,6 +259,184 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(sql("checking vm name"))
+    }
+}
+
+/// Which asset table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssetKind {
+    Kernel,
+    Image,
+}
+
+impl AssetKind {
+    fn table(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernels",
+            Self::Image => "images",
+        }
+    }
+}
+
+impl std::fmt::Display for AssetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kernel => "kernel",
+            Self::Image => "image",
+        })
+    }
+}
+
+/// A record stored in an asset table.
+pub trait AssetRow: serde::Serialize + serde::de::DeserializeOwned {
+    const KIND: AssetKind;
+    fn id(&self) -> &str;
+    fn name(&self) -> &str;
+    fn created_at(&self) -> DateTime<Utc>;
+}
+
+impl AssetRow for KernelRecord {
+    const KIND: AssetKind = AssetKind::Kernel;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+}
+
+impl AssetRow for ImageRecord {
+    const KIND: AssetKind = AssetKind::Image;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+}
+
+impl Store {
+    /// Inserts an asset; a name clash is [`StoreError::AssetNameTaken`].
+    pub fn insert_asset<T: AssetRow>(&self, rec: &T) -> Result<(), StoreError> {
+        let sql_text = format!(
+            "INSERT INTO {} (id, name, manifest_json, created_at) VALUES (?1, ?2, ?3, ?4)",
+            T::KIND.table()
+        );
+        let res = self.conn().execute(
+            &sql_text,
+            params![
+                rec.id(),
+                rec.name(),
+                to_json(rec),
+                rec.created_at().to_rfc3339()
+            ],
+        );
+        match res {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::AssetNameTaken {
+                    kind: T::KIND,
+                    name: rec.name().to_owned(),
+                })
+            }
+            Err(source) => Err(StoreError::Sql {
+                context: "inserting asset",
+                source,
+            }),
+        }
+    }
+
+    /// Rewrites an asset's manifest (e.g. a VMM it booted on).
+    pub fn update_asset<T: AssetRow>(&self, rec: &T) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                &format!(
+                    "UPDATE {} SET manifest_json = ?2 WHERE id = ?1",
+                    T::KIND.table()
+                ),
+                params![rec.id(), to_json(rec)],
+            )
+            .map_err(sql("updating asset"))?;
+        Ok(())
+    }
+
+    pub fn find_asset<T: AssetRow>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        let json: Option<String> = self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT manifest_json FROM {} WHERE name = ?1",
+                    T::KIND.table()
+                ),
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("looking up asset"))?;
+        json.map(|j| {
+            serde_json::from_str(&j).map_err(|e| StoreError::Corrupt {
+                id: format!("{} {name}", T::KIND),
+                message: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    pub fn list_assets<T: AssetRow>(&self) -> Result<Vec<T>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT name, manifest_json FROM {} ORDER BY name",
+                T::KIND.table()
+            ))
+            .map_err(sql("listing assets"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sql("listing assets"))?;
+        rows.map(|r| {
+            let (name, json) = r.map_err(sql("listing assets"))?;
+            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+                id: format!("{} {name}", T::KIND),
+                message: e.to_string(),
+            })
+        })
+        .collect()
+    }
+
+    pub fn delete_asset(&self, kind: AssetKind, name: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                &format!("DELETE FROM {} WHERE name = ?1", kind.table()),
+                params![name],
+            )
+            .map_err(sql("deleting asset"))?;
+        Ok(n > 0)
+    }
+
+    /// Names of VMs whose spec uses the asset: what deleting it breaks.
+    pub fn vms_using(&self, kind: AssetKind, name: &str) -> Result<Vec<String>, StoreError> {
+        let field = match kind {
+            AssetKind::Kernel => "$.kernel",
+            AssetKind::Image => "$.image",
+        };
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT name FROM vms WHERE json_extract(spec_json, ?1) = ?2 ORDER BY name")
+            .map_err(sql("finding vms using asset"))?;
+        let rows = stmt
+            .query_map(params![field, name], |r| r.get(0))
+            .map_err(sql("finding vms using asset"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql("finding vms using asset"))
     }
 }
 
@@ -449,6 +630,90 @@ mod tests {
             .expect("corrupt it");
         let err = store.list_vms().expect_err("corrupt");
         assert!(err.to_string().contains("bad1"), "{err}");
+    }
+
+    fn kernel(id: &str, name: &str, digest: &str) -> KernelRecord {
+        KernelRecord {
+            id: id.into(),
+            name: name.into(),
+            version: Some("6.1.0".into()),
+            source: "import".into(),
+            vmlinux: banger_api::asset::AssetFile {
+                path: format!("/k/{digest}/vmlinux"),
+                sha256: digest.into(),
+                size: 10,
+            },
+            initrd: None,
+            modules: vec![],
+            cmdline: String::new(),
+            booted_on: vec![],
+            digest: digest.into(),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn assets_crud_name_clash_and_users() {
+        let store = Store::open_in_memory().expect("open");
+        store
+            .insert_asset(&kernel("k1", "default", "aa"))
+            .expect("insert");
+        let err = store
+            .insert_asset(&kernel("k2", "default", "bb"))
+            .expect_err("clash");
+        assert!(
+            matches!(
+                err,
+                StoreError::AssetNameTaken {
+                    kind: AssetKind::Kernel,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        store
+            .insert_asset(&kernel("k3", "other", "aa"))
+            .expect("insert");
+        let all: Vec<KernelRecord> = store.list_assets().expect("list");
+        assert_eq!(
+            all.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+            ["default", "other"]
+        );
+        let mut k: KernelRecord = store.find_asset("default").expect("find").expect("some");
+        k.booted_on.push(VmmKind::Qemu);
+        store.update_asset(&k).expect("update");
+        let back: KernelRecord = store.find_asset("default").expect("find").expect("some");
+        assert_eq!(back.booted_on, [VmmKind::Qemu]);
+        assert!(
+            store
+                .find_asset::<ImageRecord>("default")
+                .expect("find")
+                .is_none()
+        );
+
+        store.insert_vm(&record("v1", "uses-default")).expect("vm");
+        assert_eq!(
+            store
+                .vms_using(AssetKind::Kernel, "default")
+                .expect("users"),
+            ["uses-default"]
+        );
+        assert!(
+            store
+                .vms_using(AssetKind::Kernel, "other")
+                .expect("users")
+                .is_empty()
+        );
+        assert!(
+            store
+                .delete_asset(AssetKind::Kernel, "default")
+                .expect("delete")
+        );
+        assert!(
+            !store
+                .delete_asset(AssetKind::Kernel, "default")
+                .expect("again")
+        );
     }
 
     #[test]

@@ -1,0 +1,291 @@
+//! External tools as typed builders with injectable paths.
+//!
+//! Each wrapper knows one tool's arguments; [`ToolRun`] runs it, streams
+//! its output lines to a callback (for progress) and keeps the tail for the
+//! error message. Children are killed when the future is dropped, so a
+//! cancelled operation leaves no tool running.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+/// How many output lines a failure message quotes.
+const TAIL_LINES: usize = 15;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("{tool} not found (looked for {path}); scripts/setup.sh installs it")]
+    NotFound { tool: String, path: PathBuf },
+    #[error("starting {tool}: {source}")]
+    Spawn {
+        tool: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} failed ({status}):\n{tail}")]
+    Failed {
+        tool: String,
+        status: std::process::ExitStatus,
+        tail: String,
+    },
+}
+
+/// One invocation of an external tool.
+#[derive(Debug, Clone)]
+pub struct ToolRun {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(OsString, OsString)>,
+}
+
+impl ToolRun {
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            cwd: None,
+            env: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, a: I) -> Self {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    fn tool_name(&self) -> String {
+        self.program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.program.display().to_string())
+    }
+
+    /// The command line, for logs and tests.
+    pub fn display(&self) -> String {
+        std::iter::once(self.program.display().to_string())
+            .chain(self.args.iter().map(|a| a.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Runs to completion; `on_line` sees each stdout/stderr line.
+    pub async fn run(&self, mut on_line: impl FnMut(&str) + Send) -> Result<(), ToolError> {
+        let tool = self.tool_name();
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ToolError::NotFound {
+                    tool: tool.clone(),
+                    path: self.program.clone(),
+                }
+            } else {
+                ToolError::Spawn {
+                    tool: tool.clone(),
+                    source,
+                }
+            }
+        })?;
+        let mut out = child.stdout.take().map(|s| BufReader::new(s).lines());
+        let mut err = child.stderr.take().map(|s| BufReader::new(s).lines());
+        let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
+        let mut push = |line: String, on_line: &mut dyn FnMut(&str)| {
+            on_line(&line);
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        };
+        while out.is_some() || err.is_some() {
+            tokio::select! {
+                line = async { out.as_mut().map(|o| o.next_line()).expect("guarded").await }, if out.is_some() => {
+                    match line {
+                        Ok(Some(l)) => push(l, &mut on_line),
+                        _ => out = None,
+                    }
+                }
+                line = async { err.as_mut().map(|e| e.next_line()).expect("guarded").await }, if err.is_some() => {
+                    match line {
+                        Ok(Some(l)) => push(l, &mut on_line),
+                        _ => err = None,
+                    }
+                }
+            }
+        }
+        let status = child.wait().await.map_err(|source| ToolError::Spawn {
+            tool: tool.clone(),
+            source,
+        })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(ToolError::Failed {
+                tool,
+                status,
+                tail: tail.into_iter().collect::<Vec<_>>().join("\n"),
+            })
+        }
+    }
+}
+
+/// `apt-get download`: fetches a package's `.deb` into a directory
+/// without installing anything.
+#[derive(Debug, Clone)]
+pub struct AptGet {
+    pub bin: PathBuf,
+}
+
+impl AptGet {
+    pub fn download(&self, package: &str, dir: &Path) -> ToolRun {
+        ToolRun::new(&self.bin)
+            .args(["-q", "download", package])
+            .current_dir(dir)
+    }
+}
+
+/// `debootstrap`: a Debian root filesystem from the package archive.
+#[derive(Debug, Clone)]
+pub struct Debootstrap {
+    pub bin: PathBuf,
+}
+
+impl Debootstrap {
+    pub fn minbase(&self, suite: &str, target: &Path, mirror: &str, include: &[String]) -> ToolRun {
+        let mut run = ToolRun::new(&self.bin).arg("--variant=minbase");
+        if !include.is_empty() {
+            run = run.arg(format!("--include={}", include.join(",")));
+        }
+        run.arg(suite).arg(target.as_os_str()).arg(mirror)
+    }
+}
+
+/// `mkfs.ext4 -d`: an ext4 image populated from a directory, no mount.
+#[derive(Debug, Clone)]
+pub struct MkfsExt4 {
+    pub bin: PathBuf,
+}
+
+impl MkfsExt4 {
+    pub fn from_dir(&self, dir: &Path, image: &Path, size_bytes: u64, label: &str) -> ToolRun {
+        ToolRun::new(&self.bin)
+            .args(["-F", "-q", "-L", label, "-E", "root_owner=0:0", "-d"])
+            .arg(dir.as_os_str())
+            .arg(image.as_os_str())
+            .arg(format!("{}k", size_bytes / 1024))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn streams_lines_and_reports_the_tail_on_failure() {
+        let mut lines = Vec::new();
+        ToolRun::new("sh")
+            .args(["-c", "echo one; echo two >&2; echo three"])
+            .run(|l| lines.push(l.to_owned()))
+            .await
+            .expect("run");
+        lines.sort();
+        assert_eq!(lines, ["one", "three", "two"]);
+
+        let err = ToolRun::new("sh")
+            .args(["-c", "echo why it broke >&2; exit 3"])
+            .run(|_| {})
+            .await
+            .expect_err("fails");
+        let msg = err.to_string();
+        assert!(msg.contains("why it broke") && msg.contains("3"), "{msg}");
+
+        let err = ToolRun::new("/nonexistent/tool")
+            .run(|_| {})
+            .await
+            .expect_err("missing");
+        assert!(matches!(err, ToolError::NotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn builders_produce_the_expected_command_lines() {
+        let apt = AptGet {
+            bin: "apt-get".into(),
+        }
+        .download("linux-image-cloud-amd64", Path::new("/w"));
+        assert_eq!(apt.display(), "apt-get -q download linux-image-cloud-amd64");
+        assert_eq!(apt.cwd.as_deref(), Some(Path::new("/w")));
+        let d = Debootstrap {
+            bin: "/usr/sbin/debootstrap".into(),
+        }
+        .minbase(
+            "bookworm",
+            Path::new("/t/root"),
+            "http://deb.debian.org/debian",
+            &["systemd-sysv".into(), "iproute2".into()],
+        );
+        assert_eq!(
+            d.display(),
+            "/usr/sbin/debootstrap --variant=minbase --include=systemd-sysv,iproute2 bookworm /t/root http://deb.debian.org/debian"
+        );
+        let m = MkfsExt4 {
+            bin: "mkfs.ext4".into(),
+        }
+        .from_dir(Path::new("/d"), Path::new("/i.ext4"), 64 << 20, "root");
+        assert_eq!(
+            m.display(),
+            "mkfs.ext4 -F -q -L root -E root_owner=0:0 -d /d /i.ext4 65536k"
+        );
+    }
+
+    #[tokio::test]
+    async fn mkfs_ext4_builds_an_image_from_a_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("etc")).expect("mkdir");
+        std::fs::write(src.join("etc/hostname"), "x\n").expect("write");
+        let img = dir.path().join("i.ext4");
+        let mkfs = MkfsExt4 {
+            bin: "mkfs.ext4".into(),
+        };
+        match mkfs.from_dir(&src, &img, 16 << 20, "t").run(|_| {}).await {
+            Err(ToolError::NotFound { .. }) => {
+                eprintln!("skipped: mkfs.ext4 missing (scripts/setup.sh installs e2fsprogs)");
+            }
+            other => {
+                other.expect("mkfs");
+                let data = std::fs::read(&img).expect("read");
+                // ext4 superblock magic 0xEF53 at 1024 + 56.
+                assert_eq!(&data[1080..1082], &[0x53, 0xef]);
+            }
+        }
+    }
+}
