@@ -21,6 +21,9 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The daemon is shutting down or a dependency is missing on the host.
     Unavailable,
+    /// The operation ran and failed (a build step, a corrupt asset); the
+    /// message says which step and why.
+    Failed,
     /// A bug or an unexpected host failure; the daemon log has details.
     Internal,
 }
@@ -34,7 +37,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::Conflict | Self::InvalidState => 409,
             Self::Unavailable => 503,
-            Self::Internal => 500,
+            Self::Failed | Self::Internal => 500,
         }
     }
 

@@ -8,5 +8,6 @@
 pub mod bzimage;
 pub mod cpio;
 pub mod deb;
+pub mod files;
 pub mod kernel;
 pub mod modules;

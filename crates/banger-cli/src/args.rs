@@ -18,6 +18,16 @@ pub enum Top {
         #[command(subcommand)]
         command: VmCmd,
     },
+    /// Manage kernels VMs boot.
+    Kernel {
+        #[command(subcommand)]
+        command: KernelCmd,
+    },
+    /// Manage root images VMs boot from.
+    Image {
+        #[command(subcommand)]
+        command: ImageCmd,
+    },
     /// Control the bangerd daemon (it starts by itself when needed).
     Daemon {
         #[command(subcommand)]
@@ -83,6 +93,107 @@ pub enum VmCmd {
         /// Names or ids.
         #[arg(required = true)]
         vms: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCmd {
+    /// List kernels.
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one kernel.
+    Show {
+        name: String,
+        /// Re-hash its files against the recorded sha256.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a kernel.
+    Rm {
+        name: String,
+        /// Remove it even though VMs name it (they cannot start until it is back).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Import a kernel file (ELF vmlinux or bzImage) and an optional initrd.
+    Import {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        vmlinux: std::path::PathBuf,
+        #[arg(long, value_name = "FILE")]
+        initrd: Option<std::path::PathBuf>,
+        /// Extra kernel command-line arguments.
+        #[arg(long, value_name = "ARGS")]
+        cmdline: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a kernel from a Debian package (vmlinux + initramfs of virtio modules).
+    Add {
+        name: String,
+        /// The kernel package (default: the configured one, linux-image-cloud-amd64).
+        #[arg(long, value_name = "PACKAGE", num_args = 0..=1, default_missing_value = "", required = true)]
+        from_debian: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// List images.
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one image.
+    Show {
+        name: String,
+        /// Re-hash its files against the recorded sha256.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image.
+    Rm {
+        name: String,
+        /// Remove it even though VMs name it (they cannot start until it is back).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Build a Debian image with debootstrap.
+    Build {
+        name: String,
+        /// Debian suite (default: the configured one, bookworm).
+        #[arg(long, value_name = "SUITE")]
+        debian: Option<String>,
+        /// Extra packages, comma-separated.
+        #[arg(long, value_delimiter = ',', value_name = "PKG,...")]
+        packages: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import an ext4 root filesystem image or a directory tree.
+    Import {
+        name: String,
+        #[arg(
+            long,
+            value_name = "FILE.ext4",
+            conflicts_with = "dir",
+            required_unless_present = "dir"
+        )]
+        rootfs: Option<std::path::PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -14,14 +14,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use banger_api::asset::{
+    ImageBuildRequest, ImageImportRequest, KernelAddRequest, KernelImportRequest,
+};
 use banger_api::doctor::CheckStatus;
 use banger_api::size::parse_size;
 use banger_api::vm::{CreateVmRequest, SetVmRequest};
-use banger_client::Client;
+use banger_client::{Client, ClientError};
 use banger_config::Config;
 use clap::{CommandFactory, Parser};
 
-use crate::args::{Cli, DaemonCmd, Top, VmCmd};
+use crate::args::{Cli, DaemonCmd, ImageCmd, KernelCmd, Top, VmCmd};
+use crate::progress::Stages;
 
 /// Parses the process arguments and runs; the binary's whole `main`.
 pub fn main() -> ExitCode {
@@ -57,7 +61,166 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Top::Doctor { json } => doctor(&config, json).await,
         Top::Daemon { command } => daemon(&config, command).await,
         Top::Vm { command } => vm(&config, command).await,
+        Top::Kernel { command } => kernel(&config, command).await,
+        Top::Image { command } => image(&config, command).await,
     }
+}
+
+/// Runs a streamed call with progress bars (unless `json`) closed with a
+/// per-stage duration summary.
+async fn staged<T>(
+    json: bool,
+    call: impl AsyncFnOnce(&mut Stages) -> Result<T, ClientError>,
+) -> Result<T> {
+    let mut bars = Stages::new(!json);
+    let r = call(&mut bars).await;
+    bars.finish(r.is_ok());
+    Ok(r?)
+}
+
+/// An absolute, existing path for the daemon, which does not share our
+/// working directory.
+fn host_path(flag: &str, p: &std::path::Path) -> Result<String> {
+    let abs = std::fs::canonicalize(p).with_context(|| format!("{flag} {}", p.display()))?;
+    Ok(abs.display().to_string())
+}
+
+async fn kernel(config: &Config, cmd: KernelCmd) -> Result<ExitCode> {
+    let client = daemon_ctl::connect(config).await?;
+    match cmd {
+        KernelCmd::List { json } => {
+            let ks = client.list_kernels().await?;
+            if json {
+                render::json(&ks)?;
+            } else {
+                render::kernel_table(&ks);
+            }
+        }
+        KernelCmd::Show { name, verify, json } => {
+            let k = client.show_kernel(&name, verify).await?;
+            if json {
+                render::json(&k)?;
+            } else {
+                render::kernel_detail(&k, verify);
+            }
+        }
+        KernelCmd::Rm { name, force } => {
+            let k = client.delete_kernel(&name, force).await?;
+            println!("removed kernel {}", k.name);
+        }
+        KernelCmd::Import {
+            name,
+            vmlinux,
+            initrd,
+            cmdline,
+            json,
+        } => {
+            let req = KernelImportRequest {
+                name,
+                vmlinux: host_path("--vmlinux", &vmlinux)?,
+                initrd: initrd.map(|p| host_path("--initrd", &p)).transpose()?,
+                cmdline,
+            };
+            let k = staged(json, async |b: &mut Stages| {
+                client.import_kernel(&req, |p| b.update(p)).await
+            })
+            .await?;
+            if json {
+                render::json(&k)?
+            } else {
+                render::kernel_detail(&k, false)
+            }
+        }
+        KernelCmd::Add {
+            name,
+            from_debian,
+            json,
+        } => {
+            let req = KernelAddRequest {
+                name,
+                package: from_debian.filter(|p| !p.is_empty()),
+            };
+            let k = staged(json, async |b: &mut Stages| {
+                client.add_kernel(&req, |p| b.update(p)).await
+            })
+            .await?;
+            if json {
+                render::json(&k)?
+            } else {
+                render::kernel_detail(&k, false)
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn image(config: &Config, cmd: ImageCmd) -> Result<ExitCode> {
+    let client = daemon_ctl::connect(config).await?;
+    match cmd {
+        ImageCmd::List { json } => {
+            let is = client.list_images().await?;
+            if json {
+                render::json(&is)?;
+            } else {
+                render::image_table(&is);
+            }
+        }
+        ImageCmd::Show { name, verify, json } => {
+            let i = client.show_image(&name, verify).await?;
+            if json {
+                render::json(&i)?;
+            } else {
+                render::image_detail(&i, verify);
+            }
+        }
+        ImageCmd::Rm { name, force } => {
+            let i = client.delete_image(&name, force).await?;
+            println!("removed image {}", i.name);
+        }
+        ImageCmd::Build {
+            name,
+            debian,
+            packages,
+            json,
+        } => {
+            let req = ImageBuildRequest {
+                name,
+                suite: debian,
+                packages,
+            };
+            let i = staged(json, async |b: &mut Stages| {
+                client.build_image(&req, |p| b.update(p)).await
+            })
+            .await?;
+            if json {
+                render::json(&i)?
+            } else {
+                render::image_detail(&i, false)
+            }
+        }
+        ImageCmd::Import {
+            name,
+            rootfs,
+            dir,
+            json,
+        } => {
+            let req = ImageImportRequest {
+                name,
+                rootfs: rootfs.map(|p| host_path("--rootfs", &p)).transpose()?,
+                dir: dir.map(|p| host_path("--dir", &p)).transpose()?,
+            };
+            let i = staged(json, async |b: &mut Stages| {
+                client.import_image(&req, |p| b.update(p)).await
+            })
+            .await?;
+            if json {
+                render::json(&i)?
+            } else {
+                render::image_detail(&i, false)
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn unreachable_completions() -> Result<ExitCode> {
@@ -206,10 +369,10 @@ async fn vm(config: &Config, cmd: VmCmd) -> Result<ExitCode> {
                 nat: a.nat,
                 vmm: a.vmm.map(Into::into),
             };
-            let mut bars = progress::Stages::new(!a.json);
-            let rec = client.create_vm(&req, |p| bars.update(p)).await;
-            bars.finish(rec.is_ok());
-            let rec = rec?;
+            let rec = staged(a.json, async |b: &mut Stages| {
+                client.create_vm(&req, |p| b.update(p)).await
+            })
+            .await?;
             if a.json {
                 render::json(&rec)?;
             } else {

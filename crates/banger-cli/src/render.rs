@@ -1,6 +1,7 @@
 //! Human tables and JSON output.
 
 use anyhow::Result;
+use banger_api::asset::{ImageRecord, KernelRecord};
 use banger_api::daemon::DaemonStatus;
 use banger_api::doctor::{Accel, CheckStatus, DoctorReport, StorageStrategy};
 use banger_api::size::format_size;
@@ -121,4 +122,122 @@ pub fn doctor(report: &DoctorReport) {
             StorageStrategy::SparseCopy => "sparse copies",
         }
     );
+}
+
+fn when(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M").to_string()
+}
+
+pub fn kernel_table(ks: &[KernelRecord]) {
+    let mut t = table(&["NAME", "VERSION", "SOURCE", "VMLINUX", "INITRD", "CREATED"]);
+    for k in ks {
+        t.add_row(vec![
+            k.name.clone(),
+            k.version.clone().unwrap_or_else(|| "-".into()),
+            k.source.clone(),
+            format_size(k.vmlinux.size),
+            k.initrd
+                .as_ref()
+                .map_or_else(|| "-".into(), |i| format_size(i.size)),
+            when(&k.created_at),
+        ]);
+    }
+    println!("{t}");
+}
+
+fn detail(rows: Vec<(&str, String)>) {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    for (k, v) in rows {
+        t.add_row(vec![format!("{k}:"), v]);
+    }
+    println!("{t}");
+}
+
+fn file_line(f: &banger_api::asset::AssetFile) -> String {
+    format!(
+        "{} ({}, sha256 {})",
+        f.path,
+        format_size(f.size),
+        &f.sha256[..f.sha256.len().min(16)]
+    )
+}
+
+pub fn kernel_detail(k: &KernelRecord, verified: bool) {
+    let mut rows = vec![
+        ("name", k.name.clone()),
+        ("version", k.version.clone().unwrap_or_else(|| "-".into())),
+        ("source", k.source.clone()),
+        ("vmlinux", file_line(&k.vmlinux)),
+        (
+            "initrd",
+            k.initrd.as_ref().map_or_else(|| "-".into(), file_line),
+        ),
+        (
+            "modules",
+            if k.modules.is_empty() {
+                "-".into()
+            } else {
+                k.modules.join(" ")
+            },
+        ),
+        (
+            "booted on",
+            if k.booted_on.is_empty() {
+                "-".into()
+            } else {
+                k.booted_on
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+        ("created", k.created_at.to_rfc3339()),
+    ];
+    if verified {
+        rows.push(("verified", "sha256 of every file matches".into()));
+    }
+    detail(rows);
+}
+
+pub fn image_table(is: &[ImageRecord]) {
+    let mut t = table(&["NAME", "SOURCE", "ROOTFS", "WORK SEED", "CREATED"]);
+    for i in is {
+        t.add_row(vec![
+            i.name.clone(),
+            i.source.clone(),
+            format_size(i.rootfs.size),
+            i.work_seed
+                .as_ref()
+                .map_or_else(|| "-".into(), |s| format_size(s.size)),
+            when(&i.created_at),
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn image_detail(i: &ImageRecord, verified: bool) {
+    let mut rows = vec![
+        ("name", i.name.clone()),
+        ("source", i.source.clone()),
+        ("rootfs", file_line(&i.rootfs)),
+        (
+            "work seed",
+            i.work_seed.as_ref().map_or_else(|| "-".into(), file_line),
+        ),
+        (
+            "packages",
+            if i.packages.is_empty() {
+                "-".into()
+            } else {
+                i.packages.join(" ")
+            },
+        ),
+        ("created", i.created_at.to_rfc3339()),
+    ];
+    if verified {
+        rows.push(("verified", "sha256 of every file matches".into()));
+    }
+    detail(rows);
 }

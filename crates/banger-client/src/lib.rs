@@ -6,6 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
+use banger_api::asset::{
+    ImageBuildRequest, ImageImportRequest, ImageRecord, KernelAddRequest, KernelImportRequest,
+    KernelRecord,
+};
 use banger_api::daemon::DaemonStatus;
 use banger_api::doctor::DoctorReport;
 use banger_api::event::{Progress, StreamEvent};
@@ -255,12 +259,110 @@ impl Client {
     }
 }
 
+impl Client {
+    pub async fn list_kernels(&self) -> Result<Vec<KernelRecord>, ClientError> {
+        self.call(Method::GET, "/v1/kernels", None).await
+    }
+
+    pub async fn show_kernel(&self, name: &str, verify: bool) -> Result<KernelRecord, ClientError> {
+        let path = format!("{}?verify={verify}", asset_path("kernels", name));
+        self.call(Method::GET, &path, None).await
+    }
+
+    pub async fn delete_kernel(
+        &self,
+        name: &str,
+        force: bool,
+    ) -> Result<KernelRecord, ClientError> {
+        let path = format!("{}?force={force}", asset_path("kernels", name));
+        self.call(Method::DELETE, &path, None).await
+    }
+
+    pub async fn import_kernel(
+        &self,
+        req: &KernelImportRequest,
+        on_progress: impl FnMut(&Progress),
+    ) -> Result<KernelRecord, ClientError> {
+        self.stream(
+            Method::POST,
+            "/v1/kernels/import",
+            Self::json(req),
+            on_progress,
+        )
+        .await
+    }
+
+    pub async fn add_kernel(
+        &self,
+        req: &KernelAddRequest,
+        on_progress: impl FnMut(&Progress),
+    ) -> Result<KernelRecord, ClientError> {
+        self.stream(
+            Method::POST,
+            "/v1/kernels/add",
+            Self::json(req),
+            on_progress,
+        )
+        .await
+    }
+
+    pub async fn list_images(&self) -> Result<Vec<ImageRecord>, ClientError> {
+        self.call(Method::GET, "/v1/images", None).await
+    }
+
+    pub async fn show_image(&self, name: &str, verify: bool) -> Result<ImageRecord, ClientError> {
+        let path = format!("{}?verify={verify}", asset_path("images", name));
+        self.call(Method::GET, &path, None).await
+    }
+
+    pub async fn delete_image(&self, name: &str, force: bool) -> Result<ImageRecord, ClientError> {
+        let path = format!("{}?force={force}", asset_path("images", name));
+        self.call(Method::DELETE, &path, None).await
+    }
+
+    pub async fn build_image(
+        &self,
+        req: &ImageBuildRequest,
+        on_progress: impl FnMut(&Progress),
+    ) -> Result<ImageRecord, ClientError> {
+        self.stream(
+            Method::POST,
+            "/v1/images/build",
+            Self::json(req),
+            on_progress,
+        )
+        .await
+    }
+
+    pub async fn import_image(
+        &self,
+        req: &ImageImportRequest,
+        on_progress: impl FnMut(&Progress),
+    ) -> Result<ImageRecord, ClientError> {
+        self.stream(
+            Method::POST,
+            "/v1/images/import",
+            Self::json(req),
+            on_progress,
+        )
+        .await
+    }
+}
+
+fn asset_path(collection: &str, name: &str) -> String {
+    format!("/v1/{collection}/{}", escape(name))
+}
+
 /// Path segment for a VM reference. References are validated DNS labels
 /// on the daemon side; anything else is percent-encoded here so a bad
 /// reference reaches the daemon intact and gets its clear refusal.
 fn vm_path(vm: &str) -> String {
-    let mut out = String::from("/v1/vms/");
-    for b in vm.bytes() {
+    format!("/v1/vms/{}", escape(vm))
+}
+
+fn escape(segment: &str) -> String {
+    let mut out = String::new();
+    for b in segment.bytes() {
         if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
             out.push(char::from(b));
         } else {

@@ -1,5 +1,9 @@
 //! The one enum every API request becomes.
 
+use banger_api::asset::{
+    ImageBuildRequest, ImageImportRequest, ImageRecord, KernelAddRequest, KernelImportRequest,
+    KernelRecord,
+};
 use banger_api::daemon::DaemonStatus;
 use banger_api::doctor::DoctorReport;
 use banger_api::vm::{CreateVmRequest, SetVmRequest, VmRecord};
@@ -23,6 +27,28 @@ pub enum Command {
     VmDelete {
         vm: String,
     },
+    KernelList,
+    KernelShow {
+        name: String,
+        verify: bool,
+    },
+    KernelImport(KernelImportRequest),
+    KernelAdd(KernelAddRequest),
+    KernelRm {
+        name: String,
+        force: bool,
+    },
+    ImageList,
+    ImageShow {
+        name: String,
+        verify: bool,
+    },
+    ImageBuild(ImageBuildRequest),
+    ImageImport(ImageImportRequest),
+    ImageRm {
+        name: String,
+        force: bool,
+    },
 }
 
 /// What a command produced.
@@ -34,4 +60,8 @@ pub enum Reply {
     Vms(Vec<VmRecord>),
     Vm(VmRecord),
     Deleted(VmRecord),
+    Kernels(Vec<KernelRecord>),
+    Kernel(KernelRecord),
+    Images(Vec<ImageRecord>),
+    Image(ImageRecord),
 }

@@ -5,6 +5,7 @@
 //! ([`lifecycle`]), acts through the store and the host traits, and answers
 //! with a [`Reply`] or a [`CoreError`] that says why not.
 
+pub mod assets;
 pub mod command;
 pub mod error;
 pub mod handles;
@@ -13,6 +14,7 @@ pub mod locks;
 pub mod names;
 pub mod progress;
 pub mod service;
+pub mod testing;
 
 pub use command::{Command, Reply};
 pub use error::CoreError;

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use banger_api::asset::{ImageRecord, KernelRecord};
 use banger_api::daemon::DaemonStatus;
 use banger_api::doctor::{CheckId, DoctorReport};
 use banger_api::name::validate_name;
@@ -41,6 +42,7 @@ pub struct Core {
     probe: Arc<dyn HostProbe>,
     host: RwLock<Option<DoctorReport>>,
     vm_locks: KeyedLocks,
+    pub(crate) asset_locks: KeyedLocks,
     handles: HandleCache,
     started_at: chrono::DateTime<Utc>,
     pid: u32,
@@ -55,6 +57,7 @@ impl Core {
             probe,
             host: RwLock::new(None),
             vm_locks: KeyedLocks::new(),
+            asset_locks: KeyedLocks::new(),
             handles: HandleCache::new(),
             started_at: Utc::now(),
             pid: std::process::id(),
@@ -100,7 +103,7 @@ impl Core {
     }
 
     /// Runs a store operation off the async threads.
-    async fn db<T: Send + 'static>(
+    pub(crate) async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, CoreError> {
@@ -136,6 +139,32 @@ impl Core {
             Command::VmCreate(req) => self.create_vm(req, progress).await.map(Reply::Vm),
             Command::VmSet { vm, changes } => self.set_vm(&vm, changes).await.map(Reply::Vm),
             Command::VmDelete { vm } => self.delete_vm(&vm).await.map(Reply::Deleted),
+            Command::KernelList => self.list_assets().await.map(Reply::Kernels),
+            Command::KernelShow { name, verify } => {
+                let k: KernelRecord = self.find_asset(&name).await?;
+                if verify {
+                    self.verify_kernel(&k).await?;
+                }
+                Ok(Reply::Kernel(k))
+            }
+            Command::KernelImport(req) => {
+                self.kernel_import(req, progress).await.map(Reply::Kernel)
+            }
+            Command::KernelAdd(req) => self.kernel_add(req, progress).await.map(Reply::Kernel),
+            Command::KernelRm { name, force } => {
+                self.asset_rm(&name, force).await.map(Reply::Kernel)
+            }
+            Command::ImageList => self.list_assets().await.map(Reply::Images),
+            Command::ImageShow { name, verify } => {
+                let i: ImageRecord = self.find_asset(&name).await?;
+                if verify {
+                    self.verify_image(&i).await?;
+                }
+                Ok(Reply::Image(i))
+            }
+            Command::ImageBuild(req) => self.image_build(req, progress).await.map(Reply::Image),
+            Command::ImageImport(req) => self.image_import(req, progress).await.map(Reply::Image),
+            Command::ImageRm { name, force } => self.asset_rm(&name, force).await.map(Reply::Image),
         }
     }
 
@@ -176,6 +205,7 @@ impl Core {
             validate_name(name).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         }
         let vmm = self.choose_vmm(req.vmm).await?;
+        self.ensure_assets(&kernel, &image, progress).await?;
 
         let now = Utc::now();
         let mut vm = VmRecord {
@@ -394,10 +424,12 @@ mod tests {
         let cfg = Config::load_with(|k| match k {
             "BANGER_CONFIG" => Some("/dev/null".into()),
             "BANGER_STATE_DIR" => Some(state_dir.display().to_string()),
+            "BANGER_AUTO_PROVISION" => Some("false".into()),
             _ => None,
         })
         .expect("config");
         let store = Arc::new(Store::open_in_memory().expect("store"));
+        crate::testing::seed_default_assets(&store);
         let core = Core::new(cfg, store, Arc::new(FakeProbe::new()));
         // A host with QEMU/TCG and nothing else, without running probes.
         *core.host.write().expect("lock") = Some(DoctorReport {
@@ -460,6 +492,21 @@ mod tests {
             stages.push(p.stage);
         }
         assert_eq!(stages, ["validate", "persist"]);
+
+        // A named asset that does not exist is a clear error, not a build.
+        let err = run(
+            &core,
+            Command::VmCreate(CreateVmRequest {
+                image: Some("missing".into()),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect_err("no such image");
+        assert!(
+            err.to_string().contains("banger image build missing"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

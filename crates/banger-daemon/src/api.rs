@@ -9,10 +9,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use banger_api::asset::{
+    ImageBuildRequest, ImageImportRequest, KernelAddRequest, KernelImportRequest,
+};
 use banger_api::event::StreamEvent;
 use banger_api::name::validate_name;
 use banger_api::vm::{CreateVmRequest, SetVmRequest};
@@ -32,6 +35,14 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/host/doctor", get(doctor))
         .route("/v1/vms", get(vm_list).post(vm_create))
         .route("/v1/vms/{vm}", get(vm_show).patch(vm_set).delete(vm_delete))
+        .route("/v1/kernels", get(kernel_list))
+        .route("/v1/kernels/import", axum::routing::post(kernel_import))
+        .route("/v1/kernels/add", axum::routing::post(kernel_add))
+        .route("/v1/kernels/{name}", get(kernel_show).delete(kernel_rm))
+        .route("/v1/images", get(image_list))
+        .route("/v1/images/build", axum::routing::post(image_build))
+        .route("/v1/images/import", axum::routing::post(image_import))
+        .route("/v1/images/{name}", get(image_show).delete(image_rm))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(core)
@@ -46,6 +57,10 @@ pub fn to_api_error(e: &CoreError) -> ApiError {
         CoreError::Lifecycle(LifecycleError::ActionRefused { .. }) => ErrorCode::InvalidState,
         CoreError::Lifecycle(LifecycleError::IllegalTransition { .. }) => ErrorCode::Internal,
         CoreError::Unavailable(_) | CoreError::ShuttingDown => ErrorCode::Unavailable,
+        CoreError::AssetNotFound { .. } => ErrorCode::NotFound,
+        CoreError::AssetNameTaken { .. } => ErrorCode::Conflict,
+        CoreError::AssetInUse { .. } => ErrorCode::InvalidState,
+        CoreError::AssetBuild(_) | CoreError::AssetCorrupt(_) => ErrorCode::Failed,
         CoreError::Handles(_) | CoreError::Store(_) | CoreError::Internal(_) => ErrorCode::Internal,
     };
     if code == ErrorCode::Internal {
@@ -112,6 +127,10 @@ fn reply_response(reply: Reply) -> Response {
         Reply::Doctor(d) => axum::Json(d).into_response(),
         Reply::Vms(v) => axum::Json(v).into_response(),
         Reply::Vm(v) | Reply::Deleted(v) => axum::Json(v).into_response(),
+        Reply::Kernels(k) => axum::Json(k).into_response(),
+        Reply::Kernel(k) => axum::Json(k).into_response(),
+        Reply::Images(i) => axum::Json(i).into_response(),
+        Reply::Image(i) => axum::Json(i).into_response(),
     }
 }
 
@@ -122,6 +141,10 @@ fn reply_value(reply: Reply) -> serde_json::Value {
         Reply::Doctor(d) => serde_json::to_value(d),
         Reply::Vms(v) => serde_json::to_value(v),
         Reply::Vm(v) | Reply::Deleted(v) => serde_json::to_value(v),
+        Reply::Kernels(k) => serde_json::to_value(k),
+        Reply::Kernel(k) => serde_json::to_value(k),
+        Reply::Images(i) => serde_json::to_value(i),
+        Reply::Image(i) => serde_json::to_value(i),
     };
     v.unwrap_or(serde_json::Value::Null)
 }
@@ -209,6 +232,110 @@ async fn vm_delete(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> Api
     exec(&core, Command::VmDelete { vm: vm_ref(&vm)? }).await
 }
 
+/// A boolean query flag such as `?force=true`.
+fn flag(query: Option<&str>, name: &str) -> Result<bool, ErrorResponse> {
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+        if k == name {
+            return match v {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(ErrorResponse(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("query parameter {name}={v:?}: use true or false"),
+                ))),
+            };
+        }
+    }
+    Ok(false)
+}
+
+fn asset_name(raw: &str) -> Result<String, ErrorResponse> {
+    validate_name(raw).map_err(|e| {
+        ErrorResponse(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("asset name: {e}"),
+        ))
+    })?;
+    Ok(raw.to_owned())
+}
+
+async fn kernel_list(State(core): State<Arc<Core>>) -> ApiResult {
+    exec(&core, Command::KernelList).await
+}
+
+async fn kernel_show(
+    State(core): State<Arc<Core>>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let cmd = Command::KernelShow {
+        name: asset_name(&name)?,
+        verify: flag(q.as_deref(), "verify")?,
+    };
+    exec(&core, cmd).await
+}
+
+async fn kernel_rm(
+    State(core): State<Arc<Core>>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let cmd = Command::KernelRm {
+        name: asset_name(&name)?,
+        force: flag(q.as_deref(), "force")?,
+    };
+    exec(&core, cmd).await
+}
+
+async fn kernel_import(State(core): State<Arc<Core>>, body: Bytes) -> ApiResult {
+    let req: KernelImportRequest = parse_body(&body)?;
+    Ok(streamed(core, Command::KernelImport(req)))
+}
+
+async fn kernel_add(State(core): State<Arc<Core>>, body: Bytes) -> ApiResult {
+    let req: KernelAddRequest = parse_body(&body)?;
+    Ok(streamed(core, Command::KernelAdd(req)))
+}
+
+async fn image_list(State(core): State<Arc<Core>>) -> ApiResult {
+    exec(&core, Command::ImageList).await
+}
+
+async fn image_show(
+    State(core): State<Arc<Core>>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let cmd = Command::ImageShow {
+        name: asset_name(&name)?,
+        verify: flag(q.as_deref(), "verify")?,
+    };
+    exec(&core, cmd).await
+}
+
+async fn image_rm(
+    State(core): State<Arc<Core>>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let cmd = Command::ImageRm {
+        name: asset_name(&name)?,
+        force: flag(q.as_deref(), "force")?,
+    };
+    exec(&core, cmd).await
+}
+
+async fn image_build(State(core): State<Arc<Core>>, body: Bytes) -> ApiResult {
+    let req: ImageBuildRequest = parse_body(&body)?;
+    Ok(streamed(core, Command::ImageBuild(req)))
+}
+
+async fn image_import(State(core): State<Arc<Core>>, body: Bytes) -> ApiResult {
+    let req: ImageImportRequest = parse_body(&body)?;
+    Ok(streamed(core, Command::ImageImport(req)))
+}
+
 async fn no_route(method: Method, uri: Uri) -> ErrorResponse {
     ErrorResponse(ApiError::new(
         ErrorCode::NotFound,
@@ -254,10 +381,12 @@ mod tests {
         let cfg = Config::load_with(|k| match k {
             "BANGER_CONFIG" => Some("/dev/null".into()),
             "BANGER_STATE_DIR" => Some(dir.display().to_string()),
+            "BANGER_AUTO_PROVISION" => Some("false".into()),
             _ => None,
         })
         .expect("config");
         let store = Arc::new(Store::open_in_memory().expect("store"));
+        banger_core::testing::seed_default_assets(&store);
         let probe = FakeProbe::new()
             .with_tool("qemu-system-x86_64", "/usr/bin/qemu", "", "")
             .with_tool(
@@ -320,6 +449,34 @@ mod tests {
         let (st, body) = request(&app, "GET", "/v1/vms/ghost", "").await;
         assert_eq!(st, StatusCode::NOT_FOUND);
         assert!(error_of(&body).message.contains("ghost"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn asset_routes_map_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = app(dir.path());
+        let (st, body) = request(&app, "GET", "/v1/kernels", "").await;
+        assert_eq!(st, StatusCode::OK);
+        let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(list[0]["name"], "default");
+        let (st, body) = request(&app, "GET", "/v1/images/nope", "").await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
+        assert!(
+            error_of(&body).message.contains("banger image build nope"),
+            "{body}"
+        );
+        let (st, body) = request(&app, "DELETE", "/v1/kernels/x?force=maybe", "").await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        let (st, body) = request(&app, "POST", "/v1/images/import", r#"{"name":"i"}"#).await;
+        assert_eq!(st, StatusCode::OK);
+        let last: StreamEvent<serde_json::Value> =
+            serde_json::from_str(body.lines().last().expect("line")).expect("json");
+        assert!(
+            matches!(&last, StreamEvent::Error(e) if e.code == ErrorCode::InvalidArgument),
+            "{last:?}"
+        );
+        let (st, _) = request(&app, "POST", "/v1/kernels/add", r#"{"nam":"x"}"#).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

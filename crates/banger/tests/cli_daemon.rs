@@ -27,6 +27,7 @@ fn vm_list_starts_the_daemon_and_prints_an_empty_table() {
 #[test]
 fn daemon_comes_back_after_kill_9_without_user_action() {
     let env = Env::new();
+    env.seed_assets();
     env.ok(&["vm", "create", "--name", "survivor"]);
     let first = env.daemon_pid();
     kill(first, Signal::SIGKILL);
@@ -89,6 +90,7 @@ fn sigterm_and_daemon_stop_shut_down_gracefully() {
 #[test]
 fn vm_records_round_trip_with_clear_errors_for_bad_input() {
     let env = Env::new();
+    env.seed_assets();
     let name = env.ok(&[
         "vm", "create", "--name", "web", "--cpus", "3", "--memory", "512",
     ]);
@@ -110,6 +112,8 @@ fn vm_records_round_trip_with_clear_errors_for_bad_input() {
     assert!(err.contains("vcpus must be between"), "{err}");
     let err = env.fails(&["vm", "create", "--vmm", "firecracker"]);
     assert!(err.contains("banger doctor"), "{err}");
+    let err = env.fails(&["vm", "create", "--image", "nope"]);
+    assert!(err.contains("banger image build nope"), "{err}");
     let err = env.fails(&["vm", "show", "nope"]);
     assert!(err.contains("not found"), "{err}");
     let err = env.fails(&["vm", "show", "../../etc"]);

@@ -14,6 +14,8 @@ pub const BANGERD: &str = env!("CARGO_BIN_EXE_bangerd");
 
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Overrides `<dir>/state` (the boot test keeps assets in a cache).
+    pub state: Option<PathBuf>,
 }
 
 impl Env {
@@ -22,7 +24,7 @@ impl Env {
             .prefix("banger-test-")
             .tempdir()
             .expect("tempdir");
-        let env = Self { dir };
+        let env = Self { dir, state: None };
         std::fs::write(env.config_path(), "").expect("config");
         // A QEMU stand-in: these tests talk to the daemon, they boot
         // nothing, and must not depend on qemu being installed.
@@ -41,7 +43,7 @@ impl Env {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.state.clone().unwrap_or_else(|| self.dir.path().join("state"))
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -57,7 +59,14 @@ impl Env {
             .env("BANGER_RUNTIME_DIR", self.dir.path().join("run"))
             .env("BANGER_DAEMON_BIN", BANGERD)
             .env("BANGER_QEMU_BIN", self.dir.path().join("fake-qemu"))
-            .env("BANGER_FIRECRACKER_BIN", "/nonexistent/firecracker");
+            .env("BANGER_FIRECRACKER_BIN", "/nonexistent/firecracker")
+            .env("BANGER_AUTO_PROVISION", "false")
+            .env("BANGER_GUEST_INIT", self.dir.path().join("fake-init"));
+        for passthrough in ["BANGER_APT_GET_BIN", "BANGER_LOG_LEVEL"] {
+            if let Some(v) = std::env::var_os(passthrough) {
+                c.env(passthrough, v);
+            }
+        }
         c
     }
 
@@ -138,6 +147,35 @@ pub fn wait_gone(pid: i32, within: Duration) -> bool {
 
 pub fn kill(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+/// Bytes of a minimal x86-64 ELF header: enough for banger to accept a
+/// file as a vmlinux (or a static init) without booting it.
+pub fn fake_elf(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len.max(64)];
+    v[..4].copy_from_slice(b"\x7fELF");
+    v[4] = 2;
+    v[5] = 1;
+    v[6] = 1;
+    v[18] = 62;
+    for (i, b) in v.iter_mut().enumerate().skip(64) {
+        *b = (i % 251) as u8;
+    }
+    v
+}
+
+impl Env {
+    /// Imports a stand-in `default` kernel and image, so VMs can be created
+    /// without provisioning (which downloads).
+    pub fn seed_assets(&self) {
+        let k = self.dir.path().join("vmlinux");
+        std::fs::write(&k, fake_elf(4096)).expect("fake kernel");
+        self.ok(&["kernel", "import", "default", "--vmlinux", k.to_str().expect("utf8")]);
+        let root = self.dir.path().join("rootfs-tree");
+        std::fs::create_dir_all(root.join("etc")).expect("tree");
+        std::fs::write(root.join("etc/hostname"), "seed\n").expect("tree");
+        self.ok(&["image", "import", "default", "--dir", root.to_str().expect("utf8")]);
+    }
 }
 
 impl Drop for Env {
