@@ -17,6 +17,18 @@ for exe in /proc/[0-9]*/exe; do
   esac
 done
 
+# VMMs booted by tests run disks from banger-test-* directories.
+for cmd in /proc/[0-9]*/cmdline; do
+  line=$(tr '\0' ' ' < "$cmd" 2>/dev/null) || continue
+  case "$line" in
+    *qemu-system*banger-test-*|*firecracker*banger-test-*)
+      pid=${cmd#/proc/}; pid=${pid%/cmdline}
+      echo "leak: VMM process $pid: $line" >&2
+      leaks=$((leaks + 1))
+      ;;
+  esac
+done
+
 for d in "${TMPDIR:-/tmp}"/banger-test-*; do
   [ -e "$d" ] || continue
   echo "leak: test directory $d" >&2

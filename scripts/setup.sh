@@ -61,8 +61,15 @@ fi
 echo "==> building (release)"
 cargo build --release --locked -p banger
 
+echo "==> building the static guest init"
+guest_dir=$(scripts/build-guest.sh)
+
 prefix="${PREFIX:-/usr/local}"
-echo "==> installing banger and bangerd to $prefix/bin"
-as_root install -d "$prefix/bin"
+echo "==> installing banger and bangerd to $prefix/bin, banger-init to $prefix/lib/banger"
+as_root install -d "$prefix/bin" "$prefix/lib/banger"
 as_root install -m 0755 target/release/banger target/release/bangerd "$prefix/bin/"
+as_root install -m 0755 "$guest_dir/banger-init" "$prefix/lib/banger/banger-init"
+if [ "$prefix" != /usr/local ]; then
+  echo "    (set guest.init = \"$prefix/lib/banger/banger-init\" in /etc/banger/config.toml)"
+fi
 echo "==> done: try \`banger doctor\`"

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): system packages the tests drive,
-# every test tier the host supports, then the leak check.
+# the static guest binaries, every test tier the host supports, then the
+# leak check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh --deps-only
-cargo test --workspace --locked --all-targets
+guest_dir=$(scripts/build-guest.sh)
+export BANGER_GUEST_INIT="$guest_dir/banger-init"
+set +e
+cargo test --workspace --locked --all-targets -- --nocapture 2>&1 | tee target/test-output.log
+status=${PIPESTATUS[0]}
+set -e
+grep -E '^figure:' target/test-output.log || true
 scripts/leak-check.sh
+exit "$status"

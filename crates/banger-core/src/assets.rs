@@ -477,7 +477,7 @@ impl Core {
         };
         progress.stage("work-seed", "writing the /root seed (work-seed.ext4)");
         let seed_img = staged.join("work-seed.ext4");
-        let seed_size = ext4_size(&seed_dir, 64 << 20)?;
+        let seed_size = ext4_size(&seed_dir, 32 << 20)?;
         mkfs.from_dir(&seed_dir, &seed_img, seed_size, "banger-work")
             .run(|_| {})
             .await?;

@@ -96,6 +96,9 @@ impl ToolRun {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Own process group, so cancelling kills the tool's children
+            // too (apt's methods, debootstrap's dpkg), not just the tool.
+            .process_group(0)
             .kill_on_drop(true);
         if let Some(d) = &self.cwd {
             cmd.current_dir(d);
@@ -116,6 +119,7 @@ impl ToolRun {
                 }
             }
         })?;
+        let mut group = GroupKill(child.id());
         let mut out = child.stdout.take().map(|s| BufReader::new(s).lines());
         let mut err = child.stderr.take().map(|s| BufReader::new(s).lines());
         let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
@@ -146,6 +150,7 @@ impl ToolRun {
             tool: tool.clone(),
             source,
         })?;
+        group.0 = None;
         if status.success() {
             Ok(())
         } else {
@@ -154,6 +159,21 @@ impl ToolRun {
                 status,
                 tail: tail.into_iter().collect::<Vec<_>>().join("\n"),
             })
+        }
+    }
+}
+
+/// Kills a tool's whole process group when the run is dropped before the
+/// tool finished (the caller was cancelled).
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -233,6 +253,34 @@ mod tests {
             .await
             .expect_err("missing");
         assert!(matches!(err, ToolError::NotFound { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_run_kills_the_tools_children_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("child.pid");
+        let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+        let run = ToolRun::new("sh").args(["-c", script.as_str()]);
+        let fut = run.run(|_| {});
+        let r = tokio::time::timeout(std::time::Duration::from_millis(500), fut).await;
+        assert!(r.is_err(), "the run must still be going");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .expect("pid")
+            .trim()
+            .parse()
+            .expect("int");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "grandchild {pid} survived cancellation"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     #[test]

@@ -163,8 +163,10 @@ fn run() -> Result<Never, String> {
         data,
     )
     .map_err(|e| format!("mount {} ({}) on {NEW_ROOT}: {e}", c.root, c.fstype))?;
+    // lstat, not stat: on merged-/usr systems /sbin/init is an absolute
+    // symlink that only resolves once the new root is "/".
     let init_in_root = format!("{NEW_ROOT}{}", c.init);
-    if !Path::new(&init_in_root).exists() {
+    if std::fs::symlink_metadata(&init_in_root).is_err() {
         return Err(format!(
             "{} does not exist on the root filesystem {}",
             c.init, c.root

@@ -43,7 +43,9 @@ impl Env {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.state.clone().unwrap_or_else(|| self.dir.path().join("state"))
+        self.state
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("state"))
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -170,11 +172,23 @@ impl Env {
     pub fn seed_assets(&self) {
         let k = self.dir.path().join("vmlinux");
         std::fs::write(&k, fake_elf(4096)).expect("fake kernel");
-        self.ok(&["kernel", "import", "default", "--vmlinux", k.to_str().expect("utf8")]);
+        self.ok(&[
+            "kernel",
+            "import",
+            "default",
+            "--vmlinux",
+            k.to_str().expect("utf8"),
+        ]);
         let root = self.dir.path().join("rootfs-tree");
         std::fs::create_dir_all(root.join("etc")).expect("tree");
         std::fs::write(root.join("etc/hostname"), "seed\n").expect("tree");
-        self.ok(&["image", "import", "default", "--dir", root.to_str().expect("utf8")]);
+        self.ok(&[
+            "image",
+            "import",
+            "default",
+            "--dir",
+            root.to_str().expect("utf8"),
+        ]);
     }
 }
 
