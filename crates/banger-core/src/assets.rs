@@ -162,6 +162,38 @@ impl Core {
         blocking(move || files.iter().try_for_each(verify_file)).await
     }
 
+    async fn commit_kernel(
+        &self,
+        staged: PathBuf,
+        rec: KernelRecord,
+    ) -> Result<KernelRecord, CoreError> {
+        let digest = rec.digest.clone();
+        let root = self.config().kernels_dir();
+        self.commit_asset(staged.clone(), root, digest, rec, move |r, dest| {
+            rebase(&mut r.vmlinux, &staged, dest);
+            if let Some(i) = r.initrd.as_mut() {
+                rebase(i, &staged, dest);
+            }
+        })
+        .await
+    }
+
+    async fn commit_image(
+        &self,
+        staged: PathBuf,
+        rec: ImageRecord,
+    ) -> Result<ImageRecord, CoreError> {
+        let digest = rec.digest.clone();
+        let root = self.config().images_dir();
+        self.commit_asset(staged.clone(), root, digest, rec, move |r, dest| {
+            rebase(&mut r.rootfs, &staged, dest);
+            if let Some(s) = r.work_seed.as_mut() {
+                rebase(s, &staged, dest);
+            }
+        })
+        .await
+    }
+
     /// Publishes staged files and inserts the record; on a failed insert
     /// the published dir is removed again unless another record uses it.
     async fn commit_asset<T: AssetRow + Clone + Send + 'static>(
@@ -190,12 +222,7 @@ impl Core {
     async fn remove_unreferenced<T: AssetRow + Send + 'static>(&self, digest: &str, root: &Path) {
         let all = self.db(Store::list_assets::<T>).await.unwrap_or_default();
         let dir = root.join(digest);
-        let referenced = all.iter().any(|r| {
-            serde_json::to_value(r)
-                .ok()
-                .and_then(|v| v.get("digest").and_then(|d| d.as_str().map(str::to_owned)))
-                .is_some_and(|d| d == digest)
-        });
+        let referenced = all.iter().any(|r| r.digest() == digest);
         if !referenced {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -254,12 +281,7 @@ impl Core {
             .await?
         };
         progress.stage("store", "publishing");
-        let digest = combine_digests(&[
-            Some(&vmlinux.sha256),
-            initrd.as_ref().map(|i| i.sha256.as_str()),
-        ]);
-        let rec = KernelRecord {
-            id: new_vm_id(),
+        let rec = new_kernel(KernelParts {
             name: req.name.clone(),
             version: None,
             source: "import".into(),
@@ -267,19 +289,8 @@ impl Core {
             initrd,
             modules: Vec::new(),
             cmdline: req.cmdline.unwrap_or_default(),
-            booted_on: Vec::new(),
-            digest: digest.clone(),
-            created_at: Utc::now(),
-        };
-        let root = self.config().kernels_dir();
-        let staged_c = staged.clone();
-        self.commit_asset(staged, root, digest, rec, move |r, dest| {
-            rebase(&mut r.vmlinux, &staged_c, dest);
-            if let Some(i) = r.initrd.as_mut() {
-                rebase(i, &staged_c, dest);
-            }
-        })
-        .await
+        });
+        self.commit_kernel(staged, rec).await
     }
 
     pub(crate) async fn kernel_add(
@@ -392,12 +403,7 @@ impl Core {
             .await?
         };
         progress.stage("store", "publishing");
-        let digest = combine_digests(&[
-            Some(&vmlinux.sha256),
-            initrd.as_ref().map(|i| i.sha256.as_str()),
-        ]);
-        let rec = KernelRecord {
-            id: new_vm_id(),
+        let rec = new_kernel(KernelParts {
             name: req.name.clone(),
             version: Some(built.0),
             source,
@@ -405,20 +411,8 @@ impl Core {
             initrd,
             modules: built.1,
             cmdline: String::new(),
-            booted_on: Vec::new(),
-            digest: digest.clone(),
-            created_at: Utc::now(),
-        };
-        let root = cfg.kernels_dir();
-        let staged_c = staged.clone();
-        let rec = self
-            .commit_asset(staged, root, digest, rec, move |r, dest| {
-                rebase(&mut r.vmlinux, &staged_c, dest);
-                if let Some(i) = r.initrd.as_mut() {
-                    rebase(i, &staged_c, dest);
-                }
-            })
-            .await?;
+        });
+        let rec = self.commit_kernel(staged, rec).await?;
         tracing::info!(name = %rec.name, source = %rec.source, "kernel added");
         Ok(rec)
     }
@@ -492,26 +486,14 @@ impl Core {
             let (r, s) = (root_img.clone(), seed_img.clone());
             blocking(move || Ok((file_record(&r)?, file_record(&s)?))).await?
         };
-        let digest = combine_digests(&[Some(&rootfs_rec.sha256), Some(&seed_rec.sha256)]);
-        let rec = ImageRecord {
-            id: new_vm_id(),
-            name: req.name.clone(),
-            source: format!("debootstrap:{suite}"),
-            rootfs: rootfs_rec,
-            work_seed: Some(seed_rec),
+        let rec = new_image(
+            &req.name,
+            format!("debootstrap:{suite}"),
+            rootfs_rec,
+            Some(seed_rec),
             packages,
-            digest: digest.clone(),
-            created_at: Utc::now(),
-        };
-        let staged_c = staged.clone();
-        let rec = self
-            .commit_asset(staged, cfg.images_dir(), digest, rec, move |r, dest| {
-                rebase(&mut r.rootfs, &staged_c, dest);
-                if let Some(s) = r.work_seed.as_mut() {
-                    rebase(s, &staged_c, dest);
-                }
-            })
-            .await?;
+        );
+        let rec = self.commit_image(staged, rec).await?;
         tracing::info!(name = %rec.name, "image built");
         Ok(rec)
     }
@@ -592,28 +574,14 @@ impl Core {
             blocking(move || Ok((file_record(&r)?, s.as_deref().map(file_record).transpose()?)))
                 .await?
         };
-        let digest = combine_digests(&[
-            Some(&rootfs_rec.sha256),
-            seed_rec.as_ref().map(|s| s.sha256.as_str()),
-        ]);
-        let rec = ImageRecord {
-            id: new_vm_id(),
-            name: req.name.clone(),
-            source: format!("import:{}", src.display()),
-            rootfs: rootfs_rec,
-            work_seed: seed_rec,
-            packages: Vec::new(),
-            digest: digest.clone(),
-            created_at: Utc::now(),
-        };
-        let staged_c = staged.clone();
-        self.commit_asset(staged, cfg.images_dir(), digest, rec, move |r, dest| {
-            rebase(&mut r.rootfs, &staged_c, dest);
-            if let Some(s) = r.work_seed.as_mut() {
-                rebase(s, &staged_c, dest);
-            }
-        })
-        .await
+        let rec = new_image(
+            &req.name,
+            format!("import:{}", src.display()),
+            rootfs_rec,
+            seed_rec,
+            Vec::new(),
+        );
+        self.commit_image(staged, rec).await
     }
 
     /// Removes an asset; refuses while VMs use it unless `force`.
@@ -639,10 +607,7 @@ impl Core {
         }
         let n = name.to_owned();
         self.db(move |s| s.delete_asset(kind, &n)).await?;
-        let digest = serde_json::to_value(&rec)
-            .ok()
-            .and_then(|v| v.get("digest").and_then(|d| d.as_str().map(str::to_owned)))
-            .unwrap_or_default();
+        let digest = rec.digest().to_owned();
         let root = match kind {
             AssetKind::Kernel => self.config().kernels_dir(),
             AssetKind::Image => self.config().images_dir(),
@@ -699,6 +664,60 @@ impl Core {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// What a new kernel record is made of.
+struct KernelParts {
+    name: String,
+    version: Option<String>,
+    source: String,
+    vmlinux: AssetFile,
+    initrd: Option<AssetFile>,
+    modules: Vec<String>,
+    cmdline: String,
+}
+
+fn new_kernel(p: KernelParts) -> KernelRecord {
+    let digest = combine_digests(&[
+        Some(&p.vmlinux.sha256),
+        p.initrd.as_ref().map(|i| i.sha256.as_str()),
+    ]);
+    KernelRecord {
+        id: new_vm_id(),
+        name: p.name,
+        version: p.version,
+        source: p.source,
+        vmlinux: p.vmlinux,
+        initrd: p.initrd,
+        modules: p.modules,
+        cmdline: p.cmdline,
+        booted_on: Vec::new(),
+        digest,
+        created_at: Utc::now(),
+    }
+}
+
+fn new_image(
+    name: &str,
+    source: String,
+    rootfs: AssetFile,
+    work_seed: Option<AssetFile>,
+    packages: Vec<String>,
+) -> ImageRecord {
+    let digest = combine_digests(&[
+        Some(&rootfs.sha256),
+        work_seed.as_ref().map(|s| s.sha256.as_str()),
+    ]);
+    ImageRecord {
+        id: new_vm_id(),
+        name: name.to_owned(),
+        source,
+        rootfs,
+        work_seed,
+        packages,
+        digest,
+        created_at: Utc::now(),
     }
 }
 

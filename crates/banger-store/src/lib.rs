@@ -292,6 +292,8 @@ pub trait AssetRow: serde::Serialize + serde::de::DeserializeOwned {
     const KIND: AssetKind;
     fn id(&self) -> &str;
     fn name(&self) -> &str;
+    /// Content address: the directory holding the asset's files.
+    fn digest(&self) -> &str;
     fn created_at(&self) -> DateTime<Utc>;
 }
 
@@ -302,6 +304,9 @@ impl AssetRow for KernelRecord {
     }
     fn name(&self) -> &str {
         &self.name
+    }
+    fn digest(&self) -> &str {
+        &self.digest
     }
     fn created_at(&self) -> DateTime<Utc> {
         self.created_at
@@ -315,6 +320,9 @@ impl AssetRow for ImageRecord {
     }
     fn name(&self) -> &str {
         &self.name
+    }
+    fn digest(&self) -> &str {
+        &self.digest
     }
     fn created_at(&self) -> DateTime<Utc> {
         self.created_at
