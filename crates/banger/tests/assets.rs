@@ -318,6 +318,19 @@ fn a_second_add_of_the_same_name_waits_and_a_cancelled_add_leaves_nothing() {
         "second add did not wait for the first"
     );
 
+    // rm racing a build of the same name waits for it, then removes it;
+    // the content dir stays because `same` holds the same bytes.
+    let racer = spawn("raced");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    env.ok(&["kernel", "rm", "raced"]);
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "rm did not wait for the build"
+    );
+    assert!(racer.wait_with_output().expect("racer").status.success());
+    env.ok(&["kernel", "show", "same", "--verify"]);
+
     // Cancel: the client goes away mid-download (a download that would
     // take a minute), and the daemon must stop it well before that.
     set_delay(60);
