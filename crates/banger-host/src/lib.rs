@@ -6,6 +6,7 @@
 //! changes.
 
 pub mod doctor;
+pub mod net;
 pub mod probe;
 pub mod tools;
 

@@ -1,0 +1,413 @@
+//! Host networking: the banger bridge and per-VM taps.
+//!
+//! Links and addresses go through netlink (rtnetlink). A tap is created
+//! with the tun driver's ioctls, since the kernel refuses to create tun
+//! devices over netlink; it is made persistent so the VMM can open it by
+//! name and so it outlives the daemon like the VM does.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("netlink: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("{op} {link}: {message}")]
+    Link {
+        op: &'static str,
+        link: String,
+        message: String,
+    },
+}
+
+/// Network side effects the daemon needs.
+#[async_trait]
+pub trait NetOps: Send + Sync + std::fmt::Debug {
+    /// Creates the bridge if missing, gives it `addr/prefix`, brings it up.
+    async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), NetError>;
+    /// Creates a persistent tap attached to `bridge`, up.
+    async fn create_tap(&self, name: &str, bridge: &str) -> Result<(), NetError>;
+    /// Deletes a link; a link that does not exist is not an error.
+    async fn delete_link(&self, name: &str) -> Result<(), NetError>;
+    /// Names of all links (for reconcile and leak checks).
+    async fn list_links(&self) -> Result<Vec<String>, NetError>;
+}
+
+/// The real host, over netlink.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Netlink;
+
+fn link_err<'a>(op: &'static str, link: &'a str) -> impl FnOnce(rtnetlink::Error) -> NetError + 'a {
+    move |e| NetError::Link {
+        op,
+        link: link.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+async fn connect() -> Result<Handle, NetError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Connect)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+    let mut links = h.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => Ok(Some(msg.header.index)),
+        Ok(None) => Ok(None),
+        // ENODEV: no such link.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(None),
+        Err(e) => Err(link_err("looking up", name)(e)),
+    }
+}
+
+const fn libc_enodev() -> i32 {
+    19
+}
+
+#[async_trait]
+impl NetOps for Netlink {
+    async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
+        let h = connect().await?;
+        let idx = match index_of(&h, name).await? {
+            Some(i) => i,
+            None => {
+                h.link()
+                    .add(LinkBridge::new(name).build())
+                    .execute()
+                    .await
+                    .map_err(link_err("creating bridge", name))?;
+                index_of(&h, name).await?.ok_or_else(|| NetError::Link {
+                    op: "creating bridge",
+                    link: name.to_owned(),
+                    message: "created but not found".into(),
+                })?
+            }
+        };
+        let mut addrs = h.address().get().set_link_index_filter(idx).execute();
+        let mut present = false;
+        while let Some(msg) = addrs
+            .try_next()
+            .await
+            .map_err(link_err("listing addresses of", name))?
+        {
+            use rtnetlink::packet_route::address::AddressAttribute;
+            present |= msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(v)) if *v == addr));
+        }
+        if !present {
+            h.address()
+                .add(idx, IpAddr::V4(addr), prefix)
+                .execute()
+                .await
+                .map_err(link_err("adding address to", name))?;
+        }
+        h.link()
+            .set(LinkUnspec::new_with_index(idx).up().build())
+            .execute()
+            .await
+            .map_err(link_err("bringing up", name))
+    }
+
+    async fn create_tap(&self, name: &str, bridge: &str) -> Result<(), NetError> {
+        tap::create_persistent(name).map_err(|e| NetError::Link {
+            op: "creating tap",
+            link: name.to_owned(),
+            message: e.to_string(),
+        })?;
+        let h = connect().await?;
+        let br = index_of(&h, bridge).await?.ok_or_else(|| NetError::Link {
+            op: "attaching to bridge",
+            link: bridge.to_owned(),
+            message: "bridge does not exist".into(),
+        })?;
+        let idx = index_of(&h, name).await?.ok_or_else(|| NetError::Link {
+            op: "creating tap",
+            link: name.to_owned(),
+            message: "created but not found".into(),
+        })?;
+        h.link()
+            .set(LinkUnspec::new_with_index(idx).controller(br).up().build())
+            .execute()
+            .await
+            .map_err(link_err("attaching tap", name))
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<(), NetError> {
+        let h = connect().await?;
+        match index_of(&h, name).await? {
+            None => Ok(()),
+            Some(idx) => h
+                .link()
+                .del(idx)
+                .execute()
+                .await
+                .map_err(link_err("deleting", name)),
+        }
+    }
+
+    async fn list_links(&self) -> Result<Vec<String>, NetError> {
+        let h = connect().await?;
+        let mut out = Vec::new();
+        let mut links = h.link().get().execute();
+        while let Some(msg) = links
+            .try_next()
+            .await
+            .map_err(link_err("listing", "links"))?
+        {
+            use rtnetlink::packet_route::link::LinkAttribute;
+            for a in msg.attributes {
+                if let LinkAttribute::IfName(n) = a {
+                    out.push(n);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[allow(unsafe_code)]
+mod tap {
+    //! `TUNSETIFF` + `TUNSETPERSIST`: the only way to make a tap.
+
+    use std::os::fd::AsRawFd;
+
+    const IFF_TAP: i16 = 0x0002;
+    const IFF_NO_PI: i16 = 0x1000;
+
+    /// `struct ifreq` as the tun driver reads it: name, then flags.
+    #[repr(C)]
+    pub struct IfReq {
+        name: [u8; 16],
+        flags: i16,
+        _pad: [u8; 22],
+    }
+
+    nix::ioctl_write_ptr_bad!(tun_set_iff, 0x4004_54ca, IfReq);
+    nix::ioctl_write_int_bad!(tun_set_persist, 0x4004_54cb);
+
+    pub fn create_persistent(name: &str) -> std::io::Result<()> {
+        if name.is_empty()
+            || name.len() > 15
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{name:?} is not a valid interface name"),
+            ));
+        }
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")?;
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: IFF_TAP | IFF_NO_PI,
+            _pad: [0; 22],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: `tun` is an open /dev/net/tun descriptor that outlives the
+        // call, and `req` is a properly sized, NUL-terminated `ifreq` the
+        // kernel only reads from.
+        unsafe { tun_set_iff(tun.as_raw_fd(), &req) }?;
+        // SAFETY: the same descriptor, now bound to the tap; the argument
+        // is a plain integer flag.
+        unsafe { tun_set_persist(tun.as_raw_fd(), 1) }?;
+        Ok(())
+    }
+}
+
+/// A recording fake: keeps a set of links and every call made.
+#[derive(Debug, Default)]
+pub struct FakeNet {
+    pub links: Mutex<BTreeSet<String>>,
+    pub calls: Mutex<Vec<String>>,
+    /// Link names whose creation or deletion fails.
+    pub failing: Mutex<BTreeSet<String>>,
+}
+
+impl FakeNet {
+    fn record(&self, s: String) {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+    }
+
+    pub fn recorded(&self) -> Vec<String> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+
+    fn check(&self, op: &'static str, name: &str) -> Result<(), NetError> {
+        if self
+            .failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+        {
+            return Err(NetError::Link {
+                op,
+                link: name.to_owned(),
+                message: "injected failure".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl NetOps for FakeNet {
+    async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
+        self.record(format!("ensure_bridge {name} {addr}/{prefix}"));
+        self.check("creating bridge", name)?;
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned());
+        Ok(())
+    }
+
+    async fn create_tap(&self, name: &str, bridge: &str) -> Result<(), NetError> {
+        self.record(format!("create_tap {name} {bridge}"));
+        self.check("creating tap", name)?;
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned());
+        Ok(())
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<(), NetError> {
+        self.record(format!("delete_link {name}"));
+        self.check("deleting", name)?;
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        Ok(())
+    }
+
+    async fn list_links(&self) -> Result<Vec<String>, NetError> {
+        Ok(self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect())
+    }
+}
+
+/// Runs `f` in a fresh network namespace on a dedicated thread, so a root
+/// test can use the real netlink implementation without touching the
+/// host's interfaces.
+pub fn in_new_netns<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("netns thread panicked"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fake_records_and_tracks_links() {
+        let f = FakeNet::default();
+        f.ensure_bridge("banger0", Ipv4Addr::new(172, 16, 0, 1), 24)
+            .await
+            .expect("bridge");
+        f.create_tap("bg-1", "banger0").await.expect("tap");
+        assert!(f.has("bg-1"));
+        f.delete_link("bg-1").await.expect("del");
+        f.delete_link("bg-1").await.expect("idempotent");
+        assert!(!f.has("bg-1"));
+        f.failing.lock().expect("lock").insert("bg-2".into());
+        assert!(f.create_tap("bg-2", "banger0").await.is_err());
+        assert_eq!(
+            f.recorded(),
+            [
+                "ensure_bridge banger0 172.16.0.1/24",
+                "create_tap bg-1 banger0",
+                "delete_link bg-1",
+                "delete_link bg-1",
+                "create_tap bg-2 banger0"
+            ]
+        );
+    }
+
+    /// The real implementation, inside a throwaway network namespace.
+    #[test]
+    fn netlink_bridge_and_tap_in_a_private_netns() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED netlink test: needs root (CAP_NET_ADMIN) to create a namespace");
+            return;
+        }
+        let res = in_new_netns(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rt");
+            rt.block_on(async {
+                let n = Netlink;
+                let ip = Ipv4Addr::new(172, 16, 0, 1);
+                n.ensure_bridge("bgtestbr0", ip, 24).await.expect("bridge");
+                n.ensure_bridge("bgtestbr0", ip, 24)
+                    .await
+                    .expect("bridge again is a no-op");
+                n.create_tap("bg-test0", "bgtestbr0").await.expect("tap");
+                let links = n.list_links().await.expect("list");
+                assert!(links.contains(&"bg-test0".to_owned()), "{links:?}");
+                // /sys shows the host's namespace: ask netlink instead.
+                let h = connect().await.expect("connect");
+                let br = index_of(&h, "bgtestbr0")
+                    .await
+                    .expect("lookup")
+                    .expect("bridge");
+                let tap = h
+                    .link()
+                    .get()
+                    .match_name("bg-test0".to_owned())
+                    .execute()
+                    .try_next()
+                    .await
+                    .expect("get")
+                    .expect("tap");
+                use rtnetlink::packet_route::link::LinkAttribute;
+                assert!(
+                    tap.attributes
+                        .iter()
+                        .any(|a| matches!(a, LinkAttribute::Controller(i) if *i == br)),
+                    "tap not attached to the bridge"
+                );
+                n.delete_link("bg-test0").await.expect("del");
+                n.delete_link("bg-test0").await.expect("del absent");
+                assert!(
+                    !n.list_links()
+                        .await
+                        .expect("list")
+                        .contains(&"bg-test0".to_owned())
+                );
+                assert!(n.create_tap("bad/name", "bgtestbr0").await.is_err());
+            });
+        });
+        res.expect("netns");
+    }
+}

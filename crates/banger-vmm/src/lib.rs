@@ -1,0 +1,88 @@
+//! VMM drivers behind one interface.
+//!
+//! [`LaunchSpec`] says what to run (kernel, disks, tap, sockets); a
+//! driver turns it into a process and controls it. Everything else in
+//! banger (storage, network, guest config, crash safety) is shared.
+//!
+//! VMM processes must outlive the daemon: a daemon crash or upgrade never
+//! takes VMs down. QEMU daemonizes itself (`-daemonize`, pid in a file);
+//! either way the daemon identifies a VMM by pid *and* the control socket
+//! path in its command line ([`process::vmm_alive`]), so a recycled pid is
+//! never mistaken for a VM.
+
+pub mod process;
+pub mod qemu;
+pub mod qmp;
+
+use std::path::PathBuf;
+
+use banger_api::doctor::Accel;
+
+/// Why a VMM operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("starting {bin}: {message}")]
+    Launch { bin: PathBuf, message: String },
+    #[error("control socket {path}: {message}")]
+    Control { path: PathBuf, message: String },
+    #[error("vmm pid {pid} did not exit within {secs}s")]
+    ExitTimeout { pid: u32, secs: u64 },
+}
+
+/// The tap a VM's virtio-net device is backed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    pub tap: String,
+    pub mac: String,
+}
+
+/// Everything a VMM needs to start one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSpec {
+    pub vm_id: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    /// In order: `/dev/vda` (root), `/dev/vdb` (work), ...
+    pub disks: Vec<PathBuf>,
+    pub net: Option<NetSpec>,
+    /// The serial console is written here.
+    pub console_log: PathBuf,
+    /// QMP socket (QEMU) or API socket (Firecracker): also the identity
+    /// of the process in `/proc/<pid>/cmdline`.
+    pub control_socket: PathBuf,
+    pub pid_file: PathBuf,
+    pub accel: Accel,
+}
+
+/// A MAC address derived from the VM id: stable across restarts, locally
+/// administered, unicast.
+pub fn mac_for(vm_id: &str) -> String {
+    let hex: Vec<u8> = (0..4)
+        .map(|i| {
+            vm_id
+                .get(i * 2..i * 2 + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .unwrap_or(0)
+        })
+        .collect();
+    format!(
+        "02:b6:{:02x}:{:02x}:{:02x}:{:02x}",
+        hex[0], hex[1], hex[2], hex[3]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_local_unicast_and_stable() {
+        assert_eq!(mac_for("0123456789abcdef"), "02:b6:01:23:45:67");
+        assert_eq!(mac_for("0123456789abcdef"), mac_for("0123456789abcdef"));
+        let first = u8::from_str_radix(&mac_for("ff")[..2], 16).expect("hex");
+        assert_eq!(first & 0b11, 0b10, "locally administered, unicast");
+    }
+}

@@ -1,0 +1,107 @@
+//! Finding and checking VMM processes through `/proc`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::VmmError;
+
+fn cmdline(pid: u32) -> Option<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// Whether `pid` is a live process whose command line names `socket`: the
+/// one check of "is this VM's VMM running" (a recycled pid fails it).
+pub fn vmm_alive(pid: u32, socket: &Path) -> bool {
+    let Some(cmd) = cmdline(pid) else {
+        return false;
+    };
+    !is_zombie(pid) && cmd.contains(&*socket.to_string_lossy())
+}
+
+/// Scans `/proc` for a live process naming `socket` (after a lost pid).
+pub fn find_by_socket(socket: &Path) -> Option<u32> {
+    let needle = socket.to_string_lossy();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = cmdline(pid)?;
+        (cmd.contains(&*needle) && !is_zombie(pid)).then_some(pid)
+    })
+}
+
+/// Sends `sig` to `pid` if it is still this VM's VMM.
+pub fn signal(pid: u32, socket: &Path, sig: Signal) -> bool {
+    if !vmm_alive(pid, socket) {
+        return false;
+    }
+    i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), sig).is_ok())
+}
+
+/// Waits until the VMM is gone.
+pub async fn wait_exit(pid: u32, socket: &Path, within: Duration) -> Result<(), VmmError> {
+    let deadline = Instant::now() + within;
+    while vmm_alive(pid, socket) {
+        if Instant::now() > deadline {
+            return Err(VmmError::ExitTimeout {
+                pid,
+                secs: within.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn identifies_a_process_by_the_socket_in_its_command_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("vm.qmp");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 30; : ")
+            .arg(&sock)
+            .spawn()
+            .expect("spawn");
+        let pid = child.id();
+        // `sh -c script NAME` puts NAME in argv.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !vmm_alive(pid, &sock) {
+            assert!(Instant::now() < deadline, "never saw the process");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !vmm_alive(pid, &dir.path().join("other.qmp")),
+            "socket must match"
+        );
+        assert_eq!(find_by_socket(&sock), Some(pid));
+        assert!(signal(pid, &sock, Signal::SIGKILL));
+        let _ = child.wait();
+        wait_exit(pid, &sock, Duration::from_secs(5))
+            .await
+            .expect("gone");
+        assert!(!vmm_alive(pid, &sock));
+        assert_eq!(find_by_socket(&sock), None);
+        assert!(
+            !signal(pid, &sock, Signal::SIGKILL),
+            "never signal a non-matching pid"
+        );
+    }
+}

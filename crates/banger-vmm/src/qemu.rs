@@ -1,0 +1,181 @@
+//! QEMU `microvm`: the command line.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use banger_api::doctor::Accel;
+
+use crate::LaunchSpec;
+
+/// Builds the `qemu-system-x86_64` argument list for a spec.
+#[derive(Debug, Clone)]
+pub struct QemuCommand {
+    pub bin: PathBuf,
+    /// Host TSC in kHz: passed to the guest so TCG boots never hang in
+    /// TSC calibration.
+    pub tsc_khz: Option<u64>,
+}
+
+impl QemuCommand {
+    pub fn args(&self, spec: &LaunchSpec) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |s: &str| a.push(s.into());
+        let accel = match spec.accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        };
+        push("-name");
+        push(&format!("banger-{}", spec.vm_id));
+        push("-M");
+        push(&format!(
+            "microvm,accel={accel},acpi=on,pit=on,pic=on,rtc=on"
+        ));
+        push("-cpu");
+        push(if spec.accel == Accel::Kvm {
+            "host"
+        } else {
+            "max"
+        });
+        push("-m");
+        push(&spec.memory_mib.to_string());
+        push("-smp");
+        push(&spec.vcpus.to_string());
+        for flag in ["-nodefaults", "-no-user-config", "-no-reboot"] {
+            push(flag);
+        }
+        push("-display");
+        push("none");
+        push("-kernel");
+        a.push(spec.kernel.clone().into());
+        if let Some(initrd) = &spec.initrd {
+            a.push("-initrd".into());
+            a.push(initrd.clone().into());
+        }
+        let mut cmdline = spec.cmdline.clone();
+        if spec.accel == Accel::Tcg {
+            if let Some(khz) = self.tsc_khz {
+                cmdline.push_str(&format!(" tsc_early_khz={khz} lpj={khz}"));
+            }
+        }
+        a.push("-append".into());
+        a.push(cmdline.into());
+        for (i, disk) in spec.disks.iter().enumerate() {
+            a.push("-drive".into());
+            a.push(
+                format!(
+                    "id=d{i},file={},format=raw,if=none,cache=writeback",
+                    disk.display()
+                )
+                .into(),
+            );
+            a.push("-device".into());
+            a.push(format!("virtio-blk-device,drive=d{i}").into());
+        }
+        if let Some(net) = &spec.net {
+            a.push("-netdev".into());
+            a.push(format!("tap,id=n0,ifname={},script=no,downscript=no", net.tap).into());
+            a.push("-device".into());
+            a.push(format!("virtio-net-device,netdev=n0,mac={}", net.mac).into());
+        }
+        a.push("-chardev".into());
+        a.push(format!("file,id=con,path={}", spec.console_log.display()).into());
+        a.push("-serial".into());
+        a.push("chardev:con".into());
+        a.push("-qmp".into());
+        a.push(format!("unix:{},server=on,wait=off", spec.control_socket.display()).into());
+        a.push("-daemonize".into());
+        a.push("-pidfile".into());
+        a.push(spec.pid_file.clone().into());
+        a
+    }
+}
+
+/// The host TSC frequency in kHz, from `/proc/cpuinfo`.
+pub fn host_tsc_khz() -> Option<u64> {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu MHz").and_then(|r| r.split(':').nth(1)))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|mhz| (mhz * 1000.0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NetSpec;
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            vm_id: "0123456789abcdef".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: "/k/vmlinux".into(),
+            initrd: Some("/k/initrd.img".into()),
+            cmdline: "console=ttyS0 root=/dev/vda".into(),
+            disks: vec!["/v/root.ext4".into(), "/v/work.ext4".into()],
+            net: Some(NetSpec {
+                tap: "bg-01234567".into(),
+                mac: "02:b6:01:23:45:67".into(),
+            }),
+            console_log: "/v/console.log".into(),
+            control_socket: "/run/banger/0123.qmp".into(),
+            pid_file: "/v/vmm.pid".into(),
+            accel: Accel::Tcg,
+        }
+    }
+
+    #[test]
+    fn tcg_command_line() {
+        let q = QemuCommand {
+            bin: "qemu-system-x86_64".into(),
+            tsc_khz: Some(2_445_406),
+        };
+        let args: Vec<String> = q
+            .args(&spec())
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(
+            joined.contains(
+                "-M microvm,accel=tcg,acpi=on,pit=on,pic=on,rtc=on -cpu max -m 512 -smp 2"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined
+                .contains("-append console=ttyS0 root=/dev/vda tsc_early_khz=2445406 lpj=2445406"),
+            "{joined}"
+        );
+        assert!(joined.contains("-drive id=d0,file=/v/root.ext4,format=raw,if=none,cache=writeback -device virtio-blk-device,drive=d0"));
+        assert!(joined.contains("-drive id=d1,file=/v/work.ext4"));
+        assert!(joined.contains("-netdev tap,id=n0,ifname=bg-01234567,script=no,downscript=no -device virtio-net-device,netdev=n0,mac=02:b6:01:23:45:67"));
+        assert!(joined.contains("-qmp unix:/run/banger/0123.qmp,server=on,wait=off"));
+        assert!(joined.ends_with("-daemonize -pidfile /v/vmm.pid"));
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu_and_no_tsc_hint() {
+        let q = QemuCommand {
+            bin: "qemu-system-x86_64".into(),
+            tsc_khz: Some(1),
+        };
+        let mut s = spec();
+        s.accel = Accel::Kvm;
+        s.initrd = None;
+        s.net = None;
+        let joined: Vec<String> = q
+            .args(&s)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = joined.join(" ");
+        assert!(joined.contains("accel=kvm") && joined.contains("-cpu host"));
+        assert!(
+            !joined.contains("tsc_early_khz")
+                && !joined.contains("-initrd")
+                && !joined.contains("-netdev")
+        );
+    }
+}
