@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::bzimage::{BzImageError, extract_vmlinux};
 use crate::cpio::CpioWriter;
-use crate::modules::{GUEST_MODULES, ModuleIndex, ModulesError};
+use crate::modules::{GUEST_MODULES, ModuleIndex, ModulesError, OPTIONAL_GUEST_MODULES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -162,6 +162,7 @@ pub fn build_from_tree(tree: &Path, init_path: &Path) -> Result<BuiltKernel, Ker
             });
         }
     }
+    wanted.extend(OPTIONAL_GUEST_MODULES.iter().filter(|m| index.contains(m)));
     if wanted.is_empty() {
         return Ok(BuiltKernel {
             version,

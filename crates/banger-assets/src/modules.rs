@@ -10,6 +10,11 @@ use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSection};
 
+/// Modules loaded when present: the ACPI power button (and the input
+/// events logind reads it through) turn a VMM "power down" into a clean
+/// guest shutdown.
+pub const OPTIONAL_GUEST_MODULES: &[&str] = &["button", "evdev"];
+
 /// Modules a banger guest needs when the kernel has them as modules:
 /// virtio-mmio transport (devices found through ACPI), block (root and work
 /// disks), net (the tap), vsock over virtio (the agent channel).

@@ -5,6 +5,7 @@
 //! recording fake that unit tests drive without privileges or host
 //! changes.
 
+pub mod disk;
 pub mod doctor;
 pub mod net;
 pub mod probe;

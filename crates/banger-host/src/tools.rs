@@ -41,6 +41,8 @@ pub struct ToolRun {
     pub args: Vec<OsString>,
     pub cwd: Option<PathBuf>,
     pub env: Vec<(OsString, OsString)>,
+    /// Exit codes that mean success (e2fsck exits 1 after fixing things).
+    pub ok_codes: Vec<i32>,
 }
 
 impl ToolRun {
@@ -50,7 +52,13 @@ impl ToolRun {
             args: Vec::new(),
             cwd: None,
             env: Vec::new(),
+            ok_codes: vec![0],
         }
+    }
+
+    pub fn ok_codes(mut self, codes: &[i32]) -> Self {
+        self.ok_codes = codes.to_vec();
+        self
     }
 
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
@@ -151,7 +159,7 @@ impl ToolRun {
             source,
         })?;
         group.0 = None;
-        if status.success() {
+        if status.code().is_some_and(|c| self.ok_codes.contains(&c)) {
             Ok(())
         } else {
             Err(ToolError::Failed {

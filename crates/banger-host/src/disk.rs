@@ -1,0 +1,411 @@
+//! VM disks: cloning images, growing ext4, writing guest files — all
+//! without mounting anything.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use banger_api::doctor::StorageStrategy;
+
+use crate::tools::{ToolError, ToolRun};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("debugfs on {image}: {message}")]
+    Debugfs { image: PathBuf, message: String },
+}
+
+/// An entry written into a guest filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestEntry {
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        contents: Vec<u8>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+}
+
+/// Disk side effects the daemon needs.
+#[async_trait]
+pub trait DiskOps: Send + Sync + std::fmt::Debug {
+    /// Copies `src` to `dst` the way `strategy` says (reflink or sparse).
+    async fn clone_image(
+        &self,
+        src: &Path,
+        dst: &Path,
+        strategy: StorageStrategy,
+    ) -> Result<(), DiskError>;
+    /// Grows the file and the ext4 inside it to `size` bytes (never shrinks).
+    async fn grow_ext4(&self, image: &Path, size: u64) -> Result<(), DiskError>;
+    /// A new empty ext4 of `size` bytes.
+    async fn make_ext4(&self, image: &Path, size: u64, label: &str) -> Result<(), DiskError>;
+    /// Writes entries into the ext4 `image` (creating parents as given).
+    async fn write_entries(&self, image: &Path, entries: &[GuestEntry]) -> Result<(), DiskError>;
+}
+
+/// The real host: cp, e2fsck, resize2fs, mkfs.ext4, debugfs.
+#[derive(Debug, Clone)]
+pub struct HostDisks {
+    pub cp: PathBuf,
+    pub e2fsck: PathBuf,
+    pub resize2fs: PathBuf,
+    pub mkfs_ext4: PathBuf,
+    pub debugfs: PathBuf,
+    /// Where debugfs scripts and staged files are written.
+    pub scratch: PathBuf,
+}
+
+impl HostDisks {
+    pub fn with_defaults(mkfs_ext4: PathBuf, scratch: PathBuf) -> Self {
+        Self {
+            cp: "cp".into(),
+            e2fsck: "e2fsck".into(),
+            resize2fs: "resize2fs".into(),
+            mkfs_ext4,
+            debugfs: "debugfs".into(),
+            scratch,
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
+    move |source| DiskError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The debugfs script for `entries`; files are staged under `stage`.
+pub fn debugfs_script(entries: &[GuestEntry], stage: &Path) -> std::io::Result<String> {
+    let mut script = String::new();
+    for (i, e) in entries.iter().enumerate() {
+        match e {
+            GuestEntry::Dir { path, mode } => {
+                script.push_str(&format!("mkdir {path}\n"));
+                script.push_str(&format!("sif {path} mode 0{:o}\n", 0o040_000 | mode));
+            }
+            GuestEntry::File {
+                path,
+                mode,
+                contents,
+            } => {
+                let local = stage.join(format!("f{i}"));
+                std::fs::write(&local, contents)?;
+                script.push_str(&format!("rm {path}\n"));
+                script.push_str(&format!("write {} {path}\n", local.display()));
+                script.push_str(&format!("sif {path} mode 0{:o}\n", 0o100_000 | mode));
+                script.push_str(&format!("sif {path} uid 0\nsif {path} gid 0\n"));
+            }
+            GuestEntry::Symlink { path, target } => {
+                script.push_str(&format!("rm {path}\n"));
+                script.push_str(&format!("symlink {path} {target}\n"));
+            }
+        }
+    }
+    Ok(script)
+}
+
+/// debugfs reports failures on its output and still exits 0: pick out the
+/// lines that are real errors (not the expected "rm" of a missing file or
+/// "mkdir" of an existing dir).
+pub fn debugfs_errors(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter(|l| {
+            let l = l.trim();
+            // "debugfs 1.47" banner and the "debugfs: CMD" echo of each command.
+            let benign = l.starts_with("debugfs")
+                || l.starts_with("rm: File not found")
+                || (l.starts_with("mkdir:") && l.contains("already exists"))
+                || l.starts_with("Allocated inode");
+            !l.is_empty() && !benign && l.contains(':')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[async_trait]
+impl DiskOps for HostDisks {
+    async fn clone_image(
+        &self,
+        src: &Path,
+        dst: &Path,
+        strategy: StorageStrategy,
+    ) -> Result<(), DiskError> {
+        let reflink = match strategy {
+            StorageStrategy::Reflink => "--reflink=always",
+            _ => "--reflink=auto",
+        };
+        ToolRun::new(&self.cp)
+            .args([reflink, "--sparse=always"])
+            .arg(src.as_os_str())
+            .arg(dst.as_os_str())
+            .run(|_| {})
+            .await?;
+        Ok(())
+    }
+
+    async fn grow_ext4(&self, image: &Path, size: u64) -> Result<(), DiskError> {
+        let current = std::fs::metadata(image).map_err(io(image))?.len();
+        if size <= current {
+            return Ok(());
+        }
+        ToolRun::new(&self.e2fsck)
+            .args(["-f", "-p"])
+            .arg(image.as_os_str())
+            .ok_codes(&[0, 1])
+            .run(|_| {})
+            .await?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(image)
+            .map_err(io(image))?;
+        f.set_len(size).map_err(io(image))?;
+        ToolRun::new(&self.resize2fs)
+            .arg(image.as_os_str())
+            .run(|_| {})
+            .await?;
+        Ok(())
+    }
+
+    async fn make_ext4(&self, image: &Path, size: u64, label: &str) -> Result<(), DiskError> {
+        ToolRun::new(&self.mkfs_ext4)
+            .args(["-F", "-q", "-L", label])
+            .arg(image.as_os_str())
+            .arg(format!("{}k", size / 1024))
+            .run(|_| {})
+            .await?;
+        Ok(())
+    }
+
+    async fn write_entries(&self, image: &Path, entries: &[GuestEntry]) -> Result<(), DiskError> {
+        std::fs::create_dir_all(&self.scratch).map_err(io(&self.scratch))?;
+        let stage = tempfile::Builder::new()
+            .prefix("debugfs-")
+            .tempdir_in(&self.scratch)
+            .map_err(io(&self.scratch))?;
+        let script = debugfs_script(entries, stage.path()).map_err(io(stage.path()))?;
+        let script_path = stage.path().join("script");
+        std::fs::write(&script_path, script).map_err(io(&script_path))?;
+        let mut out = String::new();
+        ToolRun::new(&self.debugfs)
+            .arg("-w")
+            .arg("-f")
+            .arg(script_path.as_os_str())
+            .arg(image.as_os_str())
+            .run(|l| {
+                out.push_str(l);
+                out.push('\n');
+            })
+            .await?;
+        let errors = debugfs_errors(&out);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(DiskError::Debugfs {
+                image: image.to_owned(),
+                message: errors.join("; "),
+            })
+        }
+    }
+}
+
+/// A recording fake that creates plain files where the real one would
+/// clone or format.
+#[derive(Debug, Default)]
+pub struct FakeDisks {
+    pub calls: Mutex<Vec<String>>,
+    pub written: Mutex<Vec<(PathBuf, GuestEntry)>>,
+}
+
+impl FakeDisks {
+    fn record(&self, s: String) {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+    }
+
+    pub fn recorded(&self) -> Vec<String> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[async_trait]
+impl DiskOps for FakeDisks {
+    async fn clone_image(
+        &self,
+        src: &Path,
+        dst: &Path,
+        strategy: StorageStrategy,
+    ) -> Result<(), DiskError> {
+        self.record(format!(
+            "clone {} {} {strategy:?}",
+            src.display(),
+            dst.display()
+        ));
+        std::fs::write(dst, b"").map_err(io(dst))
+    }
+
+    async fn grow_ext4(&self, image: &Path, size: u64) -> Result<(), DiskError> {
+        self.record(format!("grow {} {size}", image.display()));
+        Ok(())
+    }
+
+    async fn make_ext4(&self, image: &Path, size: u64, label: &str) -> Result<(), DiskError> {
+        self.record(format!("mkfs {} {size} {label}", image.display()));
+        std::fs::write(image, b"").map_err(io(image))
+    }
+
+    async fn write_entries(&self, image: &Path, entries: &[GuestEntry]) -> Result<(), DiskError> {
+        self.record(format!(
+            "write {} ({} entries)",
+            image.display(),
+            entries.len()
+        ));
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        w.extend(entries.iter().map(|e| (image.to_owned(), e.clone())));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_and_error_filter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = debugfs_script(
+            &[
+                GuestEntry::Dir {
+                    path: "/etc/banger".into(),
+                    mode: 0o755,
+                },
+                GuestEntry::File {
+                    path: "/etc/hostname".into(),
+                    mode: 0o644,
+                    contents: b"vm1\n".to_vec(),
+                },
+                GuestEntry::Symlink {
+                    path: "/etc/x".into(),
+                    target: "/lib/y".into(),
+                },
+            ],
+            dir.path(),
+        )
+        .expect("script");
+        assert!(
+            s.contains("mkdir /etc/banger\nsif /etc/banger mode 040755\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains(&format!(
+                "write {}/f1 /etc/hostname\nsif /etc/hostname mode 0100644",
+                dir.path().display()
+            )),
+            "{s}"
+        );
+        assert!(s.contains("symlink /etc/x /lib/y"));
+        assert_eq!(
+            std::fs::read(dir.path().join("f1")).expect("staged"),
+            b"vm1\n"
+        );
+        let out = "debugfs 1.47.0 (5-Feb-2023)\nrm: File not found by ext2_lookup while trying to resolve filename\nmkdir: Ext2 directory already exists\nwrite: Could not allocate block in ext2 filesystem while writing file \"x\"\n";
+        assert_eq!(debugfs_errors(out).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn real_tools_clone_grow_and_write_without_mounting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disks = HostDisks::with_defaults("mkfs.ext4".into(), dir.path().join("scratch"));
+        let base = dir.path().join("base.ext4");
+        if let Err(DiskError::Tool(ToolError::NotFound { .. })) =
+            disks.make_ext4(&base, 32 << 20, "base").await
+        {
+            eprintln!("SKIPPED: e2fsprogs missing (scripts/setup.sh installs it)");
+            return;
+        }
+        let clone = dir.path().join("clone.ext4");
+        disks
+            .clone_image(&base, &clone, StorageStrategy::SparseCopy)
+            .await
+            .expect("clone");
+        disks.grow_ext4(&clone, 64 << 20).await.expect("grow");
+        assert_eq!(std::fs::metadata(&clone).expect("stat").len(), 64 << 20);
+        let entries = [
+            GuestEntry::Dir {
+                path: "/etc".into(),
+                mode: 0o755,
+            },
+            GuestEntry::File {
+                path: "/etc/hostname".into(),
+                mode: 0o644,
+                contents: b"box\n".to_vec(),
+            },
+            GuestEntry::File {
+                path: "/etc/hostname".into(),
+                mode: 0o600,
+                contents: b"box2\n".to_vec(),
+            },
+            GuestEntry::Symlink {
+                path: "/etc/link".into(),
+                target: "/etc/hostname".into(),
+            },
+        ];
+        disks.write_entries(&clone, &entries).await.expect("write");
+        let cat = std::process::Command::new("debugfs")
+            .args(["-R", "cat /etc/hostname"])
+            .arg(&clone)
+            .output()
+            .expect("debugfs");
+        assert_eq!(
+            String::from_utf8_lossy(&cat.stdout),
+            "box2\n",
+            "the second write replaced the file"
+        );
+        let stat = std::process::Command::new("debugfs")
+            .args(["-R", "stat /etc/hostname"])
+            .arg(&clone)
+            .output()
+            .expect("stat");
+        assert!(
+            String::from_utf8_lossy(&stat.stdout).contains("Mode:  0600"),
+            "{}",
+            String::from_utf8_lossy(&stat.stdout)
+        );
+        // The base is untouched.
+        let cat = std::process::Command::new("debugfs")
+            .args(["-R", "cat /etc/hostname"])
+            .arg(&base)
+            .output()
+            .expect("debugfs");
+        assert!(String::from_utf8_lossy(&cat.stdout).is_empty());
+        // A write that cannot succeed is reported.
+        let err = disks
+            .write_entries(
+                &clone,
+                &[GuestEntry::File {
+                    path: "/missing/dir/f".into(),
+                    mode: 0o644,
+                    contents: vec![1],
+                }],
+            )
+            .await
+            .expect_err("no parent dir");
+        assert!(matches!(err, DiskError::Debugfs { .. }), "{err}");
+    }
+}
