@@ -16,6 +16,7 @@ PACKAGES=(
   xfsprogs          # mkfs.xfs -m reflink=1 for a reflink-capable state dir
   nftables          # per-VM NAT
   iproute2          # ip netns for the host tests
+  iputils-ping      # reachability checks in the host tests
   debootstrap       # root images from Debian packages
   cpio              # checking the initramfs we write
   tmux              # driving interactive sessions in tests

@@ -87,6 +87,23 @@ pub enum VmCmd {
     Create(CreateArgs),
     /// Change a VM's settings.
     Set(SetArgs),
+    /// Boot a VM (creates its disks on first start).
+    Start {
+        vm: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shut a VM down gracefully (ACPI power button), killing it after a timeout.
+    Stop { vm: String },
+    /// Stop a VM at once.
+    Kill { vm: String },
+    /// Print a VM's serial console.
+    Logs {
+        vm: String,
+        /// How many lines from the end (0 = all).
+        #[arg(short = 'n', long, default_value_t = 0)]
+        lines: usize,
+    },
     /// Delete VMs (they must not be running).
     #[command(visible_alias = "rm")]
     Delete {

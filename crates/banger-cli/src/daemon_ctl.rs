@@ -61,30 +61,33 @@ pub async fn start(config: &Config) -> Result<DaemonStatus> {
         .open(&stderr_path)
         .with_context(|| format!("opening {}", stderr_path.display()))?;
     let start_offset = stderr.metadata().map(|m| m.len()).unwrap_or(0);
-    let bin = daemon_binary();
-    let mut child = Command::new(&bin)
-        .arg("--detached")
-        .stdin(Stdio::null())
-        .stdout(stderr.try_clone()?)
-        .stderr(stderr)
-        // Own process group: the terminal's Ctrl-C must not reach it.
-        .process_group(0)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (install bangerd next to banger, put it on PATH, or set {DAEMON_BIN_ENV})",
-                bin.display()
-            )
-        })?;
-    wait_until_up(config, &mut child, &stderr_path, start_offset).await
+    let spawn = || -> Result<Child> {
+        let bin = daemon_binary();
+        Command::new(&bin)
+            .arg("--detached")
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone()?)
+            .stderr(stderr.try_clone()?)
+            // Own process group: the terminal's Ctrl-C must not reach it.
+            .process_group(0)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (install bangerd next to banger, put it on PATH, or set {DAEMON_BIN_ENV})",
+                    bin.display()
+                )
+            })
+    };
+    wait_until_up(config, spawn, &stderr_path, start_offset).await
 }
 
 async fn wait_until_up(
     config: &Config,
-    child: &mut Child,
+    spawn: impl Fn() -> Result<Child>,
     stderr_path: &Path,
     offset: u64,
 ) -> Result<DaemonStatus> {
+    let mut child = spawn()?;
     let client = Client::new(&config.socket);
     let deadline = Instant::now() + START_TIMEOUT;
     let mut delay = Duration::from_millis(10);
@@ -98,9 +101,15 @@ async fn wait_until_up(
         }
         if let Ok(Some(status)) = child.try_wait() {
             let said = tail_since(stderr_path, offset);
-            // Another banger started a daemon at the same moment and won
-            // the lock: that one will answer, keep waiting for it.
-            if !said.contains("already running") {
+            // Another daemon holds the lock: one started by a concurrent
+            // banger (it will answer), or one still exiting after a stop
+            // (it will not). Try again until one answers.
+            if said.contains("already running") {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                child = spawn()?;
+                continue;
+            }
+            {
                 bail!(
                     "bangerd exited ({status}) before answering:\n{}\n(full output in {})",
                     said.trim_end(),
@@ -137,7 +146,15 @@ pub async fn stop(client: &Client) -> Result<Option<u32>> {
     };
     client.shutdown().await.context("asking bangerd to stop")?;
     let deadline = Instant::now() + STOP_TIMEOUT;
-    while client.status().await.is_ok() {
+    // Gone means the process exited (and released its lock), not merely
+    // that the socket stopped answering.
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let is_running = || {
+        std::fs::read_to_string(proc_dir.join("stat"))
+            .map(|s| !s.contains(") Z"))
+            .unwrap_or(false)
+    };
+    while client.status().await.is_ok() || is_running() {
         if Instant::now() > deadline {
             bail!(
                 "bangerd (pid {pid}) did not stop within {}s",

@@ -393,6 +393,41 @@ async fn vm(config: &Config, cmd: VmCmd) -> Result<ExitCode> {
                 render::vm_detail(&rec);
             }
         }
+        VmCmd::Start { vm, json } => {
+            let rec = staged(json, async |b: &mut Stages| {
+                client.start_vm(&vm, |p| b.update(p)).await
+            })
+            .await?;
+            if json {
+                render::json(&rec)?;
+            } else {
+                println!(
+                    "{} running at {}",
+                    rec.name,
+                    rec.runtime.guest_ip.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        VmCmd::Stop { vm } => {
+            let rec = client.stop_vm(&vm).await?;
+            println!("{} stopped", rec.name);
+        }
+        VmCmd::Kill { vm } => {
+            let rec = client.kill_vm(&vm).await?;
+            println!("{} killed", rec.name);
+        }
+        VmCmd::Logs { vm, lines } => {
+            let text = client.vm_logs(&vm).await?;
+            let all: Vec<&str> = text.lines().collect();
+            let from = if lines == 0 {
+                0
+            } else {
+                all.len().saturating_sub(lines)
+            };
+            for l in &all[from..] {
+                println!("{l}");
+            }
+        }
         VmCmd::Delete { vms } => {
             let mut failed = false;
             // Each name is independent: one failure does not stop the rest.

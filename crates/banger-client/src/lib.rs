@@ -254,6 +254,46 @@ impl Client {
             .await
     }
 
+    pub async fn start_vm(
+        &self,
+        vm: &str,
+        on_progress: impl FnMut(&Progress),
+    ) -> Result<VmRecord, ClientError> {
+        let path = format!("{}/start", vm_path(vm));
+        self.stream(Method::POST, &path, None, on_progress).await
+    }
+
+    pub async fn stop_vm(&self, vm: &str) -> Result<VmRecord, ClientError> {
+        self.call(Method::POST, &format!("{}/stop", vm_path(vm)), None)
+            .await
+    }
+
+    pub async fn kill_vm(&self, vm: &str) -> Result<VmRecord, ClientError> {
+        self.call(Method::POST, &format!("{}/kill", vm_path(vm)), None)
+            .await
+    }
+
+    /// The serial console log.
+    pub async fn vm_logs(&self, vm: &str) -> Result<String, ClientError> {
+        let resp = self
+            .send(Method::GET, &format!("{}/logs", vm_path(vm)), None)
+            .await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|source| ClientError::Http {
+                socket: self.socket.clone(),
+                source,
+            })?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(ClientError::Api(error_from(status.as_u16(), &bytes)));
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     pub async fn delete_vm(&self, vm: &str) -> Result<VmRecord, ClientError> {
         self.call(Method::DELETE, &vm_path(vm), None).await
     }

@@ -27,6 +27,18 @@ pub enum Command {
     VmDelete {
         vm: String,
     },
+    VmStart {
+        vm: String,
+    },
+    VmStop {
+        vm: String,
+    },
+    VmKill {
+        vm: String,
+    },
+    VmLogs {
+        vm: String,
+    },
     KernelList,
     KernelShow {
         name: String,
@@ -60,6 +72,7 @@ pub enum Reply {
     Vms(Vec<VmRecord>),
     Vm(VmRecord),
     Deleted(VmRecord),
+    Logs(String),
     Kernels(Vec<KernelRecord>),
     Kernel(KernelRecord),
     Images(Vec<ImageRecord>),

@@ -31,6 +31,12 @@ pub enum CoreError {
     AssetBuild(String),
     #[error("asset corrupt: {0}")]
     AssetCorrupt(String),
+    #[error("vm {vm:?} failed to start: {message}")]
+    StartFailed { vm: String, message: String },
+    #[error("{0}")]
+    Host(String),
+    #[error("cleanup incomplete: {}", .0.join("; "))]
+    Cleanup(Vec<String>),
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
     #[error("{0}")]

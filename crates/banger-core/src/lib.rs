@@ -13,10 +13,11 @@ pub mod lifecycle;
 pub mod locks;
 pub mod names;
 pub mod progress;
+pub mod runtime;
 pub mod service;
 pub mod testing;
 
 pub use command::{Command, Reply};
 pub use error::CoreError;
 pub use progress::ProgressSink;
-pub use service::Core;
+pub use service::{Core, HostDeps};

@@ -12,8 +12,11 @@ use banger_api::vm::{
     CreateVmRequest, SetVmRequest, VmRecord, VmRuntime, VmSpec, VmState, VmmKind,
 };
 use banger_config::Config;
+use banger_host::disk::DiskOps;
+use banger_host::net::NetOps;
 use banger_host::{DoctorInputs, HostProbe, run_doctor};
 use banger_store::{Store, StoreError};
+use banger_vmm::Vmm;
 use chrono::Utc;
 use rand::Rng;
 use tokio::sync::watch;
@@ -34,14 +37,26 @@ pub const MAX_MEMORY_MIB: u32 = 1 << 20;
 pub const MIN_DISK_BYTES: u64 = 64 << 20;
 pub const MAX_DISK_BYTES: u64 = 16 << 40;
 
+/// The host side effects the core drives, real or fake.
+#[derive(Debug, Clone)]
+pub struct HostDeps {
+    pub probe: Arc<dyn HostProbe>,
+    pub net: Arc<dyn NetOps>,
+    pub disks: Arc<dyn DiskOps>,
+    pub qemu: Arc<dyn Vmm>,
+    pub firecracker: Option<Arc<dyn Vmm>>,
+}
+
 /// The daemon core. Shared by every request handler.
 #[derive(Debug)]
 pub struct Core {
     config: Config,
     store: Arc<Store>,
-    probe: Arc<dyn HostProbe>,
-    host: RwLock<Option<DoctorReport>>,
-    vm_locks: KeyedLocks,
+    pub(crate) deps: HostDeps,
+    pub(crate) host: RwLock<Option<DoctorReport>>,
+    pub(crate) vm_locks: KeyedLocks,
+    pub(crate) ip_lock: tokio::sync::Mutex<()>,
+    pub(crate) stop_timeout: std::time::Duration,
     pub(crate) asset_locks: KeyedLocks,
     handles: HandleCache,
     started_at: chrono::DateTime<Utc>,
@@ -50,13 +65,15 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(config: Config, store: Arc<Store>, probe: Arc<dyn HostProbe>) -> Self {
+    pub fn new(config: Config, store: Arc<Store>, deps: HostDeps) -> Self {
         Self {
             config,
             store,
-            probe,
+            deps,
             host: RwLock::new(None),
             vm_locks: KeyedLocks::new(),
+            ip_lock: tokio::sync::Mutex::new(()),
+            stop_timeout: crate::runtime::GRACEFUL_STOP,
             asset_locks: KeyedLocks::new(),
             handles: HandleCache::new(),
             started_at: Utc::now(),
@@ -80,7 +97,7 @@ impl Core {
 
     /// Probes the host again and caches the report for VMM/storage choices.
     pub async fn refresh_host(&self) -> Result<DoctorReport, CoreError> {
-        let probe = Arc::clone(&self.probe);
+        let probe = Arc::clone(&self.deps.probe);
         let inputs = DoctorInputs {
             firecracker: self.config.vmm.firecracker.clone(),
             jailer: self.config.vmm.jailer.clone(),
@@ -94,7 +111,7 @@ impl Core {
         Ok(report)
     }
 
-    async fn host_report(&self) -> Result<DoctorReport, CoreError> {
+    pub(crate) async fn host_report(&self) -> Result<DoctorReport, CoreError> {
         let cached = self.host.read().unwrap_or_else(|p| p.into_inner()).clone();
         match cached {
             Some(r) => Ok(r),
@@ -114,7 +131,7 @@ impl Core {
             .map_err(CoreError::from)
     }
 
-    async fn find_vm(&self, vm: &str) -> Result<VmRecord, CoreError> {
+    pub(crate) async fn find_vm(&self, vm: &str) -> Result<VmRecord, CoreError> {
         let key = vm.to_owned();
         self.db(move |s| s.find_vm(&key))
             .await?
@@ -139,6 +156,10 @@ impl Core {
             Command::VmCreate(req) => self.create_vm(req, progress).await.map(Reply::Vm),
             Command::VmSet { vm, changes } => self.set_vm(&vm, changes).await.map(Reply::Vm),
             Command::VmDelete { vm } => self.delete_vm(&vm).await.map(Reply::Deleted),
+            Command::VmStart { vm } => self.start_vm(&vm, progress).await.map(Reply::Vm),
+            Command::VmStop { vm } => self.stop_vm(&vm, true).await.map(Reply::Vm),
+            Command::VmKill { vm } => self.stop_vm(&vm, false).await.map(Reply::Vm),
+            Command::VmLogs { vm } => self.vm_logs(&vm).await.map(Reply::Logs),
             Command::KernelList => self.list_assets().await.map(Reply::Kernels),
             Command::KernelShow { name, verify } => {
                 let k: KernelRecord = self.find_asset(&name).await?;
@@ -327,10 +348,11 @@ impl Core {
     async fn delete_vm(&self, vm: &str) -> Result<VmRecord, CoreError> {
         let found = self.find_vm(vm).await?;
         let _lock = self.vm_locks.lock(&found.id).await;
-        let rec = self.find_vm(&found.id).await?;
+        let mut rec = self.find_vm(&found.id).await?;
         check_action(&rec.name, rec.state, VmAction::Delete)?;
-        if let Some(dir) = rec.runtime.vm_dir.as_deref() {
-            self.remove_vm_dir(Path::new(dir))?;
+        if rec.runtime.vm_dir.is_some() {
+            // Everything the VM ever held: disks, tap, sockets, address.
+            self.cleanup(&mut rec, false).await?;
         }
         let id = rec.id.clone();
         self.db(move |s| s.delete_vm(&id)).await?;
@@ -345,7 +367,7 @@ impl Core {
 
     /// Removes a VM directory, refusing any path outside `<state>/vms`: a
     /// corrupted record must never make the daemon delete arbitrary trees.
-    fn remove_vm_dir(&self, dir: &Path) -> Result<(), CoreError> {
+    pub(crate) fn remove_vm_dir(&self, dir: &Path) -> Result<(), CoreError> {
         let root = self.config.state_dir.join("vms");
         let inside = dir.parent() == Some(root.as_path())
             && dir.file_name().is_some_and(|n| n != "." && n != "..");
@@ -415,7 +437,6 @@ fn asset_name(kind: &str, name: Option<String>) -> Result<String, CoreError> {
 #[cfg(test)]
 mod tests {
     use banger_api::doctor::{Accel, Check, CheckStatus, StorageStrategy, VmmChoice};
-    use banger_host::FakeProbe;
 
     use super::*;
     use crate::lifecycle::LifecycleError;
@@ -430,7 +451,7 @@ mod tests {
         .expect("config");
         let store = Arc::new(Store::open_in_memory().expect("store"));
         crate::testing::seed_default_assets(&store);
-        let core = Core::new(cfg, store, Arc::new(FakeProbe::new()));
+        let core = Core::new(cfg, store, crate::testing::fake_deps().0);
         // A host with QEMU/TCG and nothing else, without running probes.
         *core.host.write().expect("lock") = Some(DoctorReport {
             checks: vec![Check {

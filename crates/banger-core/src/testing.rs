@@ -1,7 +1,15 @@
 //! Fixtures for tests of the core and the layers above it.
 
 use banger_api::asset::{AssetFile, ImageRecord, KernelRecord};
+use std::sync::Arc;
+
+use banger_host::FakeProbe;
+use banger_host::disk::FakeDisks;
+use banger_host::net::FakeNet;
 use banger_store::Store;
+use banger_vmm::FakeVmm;
+
+use crate::service::HostDeps;
 use chrono::Utc;
 
 use crate::assets::DEFAULT_ASSET;
@@ -45,4 +53,67 @@ pub fn seed_default_assets(store: &Store) {
             created_at: now,
         })
         .expect("seed image");
+}
+
+/// Recording fakes for every host dependency, and handles on them.
+pub fn fake_deps() -> (HostDeps, Arc<FakeNet>, Arc<FakeDisks>, Arc<FakeVmm>) {
+    fake_deps_with(FakeProbe::new())
+}
+
+pub fn fake_deps_with(probe: FakeProbe) -> (HostDeps, Arc<FakeNet>, Arc<FakeDisks>, Arc<FakeVmm>) {
+    let net = Arc::new(FakeNet::default());
+    let disks = Arc::new(FakeDisks::default());
+    let vmm = Arc::new(FakeVmm::default());
+    let deps = HostDeps {
+        probe: Arc::new(probe),
+        net: net.clone(),
+        disks: disks.clone(),
+        qemu: vmm.clone(),
+        firecracker: None,
+    };
+    (deps, net, disks, vmm)
+}
+
+/// Writes small stand-in kernel and image files under `dir` and records
+/// them as `default` with their real digests, for tests that start VMs
+/// against fake host dependencies.
+pub fn seed_real_default_assets(store: &Store, dir: &std::path::Path) {
+    let write = |name: &str, data: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, data).expect("asset file");
+        let (sha256, size) = banger_assets::files::hash_file(&p).expect("hash");
+        AssetFile {
+            path: p.display().to_string(),
+            sha256,
+            size,
+        }
+    };
+    let now = Utc::now();
+    store
+        .insert_asset(&KernelRecord {
+            id: "k1".into(),
+            name: DEFAULT_ASSET.into(),
+            version: None,
+            source: "test".into(),
+            vmlinux: write("vmlinux", b"\x7fELF fake"),
+            initrd: None,
+            modules: vec![],
+            cmdline: String::new(),
+            booted_on: vec![],
+            digest: "k".into(),
+            created_at: now,
+        })
+        .expect("kernel");
+    store
+        .insert_asset(&ImageRecord {
+            id: "i1".into(),
+            name: DEFAULT_ASSET.into(),
+            source: "test".into(),
+            rootfs: write("rootfs.ext4", b"rootfs"),
+            work_seed: Some(write("seed.ext4", b"seed")),
+            packages: vec![],
+            digest: "i".into(),
+            created_at: now,
+        })
+        .expect("image");
 }

@@ -35,6 +35,10 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/host/doctor", get(doctor))
         .route("/v1/vms", get(vm_list).post(vm_create))
         .route("/v1/vms/{vm}", get(vm_show).patch(vm_set).delete(vm_delete))
+        .route("/v1/vms/{vm}/start", axum::routing::post(vm_start))
+        .route("/v1/vms/{vm}/stop", axum::routing::post(vm_stop))
+        .route("/v1/vms/{vm}/kill", axum::routing::post(vm_kill))
+        .route("/v1/vms/{vm}/logs", get(vm_logs))
         .route("/v1/kernels", get(kernel_list))
         .route("/v1/kernels/import", axum::routing::post(kernel_import))
         .route("/v1/kernels/add", axum::routing::post(kernel_add))
@@ -60,7 +64,11 @@ pub fn to_api_error(e: &CoreError) -> ApiError {
         CoreError::AssetNotFound { .. } => ErrorCode::NotFound,
         CoreError::AssetNameTaken { .. } => ErrorCode::Conflict,
         CoreError::AssetInUse { .. } => ErrorCode::InvalidState,
-        CoreError::AssetBuild(_) | CoreError::AssetCorrupt(_) => ErrorCode::Failed,
+        CoreError::AssetBuild(_)
+        | CoreError::AssetCorrupt(_)
+        | CoreError::StartFailed { .. }
+        | CoreError::Host(_)
+        | CoreError::Cleanup(_) => ErrorCode::Failed,
         CoreError::Handles(_) | CoreError::Store(_) | CoreError::Internal(_) => ErrorCode::Internal,
     };
     if code == ErrorCode::Internal {
@@ -127,6 +135,7 @@ fn reply_response(reply: Reply) -> Response {
         Reply::Doctor(d) => axum::Json(d).into_response(),
         Reply::Vms(v) => axum::Json(v).into_response(),
         Reply::Vm(v) | Reply::Deleted(v) => axum::Json(v).into_response(),
+        Reply::Logs(text) => text.into_response(),
         Reply::Kernels(k) => axum::Json(k).into_response(),
         Reply::Kernel(k) => axum::Json(k).into_response(),
         Reply::Images(i) => axum::Json(i).into_response(),
@@ -141,6 +150,7 @@ fn reply_value(reply: Reply) -> serde_json::Value {
         Reply::Doctor(d) => serde_json::to_value(d),
         Reply::Vms(v) => serde_json::to_value(v),
         Reply::Vm(v) | Reply::Deleted(v) => serde_json::to_value(v),
+        Reply::Logs(text) => Ok(serde_json::Value::String(text)),
         Reply::Kernels(k) => serde_json::to_value(k),
         Reply::Kernel(k) => serde_json::to_value(k),
         Reply::Images(i) => serde_json::to_value(i),
@@ -230,6 +240,22 @@ async fn vm_set(State(core): State<Arc<Core>>, Path(vm): Path<String>, body: Byt
 
 async fn vm_delete(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> ApiResult {
     exec(&core, Command::VmDelete { vm: vm_ref(&vm)? }).await
+}
+
+async fn vm_start(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> ApiResult {
+    Ok(streamed(core, Command::VmStart { vm: vm_ref(&vm)? }))
+}
+
+async fn vm_stop(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> ApiResult {
+    exec(&core, Command::VmStop { vm: vm_ref(&vm)? }).await
+}
+
+async fn vm_kill(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> ApiResult {
+    exec(&core, Command::VmKill { vm: vm_ref(&vm)? }).await
+}
+
+async fn vm_logs(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> ApiResult {
+    exec(&core, Command::VmLogs { vm: vm_ref(&vm)? }).await
 }
 
 /// A boolean query flag such as `?force=true`.
@@ -402,7 +428,11 @@ mod tests {
                 "Accelerators:\ntcg\n",
             )
             .with_reflink("ext4", false);
-        router(Arc::new(Core::new(cfg, store, Arc::new(probe))))
+        router(Arc::new(Core::new(
+            cfg,
+            store,
+            banger_core::testing::fake_deps_with(probe).0,
+        )))
     }
 
     async fn request(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, String) {

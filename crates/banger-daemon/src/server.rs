@@ -5,9 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use banger_config::Config;
-use banger_core::Core;
+use banger_core::{Core, HostDeps};
 use banger_host::SystemProbe;
+use banger_host::disk::HostDisks;
+use banger_host::net::Netlink;
 use banger_store::{Store, StoreError};
+use banger_vmm::QemuVmm;
+use banger_vmm::qemu::{QemuCommand, host_tsc_khz};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -92,7 +96,22 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
 
     let store = Arc::new(Store::open(&config.db_path())?);
     let socket = config.socket.clone();
-    let core = Arc::new(Core::new(config, store, Arc::new(SystemProbe)));
+    let deps = HostDeps {
+        probe: Arc::new(SystemProbe),
+        net: Arc::new(Netlink),
+        disks: Arc::new(HostDisks::with_defaults(
+            config.tools.mkfs_ext4.clone(),
+            config.tmp_dir(),
+        )),
+        qemu: Arc::new(QemuVmm {
+            command: QemuCommand {
+                bin: config.vmm.qemu.clone(),
+                tsc_khz: host_tsc_khz(),
+            },
+        }),
+        firecracker: None,
+    };
+    let core = Arc::new(Core::new(config, store, deps));
     match core.refresh_host().await {
         Ok(report) => tracing::info!(
             default_vmm = ?report.default_vmm,
@@ -100,6 +119,10 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
             "host capabilities probed"
         ),
         Err(e) => tracing::warn!(error = %e, "host probe failed"),
+    }
+    // Before serving: adopt what survived the last daemon, clean the rest.
+    if let Err(e) = core.reconcile().await {
+        tracing::error!(error = %e, "reconcile failed; continuing");
     }
 
     // We hold the instance lock, so a socket file here is a dead daemon's.

@@ -132,7 +132,8 @@ pub fn debugfs_errors(output: &str) -> Vec<String> {
             // "debugfs 1.47" banner and the "debugfs: CMD" echo of each command.
             let benign = l.starts_with("debugfs")
                 || l.starts_with("rm: File not found")
-                || (l.starts_with("mkdir:") && l.contains("already exists"))
+                || ((l.starts_with("mkdir:") || l.starts_with("ext2fs_mkdir:"))
+                    && l.contains("already exists"))
                 || l.starts_with("Allocated inode");
             !l.is_empty() && !benign && l.contains(':')
         })
@@ -324,7 +325,7 @@ mod tests {
             std::fs::read(dir.path().join("f1")).expect("staged"),
             b"vm1\n"
         );
-        let out = "debugfs 1.47.0 (5-Feb-2023)\nrm: File not found by ext2_lookup while trying to resolve filename\nmkdir: Ext2 directory already exists\nwrite: Could not allocate block in ext2 filesystem while writing file \"x\"\n";
+        let out = "debugfs 1.47.0 (5-Feb-2023)\nrm: File not found by ext2_lookup while trying to resolve filename\nmkdir: Ext2 directory already exists\next2fs_mkdir: Ext2 directory already exists while creating directory \"x\"\nwrite: Could not allocate block in ext2 filesystem while writing file \"x\"\n";
         assert_eq!(debugfs_errors(out).len(), 1);
     }
 

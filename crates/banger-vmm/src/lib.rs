@@ -10,6 +10,8 @@
 //! path in its command line ([`process::vmm_alive`]), so a recycled pid is
 //! never mistaken for a VM.
 
+pub mod driver;
+pub use driver::{FakeVmm, QemuVmm, Vmm};
 pub mod process;
 pub mod qemu;
 pub mod qmp;

@@ -1,0 +1,950 @@
+//! Running VMs: start, stop, kill, cleanup, reconcile.
+//!
+//! Invariants (from the system this re-creates):
+//! - Durable intent lives in SQLite; live kernel objects live in the
+//!   handle cache, written to `<vm dir>/handles.json` *before* memory, and
+//!   mirrored onto the runtime record for the names cleanup cannot derive.
+//! - A handle is recorded before the object it names is created, so a
+//!   crash in between leaves cleanup something to remove, never a leak.
+//! - Cleanup runs every step whatever fails, and returns every error.
+//! - Reconcile at daemon start adopts VMs whose VMM still runs and tears
+//!   down the rest with whatever handles survive.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use banger_api::asset::{ImageRecord, KernelRecord};
+use banger_api::doctor::Accel;
+use banger_api::vm::{VmRecord, VmState, VmmKind};
+use banger_host::disk::GuestEntry;
+use banger_store::Store;
+use banger_vmm::{LaunchSpec, NetSpec, Vmm, mac_for};
+use chrono::Utc;
+
+use crate::error::CoreError;
+use crate::handles::{VmHandles, read_scratch};
+use crate::lifecycle::{VmAction, check_action, check_transition};
+use crate::progress::ProgressSink;
+use crate::service::Core;
+
+/// How long a graceful stop waits before killing.
+pub const GRACEFUL_STOP: Duration = Duration::from_secs(10);
+
+/// Name of a VM's tap: derived from its id, so it is owned by name.
+pub fn tap_name(vm_id: &str) -> String {
+    format!("bg-{}", &vm_id[..vm_id.len().min(12)])
+}
+
+/// Files the daemon keeps per VM.
+#[derive(Debug, Clone)]
+pub struct VmPaths {
+    pub dir: PathBuf,
+    pub root_disk: PathBuf,
+    pub work_disk: PathBuf,
+    pub console: PathBuf,
+    pub pid_file: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Core {
+    pub fn vm_paths(&self, vm_id: &str) -> VmPaths {
+        let dir = self.vm_dir(vm_id);
+        VmPaths {
+            root_disk: dir.join("root.ext4"),
+            work_disk: dir.join("work.ext4"),
+            console: dir.join("console.log"),
+            pid_file: dir.join("vmm.pid"),
+            // Runtime dir: short, so the socket fits sun_path.
+            socket: self
+                .config()
+                .runtime_dir
+                .join("vms")
+                .join(format!("{vm_id}.sock")),
+            dir,
+        }
+    }
+
+    fn vmm_for(&self, kind: VmmKind) -> Result<&dyn Vmm, CoreError> {
+        match kind {
+            VmmKind::Qemu => Ok(self.deps.qemu.as_ref()),
+            VmmKind::Firecracker => self.deps.firecracker.as_deref().ok_or_else(|| {
+                CoreError::Unavailable(
+                    "this daemon has no Firecracker driver configured; recreate the vm with --vmm qemu".into(),
+                )
+            }),
+        }
+    }
+
+    async fn save(&self, vm: &mut VmRecord) -> Result<(), CoreError> {
+        vm.updated_at = Utc::now();
+        let rec = vm.clone();
+        self.db(move |s| s.update_vm(&rec)).await
+    }
+
+    async fn transition(&self, vm: &mut VmRecord, to: VmState) -> Result<(), CoreError> {
+        check_transition(vm.state, to)?;
+        vm.state = to;
+        self.save(vm).await
+    }
+
+    /// Records handles (scratch file, mirror, memory) and persists the
+    /// mirror, before the objects they name are created.
+    async fn record_handles(&self, vm: &mut VmRecord, h: VmHandles) -> Result<(), CoreError> {
+        self.handles().set(vm, h)?;
+        self.save(vm).await
+    }
+
+    /// Whether the VM's VMM runs right now: pid from the cache, verified
+    /// against the control socket in its command line.
+    pub fn vm_alive(&self, vm: &VmRecord) -> bool {
+        let Some(pid) = self.handles().get(&vm.id).and_then(|h| h.pid) else {
+            return false;
+        };
+        let Ok(vmm) = self.vmm_for(vm.spec.vmm) else {
+            return false;
+        };
+        vm.runtime
+            .api_socket
+            .as_deref()
+            .is_some_and(|s| vmm.alive(pid, Path::new(s)))
+    }
+
+    async fn allocate_ip(&self, vm: &mut VmRecord) -> Result<Ipv4Addr, CoreError> {
+        if let Some(ip) = vm.runtime.guest_ip.as_deref().and_then(|s| s.parse().ok()) {
+            return Ok(ip);
+        }
+        let _g = self.ip_lock.lock().await;
+        let used: Vec<Ipv4Addr> = self
+            .db(Store::list_vms)
+            .await?
+            .iter()
+            .filter_map(|v| v.runtime.guest_ip.as_deref()?.parse().ok())
+            .collect();
+        let net = &self.config().network;
+        let bridge = u32::from(net.bridge_ip);
+        let mask = u32::MAX << (32 - u32::from(net.prefix_len));
+        let base = bridge & mask;
+        let broadcast = base | !mask;
+        let ip = (base + 1..broadcast)
+            .map(Ipv4Addr::from)
+            .find(|ip| u32::from(*ip) != bridge && !used.contains(ip))
+            .ok_or_else(|| {
+                CoreError::Unavailable(format!(
+                    "no free address left in {}/{}; delete unused vms or widen network.bridge_cidr",
+                    net.bridge_ip, net.prefix_len
+                ))
+            })?;
+        vm.runtime.guest_ip = Some(ip.to_string());
+        // Persisted under the lock: never handed out twice.
+        self.save(vm).await?;
+        Ok(ip)
+    }
+
+    fn guest_entries(&self, vm: &VmRecord, ip: Ipv4Addr) -> Vec<GuestEntry> {
+        let net = &self.config().network;
+        let file = |path: &str, contents: String| GuestEntry::File {
+            path: path.into(),
+            mode: 0o644,
+            contents: contents.into_bytes(),
+        };
+        let unit = format!(
+            "[Unit]\nDescription=banger guest network\nDefaultDependencies=no\nBindsTo=sys-subsystem-net-devices-eth0.device\nAfter=sys-subsystem-net-devices-eth0.device\nBefore=network.target\nWants=network.target\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/sbin/ip link set lo up\nExecStart=/sbin/ip link set eth0 up\nExecStart=/sbin/ip addr replace {ip}/{prefix} dev eth0\nExecStart=/sbin/ip route replace default via {gw}\n\n[Install]\nWantedBy=multi-user.target\n",
+            prefix = net.prefix_len,
+            gw = net.bridge_ip,
+        );
+        vec![
+            file("/etc/hostname", format!("{}\n", vm.name)),
+            file("/etc/hosts", format!("127.0.0.1 localhost\n127.0.1.1 {name}\n{ip} {name}.vm {name}\n", name = vm.name)),
+            file("/etc/resolv.conf", format!("nameserver {}\nsearch vm\n", net.bridge_ip)),
+            file(
+                "/etc/fstab",
+                "# written by banger at every start\n/dev/vda / ext4 defaults 0 1\n/dev/vdb /root ext4 defaults 0 2\ntmpfs /tmp tmpfs defaults,nodev,nosuid,mode=1777 0 0\n".into(),
+            ),
+            GuestEntry::Dir { path: "/etc/systemd/system/multi-user.target.wants".into(), mode: 0o755 },
+            file("/etc/systemd/system/banger-net.service", unit),
+            GuestEntry::Symlink {
+                path: "/etc/systemd/system/multi-user.target.wants/banger-net.service".into(),
+                target: "/etc/systemd/system/banger-net.service".into(),
+            },
+            // Images carry no ssh host keys (clones would share them): each
+            // VM makes its own on first boot, before sshd starts.
+            file(
+                "/etc/systemd/system/banger-hostkeys.service",
+                "[Unit]\nDescription=banger: per-VM ssh host keys\nBefore=ssh.service\nConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\n\n[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\n\n[Install]\nWantedBy=multi-user.target\n".into(),
+            ),
+            GuestEntry::Symlink {
+                path: "/etc/systemd/system/multi-user.target.wants/banger-hostkeys.service".into(),
+                target: "/etc/systemd/system/banger-hostkeys.service".into(),
+            },
+            GuestEntry::Dir { path: "/etc/ssh/sshd_config.d".into(), mode: 0o755 },
+            file("/etc/ssh/sshd_config.d/99-banger.conf", SSHD_DROP_IN.into()),
+        ]
+    }
+
+    /// Creates the VM's disks on first start; later starts keep them.
+    async fn prepare_disks(
+        &self,
+        vm: &VmRecord,
+        paths: &VmPaths,
+        image: &ImageRecord,
+        progress: &ProgressSink,
+    ) -> Result<(), CoreError> {
+        std::fs::create_dir_all(&paths.dir)
+            .map_err(|e| CoreError::Internal(format!("creating {}: {e}", paths.dir.display())))?;
+        let strategy = self.host_report().await?.storage;
+        let disks = self.deps.disks.as_ref();
+        if !paths.root_disk.exists() {
+            progress.stage("storage", format!("cloning root disk ({strategy:?})"));
+            crate::assets::verify_file(&image.rootfs)?;
+            let tmp = paths.dir.join("root.ext4.partial");
+            disks
+                .clone_image(Path::new(&image.rootfs.path), &tmp, strategy)
+                .await
+                .map_err(disk_err)?;
+            disks
+                .grow_ext4(&tmp, vm.spec.root_disk_bytes)
+                .await
+                .map_err(disk_err)?;
+            std::fs::rename(&tmp, &paths.root_disk).map_err(|e| {
+                CoreError::Internal(format!("publishing {}: {e}", paths.root_disk.display()))
+            })?;
+        }
+        if !paths.work_disk.exists() {
+            let tmp = paths.dir.join("work.ext4.partial");
+            match &image.work_seed {
+                Some(seed) => {
+                    progress.stage("storage", "cloning work disk from the image's /root");
+                    disks
+                        .clone_image(Path::new(&seed.path), &tmp, strategy)
+                        .await
+                        .map_err(disk_err)?;
+                    disks
+                        .grow_ext4(&tmp, vm.spec.work_disk_bytes)
+                        .await
+                        .map_err(disk_err)?;
+                }
+                None => {
+                    progress.stage("storage", "creating an empty work disk");
+                    disks
+                        .make_ext4(&tmp, vm.spec.work_disk_bytes, "banger-work")
+                        .await
+                        .map_err(disk_err)?;
+                }
+            }
+            std::fs::rename(&tmp, &paths.work_disk).map_err(|e| {
+                CoreError::Internal(format!("publishing {}: {e}", paths.work_disk.display()))
+            })?;
+        } else {
+            // `vm set --work-disk` grows it at the next start.
+            disks
+                .grow_ext4(&paths.work_disk, vm.spec.work_disk_bytes)
+                .await
+                .map_err(disk_err)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn start_vm(
+        &self,
+        name: &str,
+        progress: &ProgressSink,
+    ) -> Result<VmRecord, CoreError> {
+        let found = self.find_vm(name).await?;
+        let _lock = self.vm_locks.lock(&found.id).await;
+        let mut vm = self.find_vm(&found.id).await?;
+        check_action(&vm.name, vm.state, VmAction::Start)?;
+        let kernel: KernelRecord = self.find_asset(&vm.spec.kernel).await?;
+        let image: ImageRecord = self.find_asset(&vm.spec.image).await?;
+        self.verify_kernel(&kernel).await?;
+        let vmm = self.vmm_for(vm.spec.vmm)?;
+        let paths = self.vm_paths(&vm.id);
+        vm.runtime.last_error = None;
+        vm.runtime.vm_dir = Some(paths.dir.display().to_string());
+        vm.runtime.api_socket = Some(paths.socket.display().to_string());
+        vm.runtime.console_log = Some(paths.console.display().to_string());
+        vm.runtime.root_disk_path = Some(paths.root_disk.display().to_string());
+        vm.runtime.work_disk_path = Some(paths.work_disk.display().to_string());
+        self.transition(&mut vm, VmState::Starting).await?;
+        progress.stage("starting", format!("{} on {}", vm.name, vm.spec.vmm));
+
+        match self
+            .bring_up(&mut vm, vmm, &kernel, &image, &paths, progress)
+            .await
+        {
+            Ok(()) => {
+                self.transition(&mut vm, VmState::Running).await?;
+                tracing::info!(vm_id = %vm.id, name = %vm.name, "vm running");
+                Ok(vm)
+            }
+            Err(e) => {
+                let cleanup = self.cleanup(&mut vm, true).await;
+                let mut msg = e.to_string();
+                if let Err(c) = cleanup {
+                    msg.push_str(&format!("; cleanup: {c}"));
+                }
+                if let Some(tail) = console_tail(&paths.console, 15) {
+                    msg.push_str(&format!("\nlast console lines:\n{tail}"));
+                }
+                vm.runtime.last_error = Some(msg.clone());
+                let _ = self.transition(&mut vm, VmState::Error).await;
+                tracing::warn!(vm_id = %vm.id, error = %msg, "start failed");
+                Err(CoreError::StartFailed {
+                    vm: vm.name.clone(),
+                    message: msg,
+                })
+            }
+        }
+    }
+
+    async fn bring_up(
+        &self,
+        vm: &mut VmRecord,
+        vmm: &dyn Vmm,
+        kernel: &KernelRecord,
+        image: &ImageRecord,
+        paths: &VmPaths,
+        progress: &ProgressSink,
+    ) -> Result<(), CoreError> {
+        let ip = self.allocate_ip(vm).await?;
+        self.prepare_disks(vm, paths, image, progress).await?;
+        progress.stage(
+            "guest-config",
+            "writing hostname, network and ssh config into the root disk",
+        );
+        self.deps
+            .disks
+            .write_entries(&paths.root_disk, &self.guest_entries(vm, ip))
+            .await
+            .map_err(disk_err)?;
+
+        progress.stage(
+            "network",
+            format!("tap on {}", self.config().network.bridge),
+        );
+        let net = &self.config().network;
+        self.deps
+            .net
+            .ensure_bridge(&net.bridge, net.bridge_ip, net.prefix_len)
+            .await
+            .map_err(|e| CoreError::Host(e.to_string()))?;
+        let tap = tap_name(&vm.id);
+        let mut handles = VmHandles {
+            tap: Some(tap.clone()),
+            ..VmHandles::default()
+        };
+        self.record_handles(vm, handles.clone()).await?;
+        self.deps
+            .net
+            .create_tap(&tap, &net.bridge)
+            .await
+            .map_err(|e| CoreError::Host(e.to_string()))?;
+
+        progress.stage("boot", format!("launching {}", vm.spec.vmm));
+        std::fs::create_dir_all(paths.socket.parent().unwrap_or(Path::new("/")))
+            .map_err(|e| CoreError::Internal(format!("creating socket dir: {e}")))?;
+        let host = self.host_report().await?;
+        let accel = host.default_vmm.map_or(Accel::Tcg, |c| c.accel);
+        let mut cmdline =
+            String::from("console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1 quiet");
+        if !kernel.cmdline.is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(&kernel.cmdline);
+        }
+        let spec = LaunchSpec {
+            vm_id: vm.id.clone(),
+            vcpus: vm.spec.vcpus,
+            memory_mib: vm.spec.memory_mib,
+            kernel: kernel.vmlinux.path.clone().into(),
+            initrd: kernel.initrd.as_ref().map(|i| i.path.clone().into()),
+            cmdline,
+            disks: vec![paths.root_disk.clone(), paths.work_disk.clone()],
+            net: Some(NetSpec {
+                tap,
+                mac: mac_for(&vm.id),
+            }),
+            console_log: paths.console.clone(),
+            control_socket: paths.socket.clone(),
+            pid_file: paths.pid_file.clone(),
+            accel,
+        };
+        let pid = vmm
+            .launch(&spec)
+            .await
+            .map_err(|e| CoreError::Host(e.to_string()))?;
+        handles.pid = Some(pid);
+        self.record_handles(vm, handles).await?;
+        Ok(())
+    }
+
+    /// Tears down everything a VM holds on the host. Every step runs; the
+    /// errors of all of them are returned together. Idempotent.
+    pub(crate) async fn cleanup(
+        &self,
+        vm: &mut VmRecord,
+        keep_disks: bool,
+    ) -> Result<(), CoreError> {
+        let mut errors: Vec<String> = Vec::new();
+        let scratch = vm.runtime.vm_dir.as_deref().and_then(|d| {
+            read_scratch(Path::new(d)).unwrap_or_else(|e| {
+                errors.push(format!("ignoring unreadable handles: {e}"));
+                None
+            })
+        });
+        let handles = self
+            .handles()
+            .get(&vm.id)
+            .or(scratch)
+            .unwrap_or_default()
+            .or_mirror(&vm.runtime.teardown);
+        let socket = vm.runtime.api_socket.clone().map(PathBuf::from);
+
+        // 1. The VMM process.
+        if let (Ok(vmm), Some(sock)) = (self.vmm_for(vm.spec.vmm), socket.as_deref()) {
+            let pid = handles
+                .pid
+                .filter(|p| vmm.alive(*p, sock))
+                .or_else(|| vmm.find(sock));
+            if let Some(pid) = pid {
+                if let Err(e) = vmm.kill(pid, sock).await {
+                    errors.push(format!("killing vmm {pid}: {e}"));
+                }
+            }
+        }
+        // 2. The tap (named by id, so also derivable when all else is lost).
+        let tap = handles.tap.clone().unwrap_or_else(|| tap_name(&vm.id));
+        if let Err(e) = self.deps.net.delete_link(&tap).await {
+            errors.push(e.to_string());
+        }
+        // 3. Sockets.
+        if let Some(sock) = &socket {
+            if let Err(e) = std::fs::remove_file(sock) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    errors.push(format!("removing {}: {e}", sock.display()));
+                }
+            }
+        }
+        // 4. Handles: memory, scratch file, mirror.
+        self.handles().clear(vm);
+        // 5. Disks and address, when the VM goes for good.
+        if !keep_disks {
+            if let Some(dir) = vm.runtime.vm_dir.clone() {
+                if let Err(e) = self.remove_vm_dir(Path::new(&dir)) {
+                    errors.push(e.to_string());
+                }
+            }
+            vm.runtime.guest_ip = None;
+        }
+        if let Err(e) = self.save(vm).await {
+            errors.push(e.to_string());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(CoreError::Cleanup(errors))
+        }
+    }
+
+    pub(crate) async fn stop_vm(&self, name: &str, graceful: bool) -> Result<VmRecord, CoreError> {
+        let found = self.find_vm(name).await?;
+        let _lock = self.vm_locks.lock(&found.id).await;
+        let mut vm = self.find_vm(&found.id).await?;
+        check_action(
+            &vm.name,
+            vm.state,
+            if graceful {
+                VmAction::Stop
+            } else {
+                VmAction::Kill
+            },
+        )?;
+        if vm.state == VmState::Running {
+            self.transition(&mut vm, VmState::Stopping).await?;
+        }
+        if graceful {
+            let vmm = self.vmm_for(vm.spec.vmm)?;
+            if let Some(sock) = vm.runtime.api_socket.clone() {
+                match vmm.request_shutdown(Path::new(&sock)).await {
+                    Ok(()) => {
+                        let deadline = tokio::time::Instant::now() + self.stop_timeout;
+                        while self.vm_alive(&vm) && tokio::time::Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(vm_id = %vm.id, error = %e, "graceful shutdown request failed; killing")
+                    }
+                }
+            }
+        }
+        let result = self.cleanup(&mut vm, true).await;
+        vm.state = VmState::Stopped;
+        vm.runtime.last_error = result.as_ref().err().map(ToString::to_string);
+        self.save(&mut vm).await?;
+        result.map(|()| vm)
+    }
+
+    /// Daemon start: adopt VMs whose VMM runs, tear down the rest.
+    pub async fn reconcile(&self) -> Result<(), CoreError> {
+        let vms = self.db(Store::list_vms).await?;
+        for mut vm in vms {
+            if !matches!(
+                vm.state,
+                VmState::Starting | VmState::Running | VmState::Stopping
+            ) {
+                continue;
+            }
+            let scratch = vm
+                .runtime
+                .vm_dir
+                .as_deref()
+                .map(|d| read_scratch(Path::new(d)));
+            let recovered = match scratch {
+                Some(Ok(Some(h))) => h,
+                Some(Err(e)) => {
+                    tracing::warn!(vm_id = %vm.id, error = %e, "handles.json unreadable; falling back to the runtime record");
+                    VmHandles::default()
+                }
+                _ => VmHandles::default(),
+            }
+            .or_mirror(&vm.runtime.teardown);
+            let sock = vm.runtime.api_socket.clone().map(PathBuf::from);
+            let pid = match (self.vmm_for(vm.spec.vmm), sock.as_deref()) {
+                (Ok(vmm), Some(s)) => recovered
+                    .pid
+                    .filter(|p| vmm.alive(*p, s))
+                    .or_else(|| vmm.find(s)),
+                _ => None,
+            };
+            match (pid, vm.state) {
+                (Some(pid), VmState::Running | VmState::Starting) => {
+                    let h = VmHandles {
+                        pid: Some(pid),
+                        ..recovered
+                    };
+                    self.handles().adopt(&vm.id, h);
+                    if vm.state == VmState::Starting {
+                        vm.state = VmState::Running;
+                        self.save(&mut vm).await?;
+                    }
+                    tracing::info!(vm_id = %vm.id, name = %vm.name, pid, "adopted running vm");
+                }
+                (_, was) => {
+                    self.handles().adopt(&vm.id, recovered);
+                    let cleanup = self.cleanup(&mut vm, true).await;
+                    vm.state = VmState::Stopped;
+                    let mut msg = format!(
+                        "vm was {was} when bangerd restarted and its vmm was gone; cleaned up"
+                    );
+                    if was == VmState::Stopping {
+                        msg = "bangerd restarted during a stop; the stop was completed".into();
+                    }
+                    if let Err(e) = cleanup {
+                        msg.push_str(&format!(" (cleanup errors: {e})"));
+                    }
+                    vm.runtime.last_error = Some(msg);
+                    self.save(&mut vm).await?;
+                    tracing::info!(vm_id = %vm.id, name = %vm.name, "reconciled dead vm");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The serial console log of a VM.
+    pub(crate) async fn vm_logs(&self, name: &str) -> Result<String, CoreError> {
+        let vm = self.find_vm(name).await?;
+        let path = self.vm_paths(&vm.id).console;
+        match std::fs::read(&path) {
+            Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(CoreError::Internal(format!(
+                "reading {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+fn disk_err(e: banger_host::disk::DiskError) -> CoreError {
+    CoreError::Host(e.to_string())
+}
+
+fn console_tail(path: &Path, lines: usize) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    (!tail.trim().is_empty()).then_some(tail)
+}
+
+/// The hardened sshd drop-in every guest gets: banger VMs are single-user
+/// root sandboxes reachable only over the host bridge, so key-only root
+/// login, every password path closed, and the key file pinned to the one
+/// banger writes.
+pub const SSHD_DROP_IN: &str = "\
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AuthorizedKeysFile /root/.ssh/authorized_keys
+";
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use banger_api::doctor::{Accel, DoctorReport, StorageStrategy, VmmChoice};
+    use banger_api::vm::CreateVmRequest;
+    use banger_config::Config;
+    use banger_host::disk::FakeDisks;
+    use banger_host::net::FakeNet;
+    use banger_vmm::FakeVmm;
+
+    use super::*;
+    use crate::command::{Command, Reply};
+    use crate::handles::scratch_path;
+
+    struct Fixture {
+        core: Arc<Core>,
+        net: Arc<FakeNet>,
+        disks: Arc<FakeDisks>,
+        vmm: Arc<FakeVmm>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let run = dir.path().join("run");
+        let cfg = Config::load_with(|k| match k {
+            "BANGER_CONFIG" => Some("/dev/null".into()),
+            "BANGER_STATE_DIR" => Some(state.display().to_string()),
+            "BANGER_RUNTIME_DIR" => Some(run.display().to_string()),
+            "BANGER_BRIDGE_CIDR" => Some("10.99.0.1/28".into()),
+            "BANGER_AUTO_PROVISION" => Some("false".into()),
+            _ => None,
+        })
+        .expect("config");
+        let store = Arc::new(Store::open_in_memory().expect("store"));
+        crate::testing::seed_real_default_assets(&store, dir.path());
+        let (deps, net, disks, vmm) = crate::testing::fake_deps();
+        let mut core = Core::new(cfg, store, deps);
+        core.stop_timeout = Duration::from_millis(300);
+        *core.host.write().expect("lock") = Some(DoctorReport {
+            checks: vec![],
+            default_vmm: Some(VmmChoice {
+                vmm: VmmKind::Qemu,
+                accel: Accel::Tcg,
+            }),
+            storage: StorageStrategy::SparseCopy,
+        });
+        Fixture {
+            core: Arc::new(core),
+            net,
+            disks,
+            vmm,
+            _dir: dir,
+        }
+    }
+
+    async fn run(core: &Core, cmd: Command) -> Result<Reply, CoreError> {
+        core.execute(cmd, &ProgressSink::discard()).await
+    }
+
+    async fn vm(core: &Core, cmd: Command) -> VmRecord {
+        match run(core, cmd).await.expect("command") {
+            Reply::Vm(v) | Reply::Deleted(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn create_and_start(f: &Fixture, name: &str) -> VmRecord {
+        vm(
+            &f.core,
+            Command::VmCreate(CreateVmRequest {
+                name: Some(name.into()),
+                ..Default::default()
+            }),
+        )
+        .await;
+        vm(&f.core, Command::VmStart { vm: name.into() }).await
+    }
+
+    #[tokio::test]
+    async fn start_records_handles_before_objects_and_configures_the_guest() {
+        let f = fixture();
+        let v = create_and_start(&f, "web").await;
+        assert_eq!(v.state, VmState::Running);
+        assert_eq!(v.runtime.guest_ip.as_deref(), Some("10.99.0.2"));
+        let tap = tap_name(&v.id);
+        assert!(f.net.has(&tap));
+        assert_eq!(f.net.recorded()[0], "ensure_bridge banger0 10.99.0.1/28");
+        assert!(f.core.vm_alive(&v));
+        // Scratch file, cache and mirror agree.
+        let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+        let scratch = read_scratch(&dir).expect("read").expect("scratch file");
+        assert_eq!(scratch.tap.as_deref(), Some(tap.as_str()));
+        assert!(scratch.pid.is_some());
+        assert_eq!(v.runtime.teardown.tap.as_deref(), Some(tap.as_str()));
+        let written = f.disks.written.lock().expect("lock").clone();
+        let hostname = written.iter().find_map(|(_, e)| match e {
+            GuestEntry::File { path, contents, .. } if path == "/etc/hostname" => {
+                Some(contents.clone())
+            }
+            _ => None,
+        });
+        assert_eq!(hostname.as_deref(), Some(b"web\n".as_slice()));
+        let unit = written.iter().any(|(_, e)| {
+            matches!(e, GuestEntry::File { path, contents, .. } if path.ends_with("banger-net.service") && String::from_utf8_lossy(contents).contains("10.99.0.2/28"))
+        });
+        assert!(unit, "network unit carries the address");
+        // Disks were cloned from the image (root) and its seed (work).
+        let calls = f.disks.recorded();
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.starts_with("clone") && c.contains("rootfs.ext4")),
+            "{calls:?}"
+        );
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.starts_with("clone") && c.contains("seed.ext4")),
+            "{calls:?}"
+        );
+        // A second start of a running VM is refused.
+        let err = run(&f.core, Command::VmStart { vm: "web".into() })
+            .await
+            .expect_err("running");
+        assert!(err.to_string().contains("already running"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn graceful_stop_keeps_disks_and_releases_host_objects() {
+        let f = fixture();
+        let v = create_and_start(&f, "db").await;
+        let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+        let stopped = vm(&f.core, Command::VmStop { vm: "db".into() }).await;
+        assert_eq!(stopped.state, VmState::Stopped);
+        assert!(f.vmm.recorded().iter().any(|c| c.starts_with("shutdown")));
+        assert!(
+            !f.vmm.recorded().iter().any(|c| c.starts_with("kill")),
+            "guest honoured the power button"
+        );
+        assert!(!f.net.has(&tap_name(&v.id)));
+        assert!(!scratch_path(&dir).exists());
+        assert!(stopped.runtime.teardown.is_empty());
+        assert!(
+            dir.join("root.ext4").exists() && dir.join("work.ext4").exists(),
+            "disks persist"
+        );
+        assert_eq!(
+            stopped.runtime.guest_ip, v.runtime.guest_ip,
+            "address kept for the next start"
+        );
+        // Start again reuses the disks (no new clone).
+        let clones_before = f
+            .disks
+            .recorded()
+            .iter()
+            .filter(|c| c.starts_with("clone"))
+            .count();
+        vm(&f.core, Command::VmStart { vm: "db".into() }).await;
+        let clones_after = f
+            .disks
+            .recorded()
+            .iter()
+            .filter(|c| c.starts_with("clone"))
+            .count();
+        assert_eq!(clones_before, clones_after);
+    }
+
+    #[tokio::test]
+    async fn stop_falls_back_to_kill_when_the_guest_ignores_shutdown() {
+        let f = fixture();
+        create_and_start(&f, "stubborn").await;
+        *f.vmm.ignore_shutdown.lock().expect("lock") = true;
+        let v = vm(
+            &f.core,
+            Command::VmStop {
+                vm: "stubborn".into(),
+            },
+        )
+        .await;
+        assert_eq!(v.state, VmState::Stopped);
+        assert!(f.vmm.recorded().iter().any(|c| c.starts_with("kill")));
+    }
+
+    #[tokio::test]
+    async fn failed_launch_cleans_up_and_marks_error_with_the_reason() {
+        let f = fixture();
+        vm(
+            &f.core,
+            Command::VmCreate(CreateVmRequest {
+                name: Some("bad".into()),
+                ..Default::default()
+            }),
+        )
+        .await;
+        *f.vmm.fail_launch.lock().expect("lock") = Some("qemu: could not open tap".into());
+        let err = run(&f.core, Command::VmStart { vm: "bad".into() })
+            .await
+            .expect_err("fails");
+        assert!(err.to_string().contains("could not open tap"), "{err}");
+        let v = f.core.find_vm("bad").await.expect("find");
+        assert_eq!(v.state, VmState::Error);
+        assert!(
+            v.runtime
+                .last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("could not open tap")
+        );
+        assert!(!f.net.has(&tap_name(&v.id)), "tap removed by cleanup");
+        assert!(v.runtime.teardown.is_empty());
+        // Error allows a retry, which works once the cause is gone.
+        *f.vmm.fail_launch.lock().expect("lock") = None;
+        assert_eq!(
+            vm(&f.core, Command::VmStart { vm: "bad".into() })
+                .await
+                .state,
+            VmState::Running
+        );
+    }
+
+    #[tokio::test]
+    async fn cleanup_runs_every_step_and_joins_errors() {
+        let f = fixture();
+        let mut v = create_and_start(&f, "leaky").await;
+        let tap = tap_name(&v.id);
+        f.net.failing.lock().expect("lock").insert(tap.clone());
+        let err = f
+            .core
+            .cleanup(&mut v, true)
+            .await
+            .expect_err("tap deletion fails");
+        let CoreError::Cleanup(errors) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains(&tap));
+        // The other steps still ran.
+        assert!(!f.core.vm_alive(&v));
+        assert!(f.core.handles().get(&v.id).is_none());
+        assert!(f.vmm.recorded().iter().any(|c| c.starts_with("kill")));
+        // Idempotent: once the cause is fixed a second pass is clean.
+        f.net.failing.lock().expect("lock").clear();
+        f.core.cleanup(&mut v, true).await.expect("second cleanup");
+        assert!(!f.net.has(&tap));
+    }
+
+    #[tokio::test]
+    async fn reconcile_adopts_live_vms_and_tears_down_dead_ones() {
+        let f = fixture();
+        let alive = create_and_start(&f, "alive").await;
+        let dead = create_and_start(&f, "dead").await;
+        let corrupt = create_and_start(&f, "corrupt").await;
+        // A daemon restart: memory is gone.
+        for v in [&alive, &dead, &corrupt] {
+            f.core.handles().adopt(&v.id, VmHandles::default());
+        }
+        let pid_of = |v: &VmRecord| {
+            f.vmm
+                .find(Path::new(v.runtime.api_socket.as_deref().expect("sock")))
+                .expect("pid")
+        };
+        f.vmm.crash(pid_of(&dead));
+        f.vmm.crash(pid_of(&corrupt));
+        let corrupt_dir = PathBuf::from(corrupt.runtime.vm_dir.clone().expect("dir"));
+        std::fs::write(scratch_path(&corrupt_dir), b"{garbage").expect("corrupt scratch");
+
+        f.core.reconcile().await.expect("reconcile");
+
+        let a = f.core.find_vm("alive").await.expect("alive");
+        assert_eq!(a.state, VmState::Running);
+        assert!(f.core.vm_alive(&a), "adopted with its pid");
+        assert!(f.net.has(&tap_name(&a.id)));
+        for name in ["dead", "corrupt"] {
+            let d = f.core.find_vm(name).await.expect("vm");
+            assert_eq!(d.state, VmState::Stopped, "{name}");
+            assert!(
+                d.runtime
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("restarted"),
+                "{name}"
+            );
+            assert!(
+                !f.net.has(&tap_name(&d.id)),
+                "{name}: tap torn down (corrupt file: via the mirror)"
+            );
+            assert!(d.runtime.teardown.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_starts_get_distinct_addresses_and_delete_releases_everything() {
+        let f = fixture();
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let core = Arc::clone(&f.core);
+            tasks.push(tokio::spawn(async move {
+                let name = format!("vm{i}");
+                core.execute(
+                    Command::VmCreate(CreateVmRequest {
+                        name: Some(name.clone()),
+                        ..Default::default()
+                    }),
+                    &ProgressSink::discard(),
+                )
+                .await
+                .expect("create");
+                match core
+                    .execute(Command::VmStart { vm: name }, &ProgressSink::discard())
+                    .await
+                    .expect("start")
+                {
+                    Reply::Vm(v) => v,
+                    other => panic!("{other:?}"),
+                }
+            }));
+        }
+        let mut ips = Vec::new();
+        for t in tasks {
+            ips.push(t.await.expect("task").runtime.guest_ip.expect("ip"));
+        }
+        ips.sort();
+        ips.dedup();
+        assert_eq!(ips.len(), 10, "no address handed out twice");
+        // A /28 has 13 usable guest addresses: the 14th VM is refused clearly.
+        for i in 10..13 {
+            create_and_start(&f, &format!("vm{i}")).await;
+        }
+        vm(
+            &f.core,
+            Command::VmCreate(CreateVmRequest {
+                name: Some("full".into()),
+                ..Default::default()
+            }),
+        )
+        .await;
+        let err = run(&f.core, Command::VmStart { vm: "full".into() })
+            .await
+            .expect_err("exhausted");
+        assert!(err.to_string().contains("no free address"), "{err}");
+
+        let v = f.core.find_vm("vm3").await.expect("vm3");
+        let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+        let err = run(&f.core, Command::VmDelete { vm: "vm3".into() })
+            .await
+            .expect_err("running");
+        assert!(err.to_string().contains("stop it first"));
+        vm(&f.core, Command::VmKill { vm: "vm3".into() }).await;
+        vm(&f.core, Command::VmDelete { vm: "vm3".into() }).await;
+        assert!(!dir.exists());
+        // Its address is free again.
+        let again = vm(&f.core, Command::VmStart { vm: "full".into() }).await;
+        assert_eq!(again.runtime.guest_ip, v.runtime.guest_ip);
+    }
+}

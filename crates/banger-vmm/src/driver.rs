@@ -1,0 +1,179 @@
+//! The one VMM interface, its QEMU implementation and a recording fake.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use banger_api::vm::VmmKind;
+use banger_host::tools::ToolRun;
+use nix::sys::signal::Signal;
+
+use crate::qemu::QemuCommand;
+use crate::qmp::Qmp;
+use crate::{LaunchSpec, VmmError, process};
+
+/// What the lifecycle needs from a VMM.
+#[async_trait]
+pub trait Vmm: Send + Sync + std::fmt::Debug {
+    fn kind(&self) -> VmmKind;
+    /// Starts the VM; returns the VMM's pid once the process runs on its
+    /// own (it must survive the daemon).
+    async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError>;
+    /// Asks the guest to shut down (ACPI power button / Ctrl-Alt-Del).
+    async fn request_shutdown(&self, socket: &Path) -> Result<(), VmmError>;
+    /// Whether `pid` is this VM's VMM.
+    fn alive(&self, pid: u32, socket: &Path) -> bool {
+        process::vmm_alive(pid, socket)
+    }
+    /// Finds the VMM by its socket when the pid was lost.
+    fn find(&self, socket: &Path) -> Option<u32> {
+        process::find_by_socket(socket)
+    }
+    /// Kills it and waits (bounded) until it is gone.
+    async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
+        process::signal(pid, socket, Signal::SIGKILL);
+        process::wait_exit(pid, socket, Duration::from_secs(10)).await
+    }
+}
+
+/// QEMU `microvm`, daemonized, controlled over QMP.
+#[derive(Debug, Clone)]
+pub struct QemuVmm {
+    pub command: QemuCommand,
+}
+
+#[async_trait]
+impl Vmm for QemuVmm {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Qemu
+    }
+
+    async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
+        let _ = std::fs::remove_file(&spec.control_socket);
+        let _ = std::fs::remove_file(&spec.pid_file);
+        let err = |message: String| VmmError::Launch {
+            bin: self.command.bin.clone(),
+            message,
+        };
+        // With -daemonize, QEMU exits 0 once the VM is set up and running
+        // in the background, or non-zero with the reason on stderr.
+        ToolRun::new(&self.command.bin)
+            .args(self.command.args(spec))
+            .run(|_| {})
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let pid = std::fs::read_to_string(&spec.pid_file)
+            .map_err(|e| err(format!("reading {}: {e}", spec.pid_file.display())))?;
+        pid.trim()
+            .parse()
+            .map_err(|_| err(format!("bad pid file {}: {pid:?}", spec.pid_file.display())))
+    }
+
+    async fn request_shutdown(&self, socket: &Path) -> Result<(), VmmError> {
+        Qmp::connect(socket).await?.powerdown().await
+    }
+}
+
+/// A recording fake. "Processes" are entries in a map: launch adds one,
+/// kill and a guest that honours shutdown remove it.
+#[derive(Debug, Default)]
+pub struct FakeVmm {
+    pub calls: Mutex<Vec<String>>,
+    pub running: Mutex<BTreeMap<u32, PathBuf>>,
+    /// When true, `request_shutdown` is ignored (a guest without ACPI).
+    pub ignore_shutdown: Mutex<bool>,
+    /// When set, `launch` fails with this message.
+    pub fail_launch: Mutex<Option<String>>,
+    next_pid: Mutex<u32>,
+}
+
+impl FakeVmm {
+    fn record(&self, s: String) {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+    }
+
+    pub fn recorded(&self) -> Vec<String> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Simulates the VMM dying on its own.
+    pub fn crash(&self, pid: u32) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid);
+    }
+}
+
+#[async_trait]
+impl Vmm for FakeVmm {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Qemu
+    }
+
+    async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
+        self.record(format!("launch {}", spec.vm_id));
+        if let Some(m) = self
+            .fail_launch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(VmmError::Launch {
+                bin: "fake".into(),
+                message: m,
+            });
+        }
+        let mut next = self.next_pid.lock().unwrap_or_else(|p| p.into_inner());
+        *next += 1;
+        let pid = 100_000 + *next;
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pid, spec.control_socket.clone());
+        Ok(pid)
+    }
+
+    async fn request_shutdown(&self, socket: &Path) -> Result<(), VmmError> {
+        self.record(format!("shutdown {}", socket.display()));
+        if !*self
+            .ignore_shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            self.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, s| s != socket);
+        }
+        Ok(())
+    }
+
+    fn alive(&self, pid: u32, socket: &Path) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pid)
+            .is_some_and(|s| s == socket)
+    }
+
+    fn find(&self, socket: &Path) -> Option<u32> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, s)| *s == socket)
+            .map(|(p, _)| *p)
+    }
+
+    async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
+        self.record(format!("kill {pid}"));
+        let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if r.get(&pid).is_some_and(|s| s == socket) {
+            r.remove(&pid);
+        }
+        Ok(())
+    }
+}
