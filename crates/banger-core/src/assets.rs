@@ -30,6 +30,9 @@ use crate::service::{Core, new_vm_id};
 /// Packages every built image gets: an init, the network tools, sshd.
 pub const BASE_PACKAGES: &[&str] = &[
     "systemd-sysv",
+    // logind needs it; logind turns the ACPI power button into a clean
+    // shutdown (the VMM's graceful stop).
+    "dbus",
     "udev",
     "openssh-server",
     "iproute2",
@@ -160,6 +163,37 @@ impl Core {
             .chain(i.work_seed.clone())
             .collect();
         blocking(move || files.iter().try_for_each(verify_file)).await
+    }
+
+    /// Verifies files on use, remembering which (path, size, mtime,
+    /// digest) already matched: a multi-GiB image is hashed once per
+    /// daemon, not once per VM start. `--verify` always re-hashes.
+    pub(crate) async fn verify_files(&self, files: Vec<AssetFile>) -> Result<(), CoreError> {
+        for f in files {
+            let stamp = std::fs::metadata(&f.path)
+                .ok()
+                .and_then(|m| m.modified().ok().map(|t| (m.len(), t)))
+                .map(|(len, t)| format!("{}|{len}|{t:?}|{}", f.path, f.sha256));
+            if let Some(s) = &stamp {
+                if self
+                    .verified
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(s)
+                {
+                    continue;
+                }
+            }
+            let g = f.clone();
+            blocking(move || verify_file(&g)).await?;
+            if let Some(s) = stamp {
+                self.verified
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(s);
+            }
+        }
+        Ok(())
     }
 
     async fn commit_kernel(

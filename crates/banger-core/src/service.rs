@@ -57,6 +57,8 @@ pub struct Core {
     pub(crate) vm_locks: KeyedLocks,
     pub(crate) ip_lock: tokio::sync::Mutex<()>,
     pub(crate) stop_timeout: std::time::Duration,
+    /// Asset files whose digest matched, by path, size, mtime and digest.
+    pub(crate) verified: std::sync::Mutex<std::collections::HashSet<String>>,
     pub(crate) asset_locks: KeyedLocks,
     handles: HandleCache,
     started_at: chrono::DateTime<Utc>,
@@ -74,6 +76,7 @@ impl Core {
             vm_locks: KeyedLocks::new(),
             ip_lock: tokio::sync::Mutex::new(()),
             stop_timeout: crate::runtime::GRACEFUL_STOP,
+            verified: std::sync::Mutex::default(),
             asset_locks: KeyedLocks::new(),
             handles: HandleCache::new(),
             started_at: Utc::now(),

@@ -53,7 +53,17 @@ impl Env {
     }
 
     pub fn command(&self, bin: &str) -> Command {
-        let mut c = Command::new(bin);
+        self.with_env(Command::new(bin))
+    }
+
+    /// `bin` run inside network namespace `ns`.
+    pub fn command_in(&self, ns: &str, bin: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, bin]);
+        self.with_env(c)
+    }
+
+    fn with_env(&self, mut c: Command) -> Command {
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("BANGER_CONFIG", self.config_path())
@@ -64,6 +74,10 @@ impl Env {
             .env("BANGER_FIRECRACKER_BIN", "/nonexistent/firecracker")
             .env("BANGER_AUTO_PROVISION", "false")
             .env("BANGER_GUEST_INIT", self.dir.path().join("fake-init"));
+        // The real guest init, when the test runner built one.
+        if let Some(init) = std::env::var_os("BANGER_GUEST_INIT") {
+            c.env("BANGER_GUEST_INIT", init);
+        }
         for passthrough in ["BANGER_APT_GET_BIN", "BANGER_LOG_LEVEL"] {
             if let Some(v) = std::env::var_os(passthrough) {
                 c.env(passthrough, v);
@@ -198,9 +212,236 @@ impl Drop for Env {
             kill(pid, nix::sys::signal::Signal::SIGKILL);
             wait_gone(pid, Duration::from_secs(5));
         }
+        // VMMs of this test's VMs (they outlive daemons by design).
+        for pid in vmm_pids(&self.dir.path().display().to_string()) {
+            kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 
 pub fn path_mode(p: &Path) -> u32 {
     std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+}
+
+/// Fails under `CI=true`, otherwise prints why a test is skipped.
+pub fn skip_or_fail(what: &str, reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what}: prerequisite missing in CI: {reason}");
+    }
+    eprintln!("SKIPPED {what}: {reason}");
+}
+
+/// What guest tests need: root, QEMU, and the static guest init.
+pub fn guest_prereqs() -> Result<PathBuf, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("needs root (debootstrap, taps, network namespaces)".into());
+    }
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err("qemu-system-x86_64 not installed (scripts/setup.sh --deps-only)".into());
+    }
+    std::env::var_os("BANGER_GUEST_INIT")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .ok_or_else(|| {
+            "BANGER_GUEST_INIT unset: run through scripts/test.sh (it builds the static guest init)"
+                .into()
+        })
+}
+
+/// Bump to invalidate every cached asset entry.
+const CACHE_VERSION: &str = "3";
+
+fn sha256_hex(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(data)
+        .expect("write");
+    let out = child.wait_with_output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn candidate_version(package: &str) -> String {
+    let out = Command::new("apt-cache")
+        .args(["policy", package])
+        .output()
+        .expect("apt-cache");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Candidate:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// The `default` kernel and image as banger builds them, cached outside
+/// the clone under `$BANGER_TEST_CACHE` (default `/var/cache/banger-test`)
+/// keyed by everything that shapes them: the guest init binary, the kernel
+/// package version the archive offers, and [`CACHE_VERSION`] (bumped when
+/// banger's build of either changes). Built with banger itself when absent;
+/// only the newest entry is kept.
+pub struct CachedAssets {
+    pub kernel: serde_json::Value,
+    pub image: serde_json::Value,
+}
+
+pub fn cached_default_assets(init: &Path) -> CachedAssets {
+    let cache_root = std::env::var_os("BANGER_TEST_CACHE")
+        .map_or_else(|| PathBuf::from("/var/cache/banger-test"), PathBuf::from);
+    let key_material = format!(
+        "v{CACHE_VERSION}\ninit {}\nkernel {}\n",
+        sha256_hex(&std::fs::read(init).expect("init")),
+        candidate_version("linux-image-cloud-amd64"),
+    );
+    let key = sha256_hex(key_material.as_bytes())[..16].to_owned();
+    let entry = cache_root.join(&key);
+    let complete = entry.join("complete");
+    if !complete.exists() {
+        let _ = std::fs::remove_dir_all(&entry);
+    }
+    for e in std::fs::read_dir(&cache_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name() != *key {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    std::fs::create_dir_all(entry.join("state")).expect("cache dir");
+    let mut env = Env::new();
+    env.state = Some(entry.join("state"));
+    let banger = |args: &[&str]| {
+        let out = env
+            .command(BANGER)
+            .env("BANGER_GUEST_INIT", init)
+            .args(args)
+            .output()
+            .expect("banger");
+        assert!(
+            out.status.success(),
+            "banger {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    if complete.exists() {
+        println!("assets: using the cache in {}", entry.display());
+    } else {
+        let t = Instant::now();
+        banger(&["kernel", "add", "default", "--from-debian"]);
+        println!(
+            "figure: kernel add --from-debian took {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        let t = Instant::now();
+        banger(&["image", "build", "default"]);
+        println!("figure: image build took {:.1}s", t.elapsed().as_secs_f64());
+        std::fs::write(&complete, &key_material).expect("mark complete");
+    }
+    let kernel = serde_json::from_str(&banger(&[
+        "kernel", "show", "default", "--verify", "--json",
+    ]))
+    .expect("json");
+    let image =
+        serde_json::from_str(&banger(&["image", "show", "default", "--json"])).expect("json");
+    banger(&["daemon", "stop"]);
+    CachedAssets { kernel, image }
+}
+
+/// A network namespace for one test; deleted (with every link in it) on
+/// drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "banger-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
+        assert!(ok.success(), "ip netns add {name}");
+        let ok = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status()
+            .expect("ip");
+        assert!(ok.success());
+        Self { name }
+    }
+
+    /// Link names in the namespace.
+    pub fn links(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-o", "link"])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.split(':')
+                    .nth(1)
+                    .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+            })
+            .collect()
+    }
+
+    /// One ping, inside the namespace.
+    pub fn ping(&self, ip: &str) -> bool {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "ping", "-c", "1", "-W", "1", ip,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Pids of VMMs whose command line mentions `needle` (a test directory).
+pub fn vmm_pids(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd);
+            (cmd.contains("qemu-system") && cmd.contains(needle)).then_some(pid)
+        })
+        .collect()
 }

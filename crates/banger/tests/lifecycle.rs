@@ -1,0 +1,323 @@
+//! Tier 2/3: VMs under QEMU/TCG driven through the CLI and daemon, with the
+//! bridge, taps and guests confined to a network namespace the test makes.
+//! Nothing here sends a packet outside that namespace.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{
+    BANGER, Env, Netns, cached_default_assets, guest_prereqs, kill, skip_or_fail, vmm_pids,
+    wait_gone,
+};
+use nix::sys::signal::Signal;
+
+struct Lab {
+    env: Env,
+    ns: Netns,
+}
+
+impl Lab {
+    /// banger inside the namespace, with the real QEMU (the daemon it
+    /// starts inherits this environment).
+    fn command(&self) -> Command {
+        let mut c = self.env.command_in(&self.ns.name, BANGER);
+        c.env("BANGER_QEMU_BIN", "qemu-system-x86_64");
+        c
+    }
+
+    fn banger(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("banger")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.banger(args);
+        assert!(
+            out.status.success(),
+            "banger {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).expect("json")
+    }
+
+    fn wait_ping(&self, ip: &str, within: Duration) -> Duration {
+        let t = Instant::now();
+        while !self.ns.ping(ip) {
+            assert!(
+                t.elapsed() < within,
+                "guest {ip} did not answer ping within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        t.elapsed()
+    }
+
+    fn daemon_pid(&self) -> i32 {
+        self.json(&["daemon", "status", "--json"])["status"]["pid"]
+            .as_i64()
+            .expect("pid") as i32
+    }
+
+    /// Nothing of banger's left on the host: taps, VMMs, VM dirs, sockets.
+    fn assert_no_leaks(&self) {
+        let taps: Vec<String> = self
+            .ns
+            .links()
+            .into_iter()
+            .filter(|l| l.starts_with("bg-"))
+            .collect();
+        assert!(taps.is_empty(), "leaked taps: {taps:?}");
+        let vmms = vmm_pids(&self.env.dir.path().display().to_string());
+        assert!(vmms.is_empty(), "leaked VMM processes: {vmms:?}");
+        let dirs = entries(&self.env.state_dir().join("vms"));
+        assert!(dirs.is_empty(), "leaked vm dirs: {dirs:?}");
+        let socks = entries(&self.env.dir.path().join("run/vms"));
+        assert!(socks.is_empty(), "leaked sockets: {socks:?}");
+    }
+}
+
+fn entries(p: &Path) -> Vec<String> {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn lab() -> Option<Lab> {
+    let init = match guest_prereqs() {
+        Ok(i) => i,
+        Err(reason) => {
+            skip_or_fail("lifecycle test", &reason);
+            return None;
+        }
+    };
+    let assets = cached_default_assets(&init);
+    let lab = Lab {
+        env: Env::new(),
+        ns: Netns::new(),
+    };
+    let path = |v: &serde_json::Value| v["path"].as_str().expect("path").to_owned();
+    lab.ok(&[
+        "kernel",
+        "import",
+        "default",
+        "--vmlinux",
+        &path(&assets.kernel["vmlinux"]),
+        "--initrd",
+        &path(&assets.kernel["initrd"]),
+    ]);
+    lab.ok(&[
+        "image",
+        "import",
+        "default",
+        "--rootfs",
+        &path(&assets.image["rootfs"]),
+    ]);
+    Some(lab)
+}
+
+fn debugfs_cat(image: &Path, file: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {file}")])
+        .arg(image)
+        .output()
+        .expect("debugfs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn vm_boots_answers_ping_stops_restarts_with_its_disks_and_deletes_cleanly() {
+    let Some(lab) = lab() else { return };
+    lab.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "t1",
+        "--memory",
+        "512",
+        "--root-disk",
+        "2G",
+        "--work-disk",
+        "1G",
+    ]);
+    let t = Instant::now();
+    let started = lab.json(&["vm", "start", "t1", "--json"]);
+    let start_took = t.elapsed();
+    assert_eq!(started["state"], "running");
+    let ip = started["runtime"]["guest_ip"]
+        .as_str()
+        .expect("ip")
+        .to_owned();
+    let boot = lab.wait_ping(&ip, Duration::from_secs(90));
+    println!(
+        "figure: vm start returned in {:.2}s; guest answered ping {:.2}s later (QEMU/TCG)",
+        start_took.as_secs_f64(),
+        boot.as_secs_f64()
+    );
+    let tap = format!("bg-{}", &started["id"].as_str().expect("id")[..12]);
+    assert!(lab.ns.links().contains(&tap), "tap {tap} on the bridge");
+    let logs = lab.ok(&["vm", "logs", "t1"]);
+    assert!(logs.contains("banger-init: switching root"), "{logs}");
+
+    // Graceful stop; disks stay.
+    let t = Instant::now();
+    lab.ok(&["vm", "stop", "t1"]);
+    println!(
+        "figure: graceful vm stop took {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    let v = lab.json(&["vm", "show", "t1", "--json"]);
+    assert_eq!(v["state"], "stopped");
+    let logs = lab.ok(&["vm", "logs", "t1", "-n", "5"]);
+    assert!(
+        logs.contains("reboot: Power down"),
+        "the guest shut itself down (not killed):\n{logs}"
+    );
+    assert!(!lab.ns.links().contains(&tap), "tap removed on stop");
+    let work = PathBuf::from(v["runtime"]["work_disk_path"].as_str().expect("work disk"));
+    let root = PathBuf::from(v["runtime"]["root_disk_path"].as_str().expect("root disk"));
+    assert_eq!(
+        debugfs_cat(&root, "/etc/hostname"),
+        "t1\n",
+        "guest config in the VM's own disk"
+    );
+    // A file written to the work disk while the VM is down survives start
+    // and stop: the disk is the VM's, not recreated.
+    let marker = lab.env.dir.path().join("marker");
+    std::fs::write(&marker, "kept\n").expect("marker");
+    let st = Command::new("debugfs")
+        .args(["-w", "-R", &format!("write {} /marker", marker.display())])
+        .arg(&work)
+        .status()
+        .expect("debugfs");
+    assert!(st.success());
+    lab.ok(&["vm", "start", "t1"]);
+    lab.wait_ping(&ip, Duration::from_secs(90));
+    lab.ok(&["vm", "stop", "t1"]);
+    assert_eq!(debugfs_cat(&work, "/marker"), "kept\n");
+
+    lab.ok(&["vm", "delete", "t1"]);
+    lab.assert_no_leaks();
+    lab.ok(&["daemon", "stop"]);
+}
+
+#[test]
+fn a_killed_daemon_comes_back_adopting_live_vms_and_cleaning_dead_ones() {
+    let Some(lab) = lab() else { return };
+    lab.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "live",
+        "--memory",
+        "512",
+        "--root-disk",
+        "2G",
+        "--work-disk",
+        "256M",
+    ]);
+    lab.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "dies",
+        "--memory",
+        "512",
+        "--root-disk",
+        "2G",
+        "--work-disk",
+        "256M",
+    ]);
+    let live = lab.json(&["vm", "start", "live", "--json"]);
+    let dies = lab.json(&["vm", "start", "dies", "--json"]);
+    let ip = live["runtime"]["guest_ip"].as_str().expect("ip").to_owned();
+    lab.wait_ping(&ip, Duration::from_secs(90));
+
+    // (b) kill -9 while VMs run; one VMM dies too while the daemon is away,
+    // and the other's handles.json is corrupted.
+    let pid = lab.daemon_pid();
+    kill(pid, Signal::SIGKILL);
+    assert!(wait_gone(pid, Duration::from_secs(5)));
+    let dies_sock = dies["runtime"]["api_socket"]
+        .as_str()
+        .expect("sock")
+        .to_owned();
+    for p in vmm_pids(&dies_sock) {
+        kill(p, Signal::SIGKILL);
+    }
+    let live_dir = PathBuf::from(live["runtime"]["vm_dir"].as_str().expect("dir"));
+    std::fs::write(live_dir.join("handles.json"), b"{corrupt").expect("corrupt");
+
+    let vms = lab.json(&["vm", "list", "--json"]);
+    let state = |name: &str| {
+        vms.as_array()
+            .expect("array")
+            .iter()
+            .find(|v| v["name"] == name)
+            .map(|v| {
+                (
+                    v["state"].as_str().unwrap_or("").to_owned(),
+                    v["runtime"]["last_error"].clone(),
+                )
+            })
+            .expect("vm")
+    };
+    assert_eq!(
+        state("live").0,
+        "running",
+        "adopted by socket search despite the corrupt scratch file"
+    );
+    assert_eq!(state("dies").0, "stopped");
+    assert!(state("dies").1.as_str().unwrap_or("").contains("restarted"));
+    let dies_tap = format!("bg-{}", &dies["id"].as_str().expect("id")[..12]);
+    assert!(!lab.ns.links().contains(&dies_tap), "dead vm's tap cleaned");
+    assert!(
+        lab.ns.ping(&ip) || {
+            lab.wait_ping(&ip, Duration::from_secs(10));
+            true
+        },
+        "adopted vm still reachable"
+    );
+
+    // The adopted VM is fully controllable.
+    lab.ok(&["vm", "kill", "live"]);
+    assert_eq!(
+        lab.json(&["vm", "show", "live", "--json"])["state"],
+        "stopped"
+    );
+
+    // (a) kill -9 in the middle of a start.
+    let mut starter = lab
+        .command()
+        .args(["vm", "start", "live"])
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(700));
+    let pid = lab.daemon_pid();
+    kill(pid, Signal::SIGKILL);
+    let _ = starter.wait();
+    assert!(wait_gone(pid, Duration::from_secs(5)));
+    let after = lab.json(&["vm", "show", "live", "--json"]);
+    let st = after["state"].as_str().unwrap_or("").to_owned();
+    assert!(
+        st == "running" || st == "stopped",
+        "interrupted start settles: {st}"
+    );
+    if st == "running" {
+        lab.ok(&["vm", "kill", "live"]);
+    }
+
+    lab.ok(&["vm", "delete", "live", "dies"]);
+    lab.assert_no_leaks();
+    lab.ok(&["daemon", "stop"]);
+}
