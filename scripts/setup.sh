@@ -17,6 +17,7 @@ PACKAGES=(
   nftables          # per-VM NAT
   iproute2          # ip netns for the host tests
   iputils-ping      # reachability checks in the host tests
+  bind9-dnsutils    # dig, for checking banger's DNS in the host tests
   debootstrap       # root images from Debian packages
   cpio              # checking the initramfs we write
   tmux              # driving interactive sessions in tests

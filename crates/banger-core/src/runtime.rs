@@ -28,6 +28,9 @@ use crate::lifecycle::{VmAction, check_action, check_transition};
 use crate::progress::ProgressSink;
 use crate::service::Core;
 
+/// banger's DNS listens here on the bridge address.
+pub const DNS_PORT: u16 = 53;
+
 /// How long a graceful stop waits before killing.
 pub const GRACEFUL_STOP: Duration = Duration::from_secs(10);
 
@@ -276,6 +279,7 @@ impl Core {
             Ok(()) => {
                 self.transition(&mut vm, VmState::Running).await?;
                 tracing::info!(vm_id = %vm.id, name = %vm.name, "vm running");
+                self.rebuild_dns().await;
                 Ok(vm)
             }
             Err(e) => {
@@ -497,6 +501,7 @@ impl Core {
         vm.state = VmState::Stopped;
         vm.runtime.last_error = result.as_ref().err().map(ToString::to_string);
         self.save(&mut vm).await?;
+        self.rebuild_dns().await;
         result.map(|()| vm)
     }
 
@@ -564,7 +569,27 @@ impl Core {
                 }
             }
         }
+        self.rebuild_dns().await;
         Ok(())
+    }
+
+    /// Publishes `<name>.vm` for every live VM, and nothing else. Called
+    /// after every transition, so the zone never names a dead VM.
+    pub(crate) async fn rebuild_dns(&self) {
+        let vms = match self.db(Store::list_vms).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "dns: cannot list vms");
+                return;
+            }
+        };
+        let records = vms
+            .iter()
+            .filter(|v| self.vm_alive(v))
+            .filter_map(|v| Some((v.name.clone(), v.runtime.guest_ip.as_deref()?.parse().ok()?)))
+            .collect();
+        let bind = std::net::SocketAddr::new(self.config().network.bridge_ip.into(), DNS_PORT);
+        self.deps.dns.publish(bind, records).await;
     }
 
     /// The serial console log of a VM.
@@ -658,6 +683,7 @@ mod tests {
         net: Arc<FakeNet>,
         disks: Arc<FakeDisks>,
         vmm: Arc<FakeVmm>,
+        dns: Arc<banger_host::dns::FakeDns>,
         _dir: tempfile::TempDir,
     }
 
@@ -676,8 +702,9 @@ mod tests {
         .expect("config");
         let store = Arc::new(Store::open_in_memory().expect("store"));
         crate::testing::seed_real_default_assets(&store, dir.path());
-        let (deps, net, disks, vmm) = crate::testing::fake_deps();
-        let mut core = Core::new(cfg, store, deps);
+        let fakes = crate::testing::fake_deps();
+        let (net, disks, vmm, dns) = (fakes.net, fakes.disks, fakes.vmm, fakes.dns);
+        let mut core = Core::new(cfg, store, fakes.deps);
         core.stop_timeout = Duration::from_millis(300);
         *core.host.write().expect("lock") = Some(DoctorReport {
             checks: vec![],
@@ -692,6 +719,7 @@ mod tests {
             net,
             disks,
             vmm,
+            dns,
             _dir: dir,
         }
     }
@@ -761,6 +789,11 @@ mod tests {
                 .any(|c| c.starts_with("clone") && c.contains("seed.ext4")),
             "{calls:?}"
         );
+        // Published in DNS while alive.
+        assert_eq!(
+            f.dns.last().get("web").map(ToString::to_string).as_deref(),
+            Some("10.99.0.2")
+        );
         // A second start of a running VM is refused.
         let err = run(&f.core, Command::VmStart { vm: "web".into() })
             .await
@@ -791,6 +824,7 @@ mod tests {
             stopped.runtime.guest_ip, v.runtime.guest_ip,
             "address kept for the next start"
         );
+        assert!(f.dns.last().is_empty(), "a stopped VM is not in DNS");
         // Start again reuses the disks (no new clone).
         let clones_before = f
             .disks

@@ -13,6 +13,7 @@ use banger_api::vm::{
 };
 use banger_config::Config;
 use banger_host::disk::DiskOps;
+use banger_host::dns::Dns;
 use banger_host::net::NetOps;
 use banger_host::{DoctorInputs, HostProbe, run_doctor};
 use banger_store::{Store, StoreError};
@@ -43,6 +44,7 @@ pub struct HostDeps {
     pub probe: Arc<dyn HostProbe>,
     pub net: Arc<dyn NetOps>,
     pub disks: Arc<dyn DiskOps>,
+    pub dns: Arc<dyn Dns>,
     pub qemu: Arc<dyn Vmm>,
     pub firecracker: Option<Arc<dyn Vmm>>,
 }
@@ -359,6 +361,7 @@ impl Core {
         }
         let id = rec.id.clone();
         self.db(move |s| s.delete_vm(&id)).await?;
+        self.rebuild_dns().await;
         tracing::info!(vm_id = %rec.id, name = %rec.name, "vm deleted");
         Ok(rec)
     }
@@ -454,7 +457,7 @@ mod tests {
         .expect("config");
         let store = Arc::new(Store::open_in_memory().expect("store"));
         crate::testing::seed_default_assets(&store);
-        let core = Core::new(cfg, store, crate::testing::fake_deps().0);
+        let core = Core::new(cfg, store, crate::testing::fake_deps().deps);
         // A host with QEMU/TCG and nothing else, without running probes.
         *core.host.write().expect("lock") = Some(DoctorReport {
             checks: vec![Check {

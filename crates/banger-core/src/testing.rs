@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use banger_host::FakeProbe;
 use banger_host::disk::FakeDisks;
+use banger_host::dns::FakeDns;
 use banger_host::net::FakeNet;
 use banger_store::Store;
 use banger_vmm::FakeVmm;
@@ -56,22 +57,39 @@ pub fn seed_default_assets(store: &Store) {
 }
 
 /// Recording fakes for every host dependency, and handles on them.
-pub fn fake_deps() -> (HostDeps, Arc<FakeNet>, Arc<FakeDisks>, Arc<FakeVmm>) {
+#[derive(Debug)]
+pub struct Fakes {
+    pub deps: HostDeps,
+    pub net: Arc<FakeNet>,
+    pub disks: Arc<FakeDisks>,
+    pub vmm: Arc<FakeVmm>,
+    pub dns: Arc<FakeDns>,
+}
+
+pub fn fake_deps() -> Fakes {
     fake_deps_with(FakeProbe::new())
 }
 
-pub fn fake_deps_with(probe: FakeProbe) -> (HostDeps, Arc<FakeNet>, Arc<FakeDisks>, Arc<FakeVmm>) {
+pub fn fake_deps_with(probe: FakeProbe) -> Fakes {
     let net = Arc::new(FakeNet::default());
     let disks = Arc::new(FakeDisks::default());
     let vmm = Arc::new(FakeVmm::default());
+    let dns = Arc::new(FakeDns::default());
     let deps = HostDeps {
         probe: Arc::new(probe),
         net: net.clone(),
         disks: disks.clone(),
+        dns: dns.clone(),
         qemu: vmm.clone(),
         firecracker: None,
     };
-    (deps, net, disks, vmm)
+    Fakes {
+        deps,
+        net,
+        disks,
+        vmm,
+        dns,
+    }
 }
 
 /// Writes small stand-in kernel and image files under `dir` and records

@@ -431,7 +431,7 @@ mod tests {
         router(Arc::new(Core::new(
             cfg,
             store,
-            banger_core::testing::fake_deps_with(probe).0,
+            banger_core::testing::fake_deps_with(probe).deps,
         )))
     }
 

@@ -8,6 +8,7 @@ use banger_config::Config;
 use banger_core::{Core, HostDeps};
 use banger_host::SystemProbe;
 use banger_host::disk::HostDisks;
+use banger_host::dns::DnsServer;
 use banger_host::net::Netlink;
 use banger_store::{Store, StoreError};
 use banger_vmm::QemuVmm;
@@ -99,6 +100,7 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
     let deps = HostDeps {
         probe: Arc::new(SystemProbe),
         net: Arc::new(Netlink),
+        dns: Arc::new(DnsServer::new()),
         disks: Arc::new(HostDisks::with_defaults(
             config.tools.mkfs_ext4.clone(),
             config.tmp_dir(),

@@ -6,6 +6,7 @@
 //! changes.
 
 pub mod disk;
+pub mod dns;
 pub mod doctor;
 pub mod net;
 pub mod probe;

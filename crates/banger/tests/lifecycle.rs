@@ -59,6 +59,15 @@ impl Lab {
         t.elapsed()
     }
 
+    /// `dig` against banger's DNS on the bridge, inside the namespace.
+    fn resolve(&self, name: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name, "dig", "+short", "+time=2", "+tries=2", "@172.16.0.1", name])
+            .output()
+            .expect("dig (scripts/setup.sh installs bind9-dnsutils)");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     fn daemon_pid(&self) -> i32 {
         self.json(&["daemon", "status", "--json"])["status"]["pid"]
             .as_i64()
@@ -168,6 +177,7 @@ fn vm_boots_answers_ping_stops_restarts_with_its_disks_and_deletes_cleanly() {
     assert!(lab.ns.links().contains(&tap), "tap {tap} on the bridge");
     let logs = lab.ok(&["vm", "logs", "t1"]);
     assert!(logs.contains("banger-init: switching root"), "{logs}");
+    assert_eq!(lab.resolve("t1.vm"), ip, "banger's DNS names the live VM");
 
     // Graceful stop; disks stay.
     let t = Instant::now();
@@ -184,6 +194,7 @@ fn vm_boots_answers_ping_stops_restarts_with_its_disks_and_deletes_cleanly() {
         "the guest shut itself down (not killed):\n{logs}"
     );
     assert!(!lab.ns.links().contains(&tap), "tap removed on stop");
+    assert_eq!(lab.resolve("t1.vm"), "", "a stopped VM is not in DNS");
     let work = PathBuf::from(v["runtime"]["work_disk_path"].as_str().expect("work disk"));
     let root = PathBuf::from(v["runtime"]["root_disk_path"].as_str().expect("root disk"));
     assert_eq!(
