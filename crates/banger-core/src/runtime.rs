@@ -422,10 +422,10 @@ impl Core {
                 .pid
                 .filter(|p| vmm.alive(*p, sock))
                 .or_else(|| vmm.find(sock));
-            if let Some(pid) = pid {
-                if let Err(e) = vmm.kill(pid, sock).await {
-                    errors.push(format!("killing vmm {pid}: {e}"));
-                }
+            // Even with no pid known, kill() sweeps every process naming the
+            // VM's socket: nothing of this VM may outlive its cleanup.
+            if let Err(e) = vmm.kill(pid.unwrap_or(0), sock).await {
+                errors.push(format!("killing vmm {}: {e}", pid.unwrap_or(0)));
             }
         }
         // 2. The tap (named by id, so also derivable when all else is lost).

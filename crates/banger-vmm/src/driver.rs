@@ -31,10 +31,11 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     fn find(&self, socket: &Path) -> Option<u32> {
         process::find_by_socket(socket)
     }
-    /// Kills it and waits (bounded) until it is gone.
+    /// Kills it, and any other process naming its socket (a launch cut
+    /// short can leave two), and waits (bounded) until all are gone.
     async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
         process::signal(pid, socket, Signal::SIGKILL);
-        process::wait_exit(pid, socket, Duration::from_secs(10)).await
+        process::kill_all(socket, Duration::from_secs(10)).await
     }
 }
 
@@ -168,11 +169,15 @@ impl Vmm for FakeVmm {
             .map(|(p, _)| *p)
     }
 
+    /// Like the real sweep: every "process" of the socket goes. Recorded
+    /// only when something was actually running.
     async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
-        self.record(format!("kill {pid}"));
         let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if r.get(&pid).is_some_and(|s| s == socket) {
-            r.remove(&pid);
+        let before = r.len();
+        r.retain(|_, s| s != socket);
+        if r.len() != before {
+            drop(r);
+            self.record(format!("kill {pid}"));
         }
         Ok(())
     }

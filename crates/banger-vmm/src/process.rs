@@ -33,14 +33,50 @@ pub fn vmm_alive(pid: u32, socket: &Path) -> bool {
     !is_zombie(pid) && cmd.contains(&*socket.to_string_lossy())
 }
 
-/// Scans `/proc` for a live process naming `socket` (after a lost pid).
-pub fn find_by_socket(socket: &Path) -> Option<u32> {
+/// Every live process naming `socket`, lowest pid first. Usually one; two
+/// while QEMU daemonizes (the parent waits for the child it forked), and
+/// after a daemon died mid-launch either may be the one left.
+pub fn all_by_socket(socket: &Path) -> Vec<u32> {
     let needle = socket.to_string_lossy();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmd = cmdline(pid)?;
-        (cmd.contains(&*needle) && !is_zombie(pid)).then_some(pid)
-    })
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = cmdline(pid)?;
+            (cmd.contains(&*needle) && !is_zombie(pid)).then_some(pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The VMM of `socket` after a lost pid: the newest matching process (a
+/// daemonized QEMU's child, not the parent about to exit).
+pub fn find_by_socket(socket: &Path) -> Option<u32> {
+    all_by_socket(socket).into_iter().max()
+}
+
+/// Kills every process naming `socket` and waits until none is left.
+pub async fn kill_all(socket: &Path, within: Duration) -> Result<(), VmmError> {
+    let deadline = Instant::now() + within;
+    loop {
+        let pids = all_by_socket(socket);
+        if pids.is_empty() {
+            return Ok(());
+        }
+        for pid in &pids {
+            signal(*pid, socket, Signal::SIGKILL);
+        }
+        if Instant::now() > deadline {
+            return Err(VmmError::ExitTimeout {
+                pid: pids[0],
+                secs: within.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Sends `sig` to `pid` if it is still this VM's VMM.

@@ -62,7 +62,17 @@ impl Lab {
     /// `dig` against banger's DNS on the bridge, inside the namespace.
     fn resolve(&self, name: &str) -> String {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name, "dig", "+short", "+time=2", "+tries=2", "@172.16.0.1", name])
+            .args([
+                "netns",
+                "exec",
+                &self.ns.name,
+                "dig",
+                "+short",
+                "+time=2",
+                "+tries=2",
+                "@172.16.0.1",
+                name,
+            ])
             .output()
             .expect("dig (scripts/setup.sh installs bind9-dnsutils)");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -179,6 +189,17 @@ fn vm_boots_answers_ping_stops_restarts_with_its_disks_and_deletes_cleanly() {
     assert!(logs.contains("banger-init: switching root"), "{logs}");
     assert_eq!(lab.resolve("t1.vm"), ip, "banger's DNS names the live VM");
 
+    // Graceful stop needs the guest far enough to listen for the power
+    // button (logind); the login prompt comes after it. (The guest agent
+    // will make this a readiness check of banger's own.)
+    let t = Instant::now();
+    while !lab.ok(&["vm", "logs", "t1"]).contains("login:") {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no login prompt within 120s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // Graceful stop; disks stay.
     let t = Instant::now();
     lab.ok(&["vm", "stop", "t1"]);

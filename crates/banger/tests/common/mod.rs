@@ -212,9 +212,19 @@ impl Drop for Env {
             kill(pid, nix::sys::signal::Signal::SIGKILL);
             wait_gone(pid, Duration::from_secs(5));
         }
-        // VMMs of this test's VMs (they outlive daemons by design).
-        for pid in vmm_pids(&self.dir.path().display().to_string()) {
-            kill(pid, nix::sys::signal::Signal::SIGKILL);
+        // VMMs of this test's VMs (they outlive daemons by design); a
+        // QEMU that was still daemonizing may appear a moment later.
+        let needle = self.dir.path().display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = vmm_pids(&needle);
+            if pids.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in pids {
+                kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
