@@ -202,6 +202,15 @@ impl DiskOps for HostDisks {
             .tempdir_in(&self.scratch)
             .map_err(io(&self.scratch))?;
         let script = debugfs_script(entries, stage.path()).map_err(io(stage.path()))?;
+        // A VM that was killed (or a host that crashed) leaves the journal
+        // needing recovery, and debugfs cannot write to such a filesystem:
+        // let e2fsck replay it first. On a clean filesystem this is a no-op.
+        ToolRun::new(&self.e2fsck)
+            .arg("-p")
+            .arg(image.as_os_str())
+            .ok_codes(&[0, 1, 2])
+            .run(|_| {})
+            .await?;
         let script_path = stage.path().join("script");
         std::fs::write(&script_path, script).map_err(io(&script_path))?;
         let mut out = String::new();

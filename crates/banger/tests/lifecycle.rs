@@ -327,6 +327,9 @@ fn a_killed_daemon_comes_back_adopting_live_vms_and_cleaning_dead_ones() {
         lab.json(&["vm", "show", "live", "--json"])["state"],
         "stopped"
     );
+    // A killed VM's disks need journal recovery: the next start does it.
+    lab.ok(&["vm", "start", "live"]);
+    lab.ok(&["vm", "kill", "live"]);
 
     // (a) kill -9 in the middle of a start.
     let mut starter = lab
@@ -343,7 +346,8 @@ fn a_killed_daemon_comes_back_adopting_live_vms_and_cleaning_dead_ones() {
     let st = after["state"].as_str().unwrap_or("").to_owned();
     assert!(
         st == "running" || st == "stopped",
-        "interrupted start settles: {st}"
+        "interrupted start settles: {st}: {}",
+        after["runtime"]["last_error"]
     );
     if st == "running" {
         lab.ok(&["vm", "kill", "live"]);
