@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --deps-only
 guest_dir=$(scripts/build-guest.sh)
 export BANGER_GUEST_INIT="$guest_dir/banger-init"
+# Third-party VMM binaries live beside the clone (shared/bin), as on any
+# host they are installed from upstream releases.
+if [ -z "${BANGER_FIRECRACKER_BIN:-}" ] && [ -x ../shared/bin/firecracker ]; then
+  export BANGER_FIRECRACKER_BIN="$(cd ../shared/bin && pwd)/firecracker"
+fi
 set +e
 cargo test --workspace --locked --all-targets -- --nocapture 2>&1 | tee target/test-output.log
 status=${PIPESTATUS[0]}

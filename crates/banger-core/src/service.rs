@@ -291,7 +291,13 @@ impl Core {
                     VmmKind::Firecracker => CheckId::Firecracker,
                     VmmKind::Qemu => CheckId::Qemu,
                 };
-                if host.is_ok(id) {
+                if kind == VmmKind::Firecracker && !host.is_ok(CheckId::HardwareKvm) {
+                    // Firecracker has no software fallback: without VT-x/AMD-V
+                    // its guests crawl and then die in early boot.
+                    Err(CoreError::Unavailable(
+                        "--vmm firecracker needs hardware KVM, which this host lacks (`banger doctor`: hardware_kvm); use --vmm qemu, which falls back to TCG".into(),
+                    ))
+                } else if host.is_ok(id) {
                     Ok(kind)
                 } else {
                     let detail = host.check(id).map(|c| c.detail.clone()).unwrap_or_default();

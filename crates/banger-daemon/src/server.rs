@@ -12,6 +12,7 @@ use banger_host::dns::DnsServer;
 use banger_host::net::Netlink;
 use banger_store::{Store, StoreError};
 use banger_vmm::QemuVmm;
+use banger_vmm::firecracker::FirecrackerVmm;
 use banger_vmm::qemu::{QemuCommand, host_tsc_khz};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -111,7 +112,9 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
                 tsc_khz: host_tsc_khz(),
             },
         }),
-        firecracker: None,
+        firecracker: Some(Arc::new(FirecrackerVmm {
+            bin: config.vmm.firecracker.clone(),
+        })),
     };
     let core = Arc::new(Core::new(config, store, deps));
     match core.refresh_host().await {

@@ -11,6 +11,7 @@
 //! never mistaken for a VM.
 
 pub mod driver;
+pub mod firecracker;
 pub use driver::{FakeVmm, QemuVmm, Vmm};
 pub mod process;
 pub mod qemu;

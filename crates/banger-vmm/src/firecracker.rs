@@ -1,0 +1,213 @@
+//! Firecracker: one process per VM, configured over its API socket.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use banger_api::vm::VmmKind;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::UnixStream;
+
+use crate::driver::Vmm;
+use crate::{LaunchSpec, VmmError};
+
+/// How long a fresh Firecracker may take to open its API socket.
+const SOCKET_WAIT: Duration = Duration::from_secs(5);
+
+/// A client of one Firecracker API socket.
+#[derive(Debug, Clone)]
+pub struct FcApi {
+    socket: PathBuf,
+}
+
+impl FcApi {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    fn err(&self, message: impl std::fmt::Display) -> VmmError {
+        VmmError::Control {
+            path: self.socket.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    /// One request; a non-2xx answer is an error carrying Firecracker's
+    /// `fault_message`.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, VmmError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| self.err(e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.err(e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://localhost{path}"))
+            .header("Host", "localhost")
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| self.err(e))?;
+        let resp = sender.send_request(req).await.map_err(|e| self.err(e))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.err(e))?
+            .to_bytes();
+        let value: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        if !status.is_success() {
+            let fault = value.get("fault_message").cloned().unwrap_or(value);
+            return Err(self.err(format!("{method} {path}: {status}: {fault}")));
+        }
+        Ok(value)
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Result<(), VmmError> {
+        self.request(Method::PUT, path, Some(body)).await.map(drop)
+    }
+
+    /// `GET /`: instance info (`state`: `Not started`, `Running`, ...).
+    pub async fn instance_info(&self) -> Result<Value, VmmError> {
+        self.request(Method::GET, "/", None).await
+    }
+}
+
+/// Firecracker, not jailed (the jailer wraps this in its own driver).
+#[derive(Debug, Clone)]
+pub struct FirecrackerVmm {
+    pub bin: PathBuf,
+}
+
+impl FirecrackerVmm {
+    async fn configure(&self, api: &FcApi, spec: &LaunchSpec) -> Result<(), VmmError> {
+        api.put(
+            "/machine-config",
+            json!({ "vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib }),
+        )
+        .await?;
+        // Firecracker's own defaults are replaced by our boot args: keep a
+        // serial console and make a guest reboot end the process.
+        let mut boot_args = spec.cmdline.clone();
+        if !boot_args.contains("reboot=") {
+            boot_args.push_str(" reboot=k");
+        }
+        let mut boot = json!({
+            "kernel_image_path": spec.kernel,
+            "boot_args": boot_args,
+        });
+        if let Some(initrd) = &spec.initrd {
+            boot["initrd_path"] = json!(initrd);
+        }
+        api.put("/boot-source", boot).await?;
+        for (i, disk) in spec.disks.iter().enumerate() {
+            // root= is on our command line; Firecracker must not add its own.
+            api.put(
+                &format!("/drives/d{i}"),
+                json!({ "drive_id": format!("d{i}"), "path_on_host": disk, "is_root_device": false, "is_read_only": false }),
+            )
+            .await?;
+        }
+        if let Some(net) = &spec.net {
+            api.put(
+                "/network-interfaces/eth0",
+                json!({ "iface_id": "eth0", "host_dev_name": net.tap, "guest_mac": net.mac }),
+            )
+            .await?;
+        }
+        api.put("/actions", json!({ "action_type": "InstanceStart" }))
+            .await
+    }
+}
+
+#[async_trait]
+impl Vmm for FirecrackerVmm {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Firecracker
+    }
+
+    async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
+        let err = |message: String| VmmError::Launch {
+            bin: self.bin.clone(),
+            message,
+        };
+        let _ = std::fs::remove_file(&spec.control_socket);
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.console_log)
+            .map_err(|e| err(format!("opening {}: {e}", spec.console_log.display())))?;
+        let console2 = console.try_clone().map_err(|e| err(e.to_string()))?;
+        let mut child = tokio::process::Command::new(&self.bin)
+            .arg("--api-sock")
+            .arg(&spec.control_socket)
+            .arg("--id")
+            .arg(format!("banger-{}", spec.vm_id))
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(console2)
+            // Not in the daemon's group: it must outlive the daemon.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| err(e.to_string()))?;
+        let pid = child.id().ok_or_else(|| err("exited at once".into()))?;
+        let api = FcApi::new(&spec.control_socket);
+        let deadline = Instant::now() + SOCKET_WAIT;
+        while UnixStream::connect(&spec.control_socket).await.is_err() {
+            // try_wait, not /proc: right after fork the child's command line
+            // is still ours.
+            let exited = child.try_wait().map_err(|e| err(e.to_string()))?;
+            if exited.is_some() || Instant::now() > deadline {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(err(format!(
+                    "API socket {} did not come up ({}); see {}",
+                    spec.control_socket.display(),
+                    exited.map_or_else(|| "timed out".to_owned(), |s| s.to_string()),
+                    spec.console_log.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Reap it while this daemon lives; after a daemon restart it is
+        // init's child and identified through /proc.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        if let Err(e) = self.configure(&api, spec).await {
+            let _ = crate::process::kill_all(&spec.control_socket, Duration::from_secs(5)).await;
+            return Err(err(e.to_string()));
+        }
+        let _ = std::fs::write(&spec.pid_file, format!("{pid}\n"));
+        Ok(pid)
+    }
+
+    async fn request_shutdown(&self, socket: &Path) -> Result<(), VmmError> {
+        FcApi::new(socket)
+            .put("/actions", json!({ "action_type": "SendCtrlAltDel" }))
+            .await
+    }
+}
