@@ -451,7 +451,8 @@ pub fn vmm_pids(needle: &str) -> Vec<i32> {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let cmd = String::from_utf8_lossy(&cmd);
-            (cmd.contains("qemu-system") && cmd.contains(needle)).then_some(pid)
+            let vmm = cmd.contains("qemu-system") || cmd.contains("firecracker");
+            (vmm && cmd.contains(needle)).then_some(pid)
         })
         .collect()
 }
