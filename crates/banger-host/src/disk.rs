@@ -149,12 +149,14 @@ impl DiskOps for HostDisks {
         dst: &Path,
         strategy: StorageStrategy,
     ) -> Result<(), DiskError> {
-        let reflink = match strategy {
-            StorageStrategy::Reflink => "--reflink=always",
-            _ => "--reflink=auto",
+        // cp refuses --sparse=always with --reflink=always; a reflink clone
+        // shares extents (holes included) anyway.
+        let flags: &[&str] = match strategy {
+            StorageStrategy::Reflink => &["--reflink=always"],
+            _ => &["--reflink=auto", "--sparse=always"],
         };
         ToolRun::new(&self.cp)
-            .args([reflink, "--sparse=always"])
+            .args(flags)
             .arg(src.as_os_str())
             .arg(dst.as_os_str())
             .run(|_| {})
