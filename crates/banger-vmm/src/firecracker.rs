@@ -138,6 +138,26 @@ impl FirecrackerVmm {
             )
             .await?;
         }
+        // Firecracker's own log and metrics, next to the console log.
+        let dir = spec.console_log.parent().unwrap_or(Path::new("/"));
+        let (log, metrics) = (dir.join("firecracker.log"), dir.join("firecracker.metrics"));
+        for f in [&log, &metrics] {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .map_err(|e| VmmError::Control {
+                    path: f.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+        api.put(
+            "/logger",
+            json!({ "log_path": log, "level": "Info", "show_level": true }),
+        )
+        .await?;
+        api.put("/metrics", json!({ "metrics_path": metrics }))
+            .await?;
         api.put("/actions", json!({ "action_type": "InstanceStart" }))
             .await
     }

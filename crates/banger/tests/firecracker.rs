@@ -86,6 +86,12 @@ async fn the_real_firecracker_is_configured_started_and_stopped_through_its_api(
         "identified by pid + API socket"
     );
     assert_eq!(fc.find(&spec.control_socket), Some(pid));
+    let fc_log = std::fs::read_to_string(dir.join("firecracker.log")).unwrap_or_default();
+    assert!(!fc_log.is_empty(), "the logger was configured and writes");
+    assert!(
+        dir.join("firecracker.metrics").exists(),
+        "metrics configured"
+    );
     let info = FcApi::new(&spec.control_socket)
         .instance_info()
         .await
