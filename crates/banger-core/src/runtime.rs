@@ -228,9 +228,21 @@ impl Core {
                         .map_err(disk_err)?;
                 }
                 None => {
-                    progress.stage("storage", "creating an empty work disk");
+                    // No seed (an imported rootfs): the work disk starts as
+                    // a copy of the image's /root, taken without mounting.
+                    progress.stage("storage", "creating the work disk from the image's /root");
+                    let scratch = tempfile::Builder::new()
+                        .prefix("work-seed-")
+                        .tempdir_in(&paths.dir)
+                        .map_err(|e| {
+                            CoreError::Internal(format!("temp dir in {}: {e}", paths.dir.display()))
+                        })?;
+                    let home = disks
+                        .extract_dir(Path::new(&image.rootfs.path), "/root", scratch.path())
+                        .await
+                        .map_err(disk_err)?;
                     disks
-                        .make_ext4(&tmp, vm.spec.work_disk_bytes, "banger-work")
+                        .make_ext4(&tmp, vm.spec.work_disk_bytes, "banger-work", Some(&home))
                         .await
                         .map_err(disk_err)?;
                 }
@@ -919,6 +931,50 @@ mod tests {
         f.net.failing.lock().expect("lock").clear();
         f.core.cleanup(&mut v, true).await.expect("second cleanup");
         assert!(!f.net.has(&tap));
+    }
+
+    /// Which tap cleanup deletes when memory, the scratch file and the
+    /// runtime mirror disagree or are missing: the first that knows.
+    #[tokio::test]
+    async fn cleanup_finds_the_tap_through_every_fallback() {
+        let f = fixture();
+        let mut v = create_and_start(&f, "fallback").await;
+        let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+        let deleted = |f: &Fixture| -> Vec<String> {
+            f.net
+                .recorded()
+                .into_iter()
+                .filter_map(|c| c.strip_prefix("delete_link ").map(str::to_owned))
+                .collect()
+        };
+        // 1. Memory lost, scratch file present: the scratch file's tap.
+        f.core.handles().clear(&mut v);
+        crate::handles::write_scratch(
+            &dir,
+            &VmHandles {
+                tap: Some("bg-scratch".into()),
+                ..VmHandles::default()
+            },
+        )
+        .expect("scratch");
+        v.runtime.teardown.tap = Some("bg-mirror".into());
+        f.core.cleanup(&mut v, true).await.expect("cleanup");
+        assert_eq!(deleted(&f).last().map(String::as_str), Some("bg-scratch"));
+        // 2. Memory and scratch file lost: the runtime mirror's tap.
+        v.runtime.teardown.tap = Some("bg-mirror".into());
+        f.core.cleanup(&mut v, true).await.expect("cleanup");
+        assert_eq!(deleted(&f).last().map(String::as_str), Some("bg-mirror"));
+        // 3. Nothing recorded anywhere: the name derived from the VM id.
+        f.core.cleanup(&mut v, true).await.expect("cleanup");
+        assert_eq!(deleted(&f).last(), Some(&tap_name(&v.id)));
+        // A corrupt scratch file is skipped, not fatal.
+        std::fs::write(scratch_path(&dir), b"{nope").expect("corrupt");
+        v.runtime.teardown.tap = Some("bg-mirror2".into());
+        f.core
+            .cleanup(&mut v, true)
+            .await
+            .expect("corrupt scratch is not a failure");
+        assert_eq!(deleted(&f).last().map(String::as_str), Some("bg-mirror2"));
     }
 
     #[tokio::test]

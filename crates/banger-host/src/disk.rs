@@ -53,8 +53,22 @@ pub trait DiskOps: Send + Sync + std::fmt::Debug {
     ) -> Result<(), DiskError>;
     /// Grows the file and the ext4 inside it to `size` bytes (never shrinks).
     async fn grow_ext4(&self, image: &Path, size: u64) -> Result<(), DiskError>;
-    /// A new empty ext4 of `size` bytes.
-    async fn make_ext4(&self, image: &Path, size: u64, label: &str) -> Result<(), DiskError>;
+    /// A new ext4 of `size` bytes, empty or holding the tree at `from`.
+    async fn make_ext4(
+        &self,
+        image: &Path,
+        size: u64,
+        label: &str,
+        from: Option<&Path>,
+    ) -> Result<(), DiskError>;
+    /// Copies directory `guest_path` out of the ext4 `image` into `dest`
+    /// (no mount); returns where it landed.
+    async fn extract_dir(
+        &self,
+        image: &Path,
+        guest_path: &str,
+        dest: &Path,
+    ) -> Result<PathBuf, DiskError>;
     /// Writes entries into the ext4 `image` (creating parents as given).
     async fn write_entries(&self, image: &Path, entries: &[GuestEntry]) -> Result<(), DiskError>;
 }
@@ -187,14 +201,53 @@ impl DiskOps for HostDisks {
         Ok(())
     }
 
-    async fn make_ext4(&self, image: &Path, size: u64, label: &str) -> Result<(), DiskError> {
-        ToolRun::new(&self.mkfs_ext4)
-            .args(["-F", "-q", "-L", label])
-            .arg(image.as_os_str())
+    async fn make_ext4(
+        &self,
+        image: &Path,
+        size: u64,
+        label: &str,
+        from: Option<&Path>,
+    ) -> Result<(), DiskError> {
+        let mut run = ToolRun::new(&self.mkfs_ext4).args(["-F", "-q", "-L", label]);
+        if let Some(dir) = from {
+            run = run
+                .args(["-E", "root_owner=0:0", "-d"])
+                .arg(dir.as_os_str());
+        }
+        run.arg(image.as_os_str())
             .arg(format!("{}k", size / 1024))
             .run(|_| {})
             .await?;
         Ok(())
+    }
+
+    async fn extract_dir(
+        &self,
+        image: &Path,
+        guest_path: &str,
+        dest: &Path,
+    ) -> Result<PathBuf, DiskError> {
+        std::fs::create_dir_all(dest).map_err(io(dest))?;
+        let mut out = String::new();
+        ToolRun::new(&self.debugfs)
+            .arg("-R")
+            .arg(format!("rdump {guest_path} {}", dest.display()))
+            .arg(image.as_os_str())
+            .run(|l| {
+                out.push_str(l);
+                out.push('\n');
+            })
+            .await?;
+        let base = Path::new(guest_path)
+            .file_name()
+            .map_or_else(|| dest.to_owned(), |n| dest.join(n));
+        if !base.is_dir() {
+            return Err(DiskError::Debugfs {
+                image: image.to_owned(),
+                message: format!("rdump {guest_path} produced nothing: {}", out.trim()),
+            });
+        }
+        Ok(base)
     }
 
     async fn write_entries(&self, image: &Path, entries: &[GuestEntry]) -> Result<(), DiskError> {
@@ -277,9 +330,28 @@ impl DiskOps for FakeDisks {
         Ok(())
     }
 
-    async fn make_ext4(&self, image: &Path, size: u64, label: &str) -> Result<(), DiskError> {
-        self.record(format!("mkfs {} {size} {label}", image.display()));
+    async fn make_ext4(
+        &self,
+        image: &Path,
+        size: u64,
+        label: &str,
+        from: Option<&Path>,
+    ) -> Result<(), DiskError> {
+        let from = from.map_or_else(String::new, |f| format!(" from {}", f.display()));
+        self.record(format!("mkfs {} {size} {label}{from}", image.display()));
         std::fs::write(image, b"").map_err(io(image))
+    }
+
+    async fn extract_dir(
+        &self,
+        image: &Path,
+        guest_path: &str,
+        dest: &Path,
+    ) -> Result<PathBuf, DiskError> {
+        self.record(format!("extract {} {guest_path}", image.display()));
+        let out = dest.join(Path::new(guest_path).file_name().unwrap_or_default());
+        std::fs::create_dir_all(&out).map_err(io(&out))?;
+        Ok(out)
     }
 
     async fn write_entries(&self, image: &Path, entries: &[GuestEntry]) -> Result<(), DiskError> {
@@ -345,8 +417,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let disks = HostDisks::with_defaults("mkfs.ext4".into(), dir.path().join("scratch"));
         let base = dir.path().join("base.ext4");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("root/.ssh")).expect("tree");
+        std::fs::write(tree.join("root/.profile"), "p\n").expect("tree");
         if let Err(DiskError::Tool(ToolError::NotFound { .. })) =
-            disks.make_ext4(&base, 32 << 20, "base").await
+            disks.make_ext4(&base, 32 << 20, "base", Some(&tree)).await
         {
             eprintln!("SKIPPED: e2fsprogs missing (scripts/setup.sh installs it)");
             return;
@@ -399,6 +474,16 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&stat.stdout)
         );
+        // /root comes out of an image without mounting it.
+        let out = disks
+            .extract_dir(&base, "/root", &dir.path().join("extract"))
+            .await
+            .expect("rdump");
+        assert_eq!(
+            std::fs::read(out.join(".profile")).expect("extracted"),
+            b"p\n"
+        );
+        assert!(out.join(".ssh").is_dir());
         // The base is untouched.
         let cat = std::process::Command::new("debugfs")
             .args(["-R", "cat /etc/hostname"])

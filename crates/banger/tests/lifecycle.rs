@@ -357,3 +357,60 @@ fn a_killed_daemon_comes_back_adopting_live_vms_and_cleaning_dead_ones() {
     lab.assert_no_leaks();
     lab.ok(&["daemon", "stop"]);
 }
+
+#[test]
+fn ten_vms_started_and_deleted_concurrently_leave_nothing_behind() {
+    let Some(lab) = lab() else { return };
+    let names: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let lab = &lab;
+                s.spawn(move || {
+                    lab.ok(&[
+                        "vm",
+                        "create",
+                        "--name",
+                        n,
+                        "--memory",
+                        "256",
+                        "--root-disk",
+                        "1G",
+                        "--work-disk",
+                        "128M",
+                    ]);
+                    let v = lab.json(&["vm", "start", n, "--json"]);
+                    v["runtime"]["guest_ip"].as_str().expect("ip").to_owned()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 10, "an address was handed out twice: {ips:?}");
+    let taps = lab
+        .ns
+        .links()
+        .into_iter()
+        .filter(|l| l.starts_with("bg-"))
+        .count();
+    assert_eq!(taps, 10);
+    std::thread::scope(|s| {
+        for n in &names {
+            let lab = &lab;
+            s.spawn(move || {
+                lab.ok(&["vm", "kill", n]);
+                lab.ok(&["vm", "delete", n]);
+            });
+        }
+    });
+    assert_eq!(lab.json(&["vm", "list", "--json"]), serde_json::json!([]));
+    lab.assert_no_leaks();
+    lab.ok(&["daemon", "stop"]);
+}
