@@ -29,6 +29,24 @@ for cmd in /proc/[0-9]*/cmdline; do
   esac
 done
 
+# Network namespaces the host tests make (their taps and bridges die with
+# them).
+for n in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+  case "$n" in
+    banger-test-*|banger-bench-*)
+      echo "leak: network namespace $n" >&2
+      leaks=$((leaks + 1))
+      ;;
+  esac
+done
+
+# Taps on the host itself (tests keep theirs inside namespaces).
+for l in /sys/class/net/bg-*; do
+  [ -e "$l" ] || continue
+  echo "leak: tap ${l##*/} on the host" >&2
+  leaks=$((leaks + 1))
+done
+
 for d in "${TMPDIR:-/tmp}"/banger-test-*; do
   [ -e "$d" ] || continue
   echo "leak: test directory $d" >&2

@@ -108,9 +108,11 @@ pub fn run_doctor(probe: &dyn HostProbe, inputs: &DoctorInputs) -> DoctorReport 
         }),
         _ => None,
     };
-    let storage = if dm_snapshot.status == CheckStatus::Ok && loopdev.status == CheckStatus::Ok {
-        StorageStrategy::DmSnapshot
-    } else if reflink.status == CheckStatus::Ok {
+    // dm-snapshot is reported as a capability but not chosen yet: its
+    // driver is not written (these development machines have no
+    // device-mapper to test it on), and the report must say what banger
+    // will actually do.
+    let storage = if reflink.status == CheckStatus::Ok {
         StorageStrategy::Reflink
     } else {
         StorageStrategy::SparseCopy
@@ -564,7 +566,7 @@ mod tests {
     }
 
     #[test]
-    fn device_mapper_with_snapshot_and_loop_selects_dm_snapshot() {
+    fn device_mapper_is_reported_but_reflink_is_what_is_used() {
         let probe = nested_host()
             .with_file("/proc/misc", "236 device-mapper\n237 loop-control\n")
             .with_path("/sys/module/dm_snapshot")
@@ -572,7 +574,7 @@ mod tests {
         let r = run_doctor(&probe, &inputs());
         assert!(r.is_ok(CheckId::DeviceMapper));
         assert!(r.is_ok(CheckId::DmSnapshot));
-        assert_eq!(r.storage, StorageStrategy::DmSnapshot);
+        assert_eq!(r.storage, StorageStrategy::Reflink);
     }
 
     #[test]
