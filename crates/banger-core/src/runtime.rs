@@ -343,11 +343,16 @@ impl Core {
             format!("tap on {}", self.config().network.bridge),
         );
         let net = &self.config().network;
-        self.deps
+        // Serialised: concurrent starts must not race to create the bridge.
+        let bridge_guard = self.ip_lock.lock().await;
+        let bridge = self
+            .deps
             .net
             .ensure_bridge(&net.bridge, net.bridge_ip, net.prefix_len)
             .await
-            .map_err(|e| CoreError::Host(e.to_string()))?;
+            .map_err(|e| CoreError::Host(e.to_string()));
+        drop(bridge_guard);
+        bridge?;
         let tap = tap_name(&vm.id);
         let mut handles = VmHandles {
             tap: Some(tap.clone()),

@@ -71,6 +71,11 @@ const fn libc_enodev() -> i32 {
     19
 }
 
+/// EEXIST: someone else created it first.
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -17)
+}
+
 #[async_trait]
 impl NetOps for Netlink {
     async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
@@ -78,11 +83,13 @@ impl NetOps for Netlink {
         let idx = match index_of(&h, name).await? {
             Some(i) => i,
             None => {
-                h.link()
-                    .add(LinkBridge::new(name).build())
-                    .execute()
-                    .await
-                    .map_err(link_err("creating bridge", name))?;
+                // Two starts racing to create it: whoever loses sees EEXIST
+                // and uses the winner's bridge.
+                if let Err(e) = h.link().add(LinkBridge::new(name).build()).execute().await {
+                    if !is_exists(&e) {
+                        return Err(link_err("creating bridge", name)(e));
+                    }
+                }
                 index_of(&h, name).await?.ok_or_else(|| NetError::Link {
                     op: "creating bridge",
                     link: name.to_owned(),
@@ -104,11 +111,16 @@ impl NetOps for Netlink {
                 .any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(v)) if *v == addr));
         }
         if !present {
-            h.address()
+            if let Err(e) = h
+                .address()
                 .add(idx, IpAddr::V4(addr), prefix)
                 .execute()
                 .await
-                .map_err(link_err("adding address to", name))?;
+            {
+                if !is_exists(&e) {
+                    return Err(link_err("adding address to", name)(e));
+                }
+            }
         }
         h.link()
             .set(LinkUnspec::new_with_index(idx).up().build())
