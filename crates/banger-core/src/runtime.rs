@@ -291,6 +291,7 @@ impl Core {
             Ok(()) => {
                 self.transition(&mut vm, VmState::Running).await?;
                 tracing::info!(vm_id = %vm.id, name = %vm.name, "vm running");
+                self.note_booted_on(&kernel, vm.spec.vmm).await;
                 self.rebuild_dns().await;
                 Ok(vm)
             }
@@ -590,6 +591,18 @@ impl Core {
         Ok(())
     }
 
+    /// Records on the kernel that it ran on this VMM (once per VMM).
+    async fn note_booted_on(&self, kernel: &KernelRecord, vmm: VmmKind) {
+        if kernel.booted_on.contains(&vmm) {
+            return;
+        }
+        let mut k = kernel.clone();
+        k.booted_on.push(vmm);
+        if let Err(e) = self.db(move |s| s.update_asset(&k)).await {
+            tracing::warn!(kernel = %kernel.name, error = %e, "recording booted_on");
+        }
+    }
+
     /// Publishes `<name>.vm` for every live VM, and nothing else. Called
     /// after every transition, so the zone never names a dead VM.
     pub(crate) async fn rebuild_dns(&self) {
@@ -806,6 +819,9 @@ mod tests {
                 .any(|c| c.starts_with("clone") && c.contains("seed.ext4")),
             "{calls:?}"
         );
+        // The kernel now records the VMM it ran on.
+        let k: KernelRecord = f.core.find_asset("default").await.expect("kernel");
+        assert_eq!(k.booted_on, [VmmKind::Qemu]);
         // Published in DNS while alive.
         assert_eq!(
             f.dns.last().get("web").map(ToString::to_string).as_deref(),
