@@ -110,10 +110,13 @@ mod tests {
     async fn identifies_a_process_by_the_socket_in_its_command_line() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("vm.qmp");
+        // `read` is a builtin: the shell blocks on its stdin without forking,
+        // so no short-lived copy of its command line exists besides it.
         let mut child = std::process::Command::new("sh")
             .arg("-c")
-            .arg("sleep 30; : ")
+            .arg("read _")
             .arg(&sock)
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .expect("spawn");
         let pid = child.id();
