@@ -299,14 +299,44 @@ impl Client {
     }
 }
 
+/// Kernels and images share one set of routes under their collection.
 impl Client {
+    async fn show_asset<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        name: &str,
+        verify: bool,
+    ) -> Result<T, ClientError> {
+        let path = format!("{}?verify={verify}", asset_path(collection, name));
+        self.call(Method::GET, &path, None).await
+    }
+
+    async fn delete_asset<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        name: &str,
+        force: bool,
+    ) -> Result<T, ClientError> {
+        let path = format!("{}?force={force}", asset_path(collection, name));
+        self.call(Method::DELETE, &path, None).await
+    }
+
+    async fn post_streamed<T: DeserializeOwned, B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        on_progress: impl FnMut(&Progress),
+    ) -> Result<T, ClientError> {
+        self.stream(Method::POST, path, Self::json(body), on_progress)
+            .await
+    }
+
     pub async fn list_kernels(&self) -> Result<Vec<KernelRecord>, ClientError> {
         self.call(Method::GET, "/v1/kernels", None).await
     }
 
     pub async fn show_kernel(&self, name: &str, verify: bool) -> Result<KernelRecord, ClientError> {
-        let path = format!("{}?verify={verify}", asset_path("kernels", name));
-        self.call(Method::GET, &path, None).await
+        self.show_asset("kernels", name, verify).await
     }
 
     pub async fn delete_kernel(
@@ -314,8 +344,7 @@ impl Client {
         name: &str,
         force: bool,
     ) -> Result<KernelRecord, ClientError> {
-        let path = format!("{}?force={force}", asset_path("kernels", name));
-        self.call(Method::DELETE, &path, None).await
+        self.delete_asset("kernels", name, force).await
     }
 
     pub async fn import_kernel(
@@ -323,13 +352,8 @@ impl Client {
         req: &KernelImportRequest,
         on_progress: impl FnMut(&Progress),
     ) -> Result<KernelRecord, ClientError> {
-        self.stream(
-            Method::POST,
-            "/v1/kernels/import",
-            Self::json(req),
-            on_progress,
-        )
-        .await
+        self.post_streamed("/v1/kernels/import", req, on_progress)
+            .await
     }
 
     pub async fn add_kernel(
@@ -337,13 +361,8 @@ impl Client {
         req: &KernelAddRequest,
         on_progress: impl FnMut(&Progress),
     ) -> Result<KernelRecord, ClientError> {
-        self.stream(
-            Method::POST,
-            "/v1/kernels/add",
-            Self::json(req),
-            on_progress,
-        )
-        .await
+        self.post_streamed("/v1/kernels/add", req, on_progress)
+            .await
     }
 
     pub async fn list_images(&self) -> Result<Vec<ImageRecord>, ClientError> {
@@ -351,13 +370,11 @@ impl Client {
     }
 
     pub async fn show_image(&self, name: &str, verify: bool) -> Result<ImageRecord, ClientError> {
-        let path = format!("{}?verify={verify}", asset_path("images", name));
-        self.call(Method::GET, &path, None).await
+        self.show_asset("images", name, verify).await
     }
 
     pub async fn delete_image(&self, name: &str, force: bool) -> Result<ImageRecord, ClientError> {
-        let path = format!("{}?force={force}", asset_path("images", name));
-        self.call(Method::DELETE, &path, None).await
+        self.delete_asset("images", name, force).await
     }
 
     pub async fn build_image(
@@ -365,13 +382,8 @@ impl Client {
         req: &ImageBuildRequest,
         on_progress: impl FnMut(&Progress),
     ) -> Result<ImageRecord, ClientError> {
-        self.stream(
-            Method::POST,
-            "/v1/images/build",
-            Self::json(req),
-            on_progress,
-        )
-        .await
+        self.post_streamed("/v1/images/build", req, on_progress)
+            .await
     }
 
     pub async fn import_image(
@@ -379,13 +391,8 @@ impl Client {
         req: &ImageImportRequest,
         on_progress: impl FnMut(&Progress),
     ) -> Result<ImageRecord, ClientError> {
-        self.stream(
-            Method::POST,
-            "/v1/images/import",
-            Self::json(req),
-            on_progress,
-        )
-        .await
+        self.post_streamed("/v1/images/import", req, on_progress)
+            .await
     }
 }
 

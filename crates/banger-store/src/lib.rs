@@ -297,37 +297,29 @@ pub trait AssetRow: serde::Serialize + serde::de::DeserializeOwned {
     fn created_at(&self) -> DateTime<Utc>;
 }
 
-impl AssetRow for KernelRecord {
-    const KIND: AssetKind = AssetKind::Kernel;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn digest(&self) -> &str {
-        &self.digest
-    }
-    fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
-    }
+/// Both asset records have the same identity fields.
+macro_rules! asset_row {
+    ($ty:ty, $kind:expr) => {
+        impl AssetRow for $ty {
+            const KIND: AssetKind = $kind;
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn digest(&self) -> &str {
+                &self.digest
+            }
+            fn created_at(&self) -> DateTime<Utc> {
+                self.created_at
+            }
+        }
+    };
 }
 
-impl AssetRow for ImageRecord {
-    const KIND: AssetKind = AssetKind::Image;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn digest(&self) -> &str {
-        &self.digest
-    }
-    fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
-    }
-}
+asset_row!(KernelRecord, AssetKind::Kernel);
+asset_row!(ImageRecord, AssetKind::Image);
 
 impl Store {
     /// Inserts an asset; a name clash is [`StoreError::AssetNameTaken`].
