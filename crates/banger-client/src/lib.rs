@@ -52,9 +52,26 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// True when the daemon is not there at all (so starting it may help).
+    /// True when the daemon is not there (so starting it may help): no
+    /// socket, nobody listening, or a daemon that died with our connection
+    /// still in its queue (reset or closed before any answer).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Unreachable { .. })
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::Http { source, .. } => {
+                source.is_closed()
+                    || source.is_incomplete_message()
+                    || io_error_kind(source).is_some_and(|k| {
+                        matches!(
+                            k,
+                            std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::ConnectionRefused
+                                | std::io::ErrorKind::BrokenPipe
+                        )
+                    })
+            }
+            _ => false,
+        }
     }
 
     /// The API error code, when the daemon answered with one.
@@ -400,6 +417,18 @@ fn asset_path(collection: &str, name: &str) -> String {
     format!("/v1/{collection}/{}", escape(name))
 }
 
+/// The kind of the first I/O error in `e`'s source chain.
+fn io_error_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// Path segment for a VM reference. References are validated DNS labels
 /// on the daemon side; anything else is percent-encoded here so a bad
 /// reference reaches the daemon intact and gets its clear refusal.
@@ -452,6 +481,21 @@ mod tests {
             }
         });
         sock
+    }
+
+    /// A daemon that dies with our connection in its queue: accepted, then
+    /// closed without an answer. That is "not running", not an error.
+    #[tokio::test]
+    async fn a_daemon_dying_mid_request_counts_as_unreachable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&sock).expect("bind");
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            drop(s);
+        });
+        let err = Client::new(sock).status().await.expect_err("closed");
+        assert!(err.is_unreachable(), "{err}");
     }
 
     #[tokio::test]
