@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use banger_api::doctor::StorageStrategy;
 
-use crate::tools::{ToolError, ToolRun};
+use crate::tools::{MkfsExt4, ToolError, ToolRun};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -208,16 +208,12 @@ impl DiskOps for HostDisks {
         label: &str,
         from: Option<&Path>,
     ) -> Result<(), DiskError> {
-        let mut run = ToolRun::new(&self.mkfs_ext4).args(["-F", "-q", "-L", label]);
-        if let Some(dir) = from {
-            run = run
-                .args(["-E", "root_owner=0:0", "-d"])
-                .arg(dir.as_os_str());
+        MkfsExt4 {
+            bin: self.mkfs_ext4.clone(),
         }
-        run.arg(image.as_os_str())
-            .arg(format!("{}k", size / 1024))
-            .run(|_| {})
-            .await?;
+        .format(image, size, label, from)
+        .run(|_| {})
+        .await?;
         Ok(())
     }
 

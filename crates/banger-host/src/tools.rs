@@ -225,10 +225,24 @@ pub struct MkfsExt4 {
 
 impl MkfsExt4 {
     pub fn from_dir(&self, dir: &Path, image: &Path, size_bytes: u64, label: &str) -> ToolRun {
-        ToolRun::new(&self.bin)
-            .args(["-F", "-q", "-L", label, "-E", "root_owner=0:0", "-d"])
-            .arg(dir.as_os_str())
-            .arg(image.as_os_str())
+        self.format(image, size_bytes, label, Some(dir))
+    }
+
+    /// A fresh ext4 of `size_bytes`, empty or populated from `from`.
+    pub fn format(
+        &self,
+        image: &Path,
+        size_bytes: u64,
+        label: &str,
+        from: Option<&Path>,
+    ) -> ToolRun {
+        let mut run = ToolRun::new(&self.bin).args(["-F", "-q", "-L", label]);
+        if let Some(dir) = from {
+            run = run
+                .args(["-E", "root_owner=0:0", "-d"])
+                .arg(dir.as_os_str());
+        }
+        run.arg(image.as_os_str())
             .arg(format!("{}k", size_bytes / 1024))
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, fake_elf};
+use common::{Env, dir_entries, fake_elf};
 
 /// Builds `<dir>/<pkg>.deb` with `dpkg-deb` from `files` and `depends`.
 fn build_deb(dir: &Path, pkg: &str, depends: &str, files: &[(&str, Vec<u8>)]) {
@@ -103,16 +103,6 @@ fn with_apt<'a>(env: &'a Env, apt: &Path) -> impl Fn(&[&str]) -> std::process::O
 
 fn write_init(env: &Env) {
     std::fs::write(env.dir.path().join("fake-init"), fake_elf(4096)).expect("init");
-}
-
-fn dir_entries(p: &Path) -> Vec<String> {
-    std::fs::read_dir(p)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

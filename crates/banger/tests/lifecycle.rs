@@ -9,14 +9,16 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{
-    BANGER, Env, Netns, cached_default_assets, guest_prereqs, kill, skip_or_fail, vmm_pids,
-    wait_gone,
+    BANGER, Env, Netns, cached_default_assets, dir_entries, guest_prereqs, kill, skip_or_fail,
+    vmm_pids, wait_gone,
 };
 use nix::sys::signal::Signal;
 
 struct Lab {
     env: Env,
     ns: Netns,
+    /// Released last: the VMs, daemon and namespace are gone first.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Lab {
@@ -95,21 +97,11 @@ impl Lab {
         assert!(taps.is_empty(), "leaked taps: {taps:?}");
         let vmms = vmm_pids(&self.env.dir.path().display().to_string());
         assert!(vmms.is_empty(), "leaked VMM processes: {vmms:?}");
-        let dirs = entries(&self.env.state_dir().join("vms"));
+        let dirs = dir_entries(&self.env.state_dir().join("vms"));
         assert!(dirs.is_empty(), "leaked vm dirs: {dirs:?}");
-        let socks = entries(&self.env.dir.path().join("run/vms"));
+        let socks = dir_entries(&self.env.dir.path().join("run/vms"));
         assert!(socks.is_empty(), "leaked sockets: {socks:?}");
     }
-}
-
-fn entries(p: &Path) -> Vec<String> {
-    std::fs::read_dir(p)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// These tests boot several TCG guests each: one at a time on small
@@ -117,6 +109,7 @@ fn entries(p: &Path) -> Vec<String> {
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn lab() -> Option<Lab> {
+    let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let init = match guest_prereqs() {
         Ok(i) => i,
         Err(reason) => {
@@ -128,6 +121,7 @@ fn lab() -> Option<Lab> {
     let lab = Lab {
         env: Env::new(),
         ns: Netns::new(),
+        _serial: serial,
     };
     let path = |v: &serde_json::Value| v["path"].as_str().expect("path").to_owned();
     lab.ok(&[
@@ -160,7 +154,6 @@ fn debugfs_cat(image: &Path, file: &str) -> String {
 
 #[test]
 fn vm_boots_answers_ping_stops_restarts_with_its_disks_and_deletes_cleanly() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some(lab) = lab() else { return };
     lab.ok(&[
         "vm",
@@ -250,7 +243,6 @@ fn vm_boots_answers_ping_stops_restarts_with_its_disks_and_deletes_cleanly() {
 
 #[test]
 fn a_killed_daemon_comes_back_adopting_live_vms_and_cleaning_dead_ones() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some(lab) = lab() else { return };
     lab.ok(&[
         "vm",
@@ -366,7 +358,6 @@ fn a_killed_daemon_comes_back_adopting_live_vms_and_cleaning_dead_ones() {
 
 #[test]
 fn ten_vms_started_and_deleted_concurrently_leave_nothing_behind() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some(lab) = lab() else { return };
     let names: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
     let ips: Vec<String> = std::thread::scope(|s| {

@@ -456,3 +456,14 @@ pub fn vmm_pids(needle: &str) -> Vec<i32> {
         })
         .collect()
 }
+
+/// Names in a directory (empty when it does not exist).
+pub fn dir_entries(p: &Path) -> Vec<String> {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
