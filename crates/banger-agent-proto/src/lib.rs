@@ -8,6 +8,9 @@
 //! bounded frames, never one buffer. Both sides open with [`Hello`]; a
 //! version mismatch is refused with a message that names both versions.
 
+pub mod archive;
+pub mod vsock;
+
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -111,7 +114,21 @@ pub enum Message {
         code: Option<i32>,
         signal: Option<i32>,
     },
-    PowerOff,
+    /// Shut the guest down. `reboot` asks for a reset instead of a power
+    /// off: Firecracker has no ACPI power off and exits on a guest reboot.
+    PowerOff {
+        #[serde(default)]
+        reboot: bool,
+    },
+    /// Receive a tar stream (Stdin frames, then `StdinEof`) and unpack it
+    /// at `dest` (see [`archive::unpack_to`]). Answered with `Exit`.
+    PutArchive {
+        dest: String,
+    },
+    /// Send `path` as a tar stream (Stdout frames), then `Exit`.
+    GetArchive {
+        path: String,
+    },
     Error {
         message: String,
     },
