@@ -134,6 +134,10 @@ pub struct VmRuntime {
     pub work_disk_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The guest's ssh host key (`ssh-ed25519 AAAA…`), captured through
+    /// the agent on first boot and pinned from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
     /// Mirrors of teardown-critical handles: written together with the
     /// handle scratch file so cleanup still finds them when the cache and
     /// the scratch file are lost.
@@ -246,4 +250,32 @@ mod tests {
             .expect_err("typo must not be ignored");
         assert!(err.to_string().contains("nmae"), "{err}");
     }
+}
+
+/// The `Upgrade` token of `POST /v1/vms/{vm}/attach`: after `101`, the
+/// connection carries the agent protocol (`banger-agent-proto` frames).
+pub const ATTACH_UPGRADE: &str = "banger-agent";
+
+/// `POST /v1/vms/{vm}/attach`: what to do over the upgraded connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AttachRequest {
+    /// Run a command; frames: stdout, stderr, exit (and stdin, resize,
+    /// signal from the client).
+    Exec(banger_agent_proto::ExecRequest),
+    /// Send a tar stream (`archive::pack`) to unpack at `dest`.
+    CopyIn { dest: String },
+    /// Receive `path` as a tar stream.
+    CopyOut { path: String },
+}
+
+/// `GET /v1/vms/{vm}/ssh`: how to reach a running VM with the system ssh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshInfo {
+    pub host: String,
+    pub user: String,
+    /// banger's private key (0600).
+    pub identity_file: String,
+    /// A known_hosts file holding just this VM's pinned host key.
+    pub known_hosts_file: String,
 }

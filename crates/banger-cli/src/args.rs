@@ -111,6 +111,78 @@ pub enum VmCmd {
         #[arg(required = true)]
         vms: Vec<String>,
     },
+    /// Run a command in a running VM; its exit code becomes banger's.
+    Exec {
+        /// Name or id.
+        vm: String,
+        #[command(flatten)]
+        exec: ExecArgs,
+    },
+    /// Create and start a VM, then run a command in it (`--rm` deletes it after).
+    Run(RunArgs),
+    /// Copy files or directories between the host and a VM (NAME:/path on one side).
+    Cp {
+        /// Source: a host path or NAME:/path.
+        src: String,
+        /// Destination: a host path or NAME:/path.
+        dst: String,
+    },
+    /// Log in with the system ssh (banger's key, the VM's pinned host key).
+    Ssh {
+        /// Name or id.
+        vm: String,
+        /// Command to run instead of a login shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+}
+
+/// How to run a command in a guest.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Allocate a terminal (follows the local window size).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Stream stdin to the command.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Set an environment variable (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory (default: the user's home).
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User to run as (name or uid; default root).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// VM name (generated when omitted).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Delete the VM when the command ends, whatever happened.
+    #[arg(long)]
+    pub rm: bool,
+    #[arg(long)]
+    pub image: Option<String>,
+    #[arg(long)]
+    pub kernel: Option<String>,
+    #[arg(long, visible_alias = "vcpus")]
+    pub cpus: Option<u32>,
+    #[arg(long, value_name = "MiB")]
+    pub memory: Option<u32>,
+    /// Give the VM outbound NAT.
+    #[arg(long)]
+    pub nat: bool,
+    #[arg(long, value_enum)]
+    pub vmm: Option<VmmArg>,
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -316,5 +388,34 @@ mod tests {
             "delete needs a name"
         );
         assert!(Cli::try_parse_from(["banger", "vm", "set", "x", "--nat", "maybe"]).is_err());
+        match Cli::try_parse_from([
+            "banger", "vm", "exec", "-it", "-e", "A=1", "box", "--", "sh", "-c", "echo $A",
+        ])
+        .expect("exec")
+        .command
+        {
+            Top::Vm {
+                command: VmCmd::Exec { vm, exec },
+            } => {
+                assert_eq!(vm, "box");
+                assert!(exec.tty && exec.interactive);
+                assert_eq!(exec.env, ["A=1"]);
+                assert_eq!(exec.command, ["sh", "-c", "echo $A"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["banger", "vm", "exec", "box"]).is_err(),
+            "exec needs a command"
+        );
+        match Cli::try_parse_from(["banger", "vm", "run", "--rm", "--", "true"])
+            .expect("run")
+            .command
+        {
+            Top::Vm {
+                command: VmCmd::Run(r),
+            } => assert!(r.rm && r.exec.command == ["true"]),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -8,12 +8,15 @@ pub mod args;
 pub mod daemon_ctl;
 pub mod progress;
 pub mod render;
+pub mod session;
+pub mod ssh;
 
 use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use banger_agent_proto::ExecRequest;
 use banger_api::asset::{
     ImageBuildRequest, ImageImportRequest, KernelAddRequest, KernelImportRequest,
 };
@@ -40,7 +43,10 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let outcome = rt.block_on(run(cli));
+    // A read of stdin may still block a runtime thread: do not wait for it.
+    rt.shutdown_background();
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -338,6 +344,83 @@ fn size_arg(flag: &str, v: Option<String>) -> Result<Option<u64>> {
         .transpose()
 }
 
+/// The process exit code for a command's: 0-255 as is, others wrapped.
+fn exit_with(code: i32) -> ExitCode {
+    ExitCode::from((code & 0xff) as u8)
+}
+
+fn exec_request(a: &args::ExecArgs) -> Result<ExecRequest> {
+    let mut env = Vec::new();
+    for kv in &a.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("-e {kv:?}: write it as NAME=VALUE");
+        };
+        if k.is_empty() {
+            bail!("-e {kv:?}: the variable name is empty");
+        }
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    if a.tty && !env.iter().any(|(k, _)| k == "TERM") {
+        if let Ok(term) = std::env::var("TERM") {
+            env.push(("TERM".into(), term));
+        }
+    }
+    Ok(ExecRequest {
+        argv: a.command.clone(),
+        env,
+        cwd: a.workdir.clone(),
+        user: a.user.clone(),
+        tty: a.tty.then(|| session::terminal_size().unwrap_or((80, 24))),
+        stdin: a.interactive,
+    })
+}
+
+/// `vm run`: create, start, exec, and with `--rm` delete whatever happened
+/// (a failed start, a failed command, Ctrl-C).
+async fn run_vm(client: &Client, a: args::RunArgs) -> Result<ExitCode> {
+    let req = exec_request(&a.exec)?;
+    let create = CreateVmRequest {
+        name: a.name,
+        vcpus: a.cpus,
+        memory_mib: a.memory,
+        image: a.image,
+        kernel: a.kernel,
+        nat: a.nat,
+        vmm: a.vmm.map(Into::into),
+        ..CreateVmRequest::default()
+    };
+    let rec = staged(false, async |b: &mut Stages| {
+        client.create_vm(&create, |p| b.update(p)).await
+    })
+    .await?;
+    let name = rec.name;
+    let started = tokio::select! {
+        r = staged(false, async |b: &mut Stages| client.start_vm(&name, |p| b.update(p)).await) => r.map(|_| ()),
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted while vm {name} was starting")),
+    };
+    let outcome = match started {
+        Ok(()) => session::exec(client, &name, req).await,
+        Err(e) => Err(e),
+    };
+    if a.rm {
+        // Kill, not stop: the VM is going away, its disks with it.
+        if let Err(e) = client.kill_vm(&name).await {
+            if e.api_code() != Some(banger_api::ErrorCode::InvalidState) {
+                eprintln!("warning: killing vm {name}: {e}");
+            }
+        }
+        if let Err(e) = client.delete_vm(&name).await {
+            eprintln!(
+                "error: vm {name} was not deleted: {e}; remove it with `banger vm delete {name}`"
+            );
+            return outcome.map(|_| ExitCode::FAILURE);
+        }
+    } else if outcome.is_err() {
+        eprintln!("note: vm {name} is kept; `banger vm delete {name}` removes it");
+    }
+    Ok(exit_with(outcome?))
+}
+
 async fn vm(config: &Config, cmd: VmCmd) -> Result<ExitCode> {
     let client = daemon_ctl::connect(config).await?;
     match cmd {
@@ -427,6 +510,22 @@ async fn vm(config: &Config, cmd: VmCmd) -> Result<ExitCode> {
             for l in &all[from..] {
                 println!("{l}");
             }
+        }
+        VmCmd::Exec { vm, exec } => {
+            let req = exec_request(&exec)?;
+            return Ok(exit_with(session::exec(&client, &vm, req).await?));
+        }
+        VmCmd::Run(a) => return run_vm(&client, a).await,
+        VmCmd::Cp { src, dst } => session::copy(&client, &src, &dst).await?,
+        VmCmd::Ssh { vm, command } => {
+            let info = client.vm_ssh(&vm).await?;
+            let cmd = ssh::SshCommand {
+                bin: config.tools.ssh.clone(),
+                info,
+                command,
+            };
+            let e = cmd.exec();
+            bail!("running {}: {e}", cmd.bin.display());
         }
         VmCmd::Delete { vms } => {
             let mut failed = false;

@@ -13,7 +13,9 @@ use banger_api::asset::{
 use banger_api::daemon::DaemonStatus;
 use banger_api::doctor::DoctorReport;
 use banger_api::event::{Progress, StreamEvent};
-use banger_api::vm::{CreateVmRequest, SetVmRequest, VmRecord};
+use banger_api::vm::{
+    ATTACH_UPGRADE, AttachRequest, CreateVmRequest, SetVmRequest, SshInfo, VmRecord,
+};
 use banger_api::{ApiError, ErrorCode};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -82,6 +84,9 @@ impl ClientError {
         }
     }
 }
+
+/// A connection upgraded to the agent protocol.
+pub type Attached = TokioIo<hyper::upgrade::Upgraded>;
 
 /// Client of one daemon socket.
 #[derive(Debug, Clone)]
@@ -309,6 +314,64 @@ impl Client {
             return Err(ClientError::Api(error_from(status.as_u16(), &bytes)));
         }
         Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// `vm exec` / `vm cp`: upgrades a connection to the guest agent's
+    /// protocol (`banger-agent-proto` frames) once the daemon sent `req`.
+    pub async fn attach(&self, vm: &str, req: &AttachRequest) -> Result<Attached, ClientError> {
+        let path = format!("{}/attach", vm_path(vm));
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let http = |source| ClientError::Http {
+            socket: self.socket.clone(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode {
+            what: path.clone(),
+            message: e.to_string(),
+        })?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://bangerd{path}"))
+            .header(hyper::header::HOST, "bangerd")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONNECTION, "upgrade")
+            .header(hyper::header::UPGRADE, ATTACH_UPGRADE)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Decode {
+                what: path.clone(),
+                message: e.to_string(),
+            })?;
+        let resp = sender.send_request(request).await.map_err(http)?;
+        let status = resp.status();
+        if status != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(ClientError::Api(error_from(status.as_u16(), &bytes)));
+        }
+        let upgraded = hyper::upgrade::on(resp).await.map_err(http)?;
+        Ok(TokioIo::new(upgraded))
+    }
+
+    /// How to reach a running VM with the system ssh.
+    pub async fn vm_ssh(&self, vm: &str) -> Result<SshInfo, ClientError> {
+        self.call(Method::GET, &format!("{}/ssh", vm_path(vm)), None)
+            .await
     }
 
     pub async fn delete_vm(&self, vm: &str) -> Result<VmRecord, ClientError> {

@@ -82,6 +82,8 @@ struct FileAssets {
 #[serde(deny_unknown_fields)]
 struct FileGuest {
     init: Option<PathBuf>,
+    agent: Option<PathBuf>,
+    ready_timeout_secs: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +92,8 @@ struct FileTools {
     apt_get: Option<PathBuf>,
     debootstrap: Option<PathBuf>,
     mkfs_ext4: Option<PathBuf>,
+    ssh: Option<PathBuf>,
+    ssh_keygen: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +102,7 @@ struct FileVmm {
     firecracker: Option<PathBuf>,
     jailer: Option<PathBuf>,
     qemu: Option<PathBuf>,
+    vsock_backend: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +127,8 @@ pub struct VmmPaths {
     pub firecracker: PathBuf,
     pub jailer: PathBuf,
     pub qemu: PathBuf,
+    /// `vhost-device-vsock`: the userspace vsock device QEMU guests use.
+    pub vsock_backend: PathBuf,
 }
 
 /// The host bridge VMs attach to.
@@ -156,6 +163,11 @@ pub struct AssetConfig {
 pub struct GuestConfig {
     /// Static PID 1 of the initramfs (`scripts/build-guest.sh`).
     pub init: PathBuf,
+    /// Static guest agent, injected into every VM's root disk at start.
+    pub agent: PathBuf,
+    /// How long a start waits for the agent's first answer; `None` picks
+    /// by acceleration (software emulation boots far slower).
+    pub ready_timeout_secs: Option<u32>,
 }
 
 /// External host tools; a bare name is looked up on `PATH`.
@@ -164,6 +176,8 @@ pub struct ToolPaths {
     pub apt_get: PathBuf,
     pub debootstrap: PathBuf,
     pub mkfs_ext4: PathBuf,
+    pub ssh: PathBuf,
+    pub ssh_keygen: PathBuf,
 }
 
 /// The resolved, validated configuration.
@@ -280,6 +294,12 @@ impl Config {
                 "BANGER_QEMU_BIN",
                 file.vmm.qemu,
                 "qemu-system-x86_64",
+            )?,
+            vsock_backend: bin(
+                "vmm.vsock_backend",
+                "BANGER_VSOCK_BACKEND_BIN",
+                file.vmm.vsock_backend,
+                "vhost-device-vsock",
             )?,
         };
 
@@ -403,6 +423,19 @@ impl Config {
                 file.guest.init,
                 "/usr/local/lib/banger/banger-init",
             )?,
+            agent: bin(
+                "guest.agent",
+                "BANGER_GUEST_AGENT",
+                file.guest.agent,
+                "/usr/local/lib/banger/banger-agent",
+            )?,
+            ready_timeout_secs: match pick(
+                "BANGER_READY_TIMEOUT_SECS",
+                file.guest.ready_timeout_secs.map(|v| v.to_string()),
+            ) {
+                Some((v, src)) => Some(bounded_int("guest.ready_timeout_secs", src, v, 1, 3600)?),
+                None => None,
+            },
         };
         let tools = ToolPaths {
             apt_get: bin(
@@ -422,6 +455,13 @@ impl Config {
                 "BANGER_MKFS_EXT4_BIN",
                 file.tools.mkfs_ext4,
                 "mkfs.ext4",
+            )?,
+            ssh: bin("tools.ssh", "BANGER_SSH_BIN", file.tools.ssh, "ssh")?,
+            ssh_keygen: bin(
+                "tools.ssh_keygen",
+                "BANGER_SSH_KEYGEN_BIN",
+                file.tools.ssh_keygen,
+                "ssh-keygen",
             )?,
         };
 

@@ -6,7 +6,9 @@ use banger_api::asset::{
 };
 use banger_api::daemon::DaemonStatus;
 use banger_api::doctor::DoctorReport;
-use banger_api::vm::{CreateVmRequest, SetVmRequest, VmRecord};
+use banger_api::vm::{AttachRequest, CreateVmRequest, SetVmRequest, SshInfo, VmRecord};
+
+use crate::agent::AgentConn;
 
 /// A request to the core. `vm` fields take a name or an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,14 @@ pub enum Command {
         vm: String,
     },
     VmLogs {
+        vm: String,
+    },
+    /// Exec or copy: answered with a connection to the guest agent.
+    VmAttach {
+        vm: String,
+        request: AttachRequest,
+    },
+    VmSsh {
         vm: String,
     },
     KernelList,
@@ -73,6 +83,8 @@ pub enum Reply {
     Vm(VmRecord),
     Deleted(VmRecord),
     Logs(String),
+    Attached(AgentConn),
+    Ssh(SshInfo),
     Kernels(Vec<KernelRecord>),
     Kernel(KernelRecord),
     Images(Vec<ImageRecord>),

@@ -5,6 +5,7 @@
 //! ([`lifecycle`]), acts through the store and the host traits, and answers
 //! with a [`Reply`] or a [`CoreError`] that says why not.
 
+pub mod agent;
 pub mod assets;
 pub mod command;
 pub mod error;

@@ -48,6 +48,8 @@ pub struct VmPaths {
     pub console: PathBuf,
     pub pid_file: PathBuf,
     pub socket: PathBuf,
+    /// Host end of the guest's vsock (the agent's channel).
+    pub vsock: PathBuf,
 }
 
 impl Core {
@@ -64,6 +66,11 @@ impl Core {
                 .runtime_dir
                 .join("vms")
                 .join(format!("{vm_id}.sock")),
+            vsock: self
+                .config()
+                .runtime_dir
+                .join("vms")
+                .join(format!("{vm_id}.vsock")),
             dir,
         }
     }
@@ -79,7 +86,7 @@ impl Core {
         }
     }
 
-    async fn save(&self, vm: &mut VmRecord) -> Result<(), CoreError> {
+    pub(crate) async fn save(&self, vm: &mut VmRecord) -> Result<(), CoreError> {
         vm.updated_at = Utc::now();
         let rec = vm.clone();
         self.db(move |s| s.update_vm(&rec)).await
@@ -144,7 +151,13 @@ impl Core {
         Ok(ip)
     }
 
-    fn guest_entries(&self, vm: &VmRecord, ip: Ipv4Addr) -> Vec<GuestEntry> {
+    fn guest_entries(
+        &self,
+        vm: &VmRecord,
+        ip: Ipv4Addr,
+        agent: Vec<u8>,
+        authorized_key: &str,
+    ) -> Vec<GuestEntry> {
         let net = &self.config().network;
         let file = |path: &str, contents: String| GuestEntry::File {
             path: path.into(),
@@ -182,6 +195,15 @@ impl Core {
             },
             GuestEntry::Dir { path: "/etc/ssh/sshd_config.d".into(), mode: 0o755 },
             file("/etc/ssh/sshd_config.d/99-banger.conf", SSHD_DROP_IN.into()),
+            file(AUTHORIZED_KEYS, format!("{authorized_key}\n")),
+            // Written at every start, never baked into the shared image, so
+            // the agent always matches the daemon that talks to it.
+            GuestEntry::File { path: AGENT_PATH.into(), mode: 0o755, contents: agent },
+            file("/etc/systemd/system/banger-agent.service", AGENT_UNIT.into()),
+            GuestEntry::Symlink {
+                path: "/etc/systemd/system/multi-user.target.wants/banger-agent.service".into(),
+                target: "/etc/systemd/system/banger-agent.service".into(),
+            },
         ]
     }
 
@@ -278,6 +300,8 @@ impl Core {
         vm.runtime.last_error = None;
         vm.runtime.vm_dir = Some(paths.dir.display().to_string());
         vm.runtime.api_socket = Some(paths.socket.display().to_string());
+        vm.runtime.vsock_path = Some(paths.vsock.display().to_string());
+        vm.runtime.vsock_cid = Some(banger_vmm::GUEST_CID);
         vm.runtime.console_log = Some(paths.console.display().to_string());
         vm.runtime.root_disk_path = Some(paths.root_disk.display().to_string());
         vm.runtime.work_disk_path = Some(paths.work_disk.display().to_string());
@@ -330,11 +354,22 @@ impl Core {
         timer.lap("storage");
         progress.stage(
             "guest-config",
-            "writing hostname, network and ssh config into the root disk",
+            "writing hostname, network, ssh config and the agent into the root disk",
         );
+        let agent_bin = &self.config().guest.agent;
+        let agent = std::fs::read(agent_bin).map_err(|e| {
+            CoreError::Unavailable(format!(
+                "guest agent binary {}: {e}; build it with scripts/build-guest.sh (scripts/setup.sh installs it) or set guest.agent",
+                agent_bin.display()
+            ))
+        })?;
+        let (_, authorized_key) = self.ssh_key().await?;
         self.deps
             .disks
-            .write_entries(&paths.root_disk, &self.guest_entries(vm, ip))
+            .write_entries(
+                &paths.root_disk,
+                &self.guest_entries(vm, ip, agent, &authorized_key),
+            )
             .await
             .map_err(disk_err)?;
         timer.lap("guest-config");
@@ -394,6 +429,7 @@ impl Core {
             control_socket: paths.socket.clone(),
             pid_file: paths.pid_file.clone(),
             accel,
+            vsock: Some(paths.vsock.clone()),
         };
         let pid = vmm
             .launch(&spec)
@@ -402,8 +438,13 @@ impl Core {
         handles.pid = Some(pid);
         self.record_handles(vm, handles).await?;
         timer.lap("vmm-launch");
+        // Running means usable: the guest booted and its agent answers.
+        let waited = self
+            .wait_for_agent(vm, self.ready_timeout(accel), progress)
+            .await;
+        timer.lap("agent");
         timer.log();
-        Ok(())
+        waited
     }
 
     /// Tears down everything a VM holds on the host. Every step runs; the
@@ -451,9 +492,13 @@ impl Core {
         if let Err(e) = self.deps.net.delete_link(&tap).await {
             errors.push(e.to_string());
         }
-        // 3. Sockets.
-        if let Some(sock) = &socket {
-            if let Err(e) = std::fs::remove_file(sock) {
+        // 3. Sockets: control, vsock, and QEMU's vhost-user one.
+        let sockets = socket
+            .iter()
+            .flat_map(|s| [s.clone(), banger_vmm::vhost_user_socket(s)])
+            .chain(vm.runtime.vsock_path.as_deref().map(PathBuf::from));
+        for sock in sockets {
+            if let Err(e) = std::fs::remove_file(&sock) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     errors.push(format!("removing {}: {e}", sock.display()));
                 }
@@ -498,10 +543,24 @@ impl Core {
         }
         if graceful {
             let vmm = self.vmm_for(vm.spec.vmm)?;
+            let deadline = tokio::time::Instant::now() + self.stop_timeout;
+            // The agent first: a clean shutdown from inside the guest, no
+            // matter whether it listens to ACPI. Firecracker has no power
+            // off; a guest reboot ends its process.
+            let reboot = vm.spec.vmm == VmmKind::Firecracker;
+            match self.agent_power_off(&vm, reboot).await {
+                Ok(()) => {
+                    while self.vm_alive(&vm) && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(vm_id = %vm.id, error = %e, "agent power off failed; asking the vmm");
+                }
+            }
             if let Some(sock) = vm.runtime.api_socket.clone() {
                 // A power-button press before the guest's logind listens is
                 // lost: press again every couple of seconds until it goes.
-                let deadline = tokio::time::Instant::now() + self.stop_timeout;
                 let mut next_press = tokio::time::Instant::now();
                 while self.vm_alive(&vm) && tokio::time::Instant::now() < deadline {
                     if tokio::time::Instant::now() >= next_press {
@@ -681,6 +740,32 @@ fn console_tail(path: &Path, lines: usize) -> Option<String> {
     (!tail.trim().is_empty()).then_some(tail)
 }
 
+/// Where the guest agent lives in every VM's root disk.
+pub const AGENT_PATH: &str = "/usr/local/sbin/banger-agent";
+
+/// The agent's unit: early (no default dependencies), but after the local
+/// filesystems (the work disk at /root) and the network, so that "ready"
+/// means commands find /root and the bridge.
+pub const AGENT_UNIT: &str = "\
+[Unit]
+Description=banger guest agent
+DefaultDependencies=no
+After=local-fs.target banger-net.service
+Wants=banger-net.service
+
+[Service]
+ExecStart=/usr/local/sbin/banger-agent
+Restart=always
+RestartSec=200ms
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// banger's public key; the sshd drop-in reads it beside the user's own
+/// `~/.ssh/authorized_keys` on the work disk, which banger never touches.
+pub const AUTHORIZED_KEYS: &str = "/etc/ssh/banger_authorized_keys";
+
 /// The hardened sshd drop-in every guest gets: banger VMs are single-user
 /// root sandboxes reachable only over the host bridge, so key-only root
 /// login, every password path closed, and the key file pinned to the one
@@ -690,7 +775,7 @@ PermitRootLogin prohibit-password
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
-AuthorizedKeysFile /root/.ssh/authorized_keys
+AuthorizedKeysFile /etc/ssh/banger_authorized_keys .ssh/authorized_keys
 ";
 
 #[cfg(test)]
@@ -714,6 +799,7 @@ mod tests {
         disks: Arc<FakeDisks>,
         vmm: Arc<FakeVmm>,
         dns: Arc<banger_host::dns::FakeDns>,
+        agent: Arc<crate::agent::FakeAgent>,
         _dir: tempfile::TempDir,
     }
 
@@ -721,7 +807,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("state");
         let run = dir.path().join("run");
+        let agent_bin = dir.path().join("banger-agent");
+        std::fs::write(&agent_bin, b"\x7fELF agent").expect("agent");
         let cfg = Config::load_with(|k| match k {
+            "BANGER_GUEST_AGENT" => Some(agent_bin.display().to_string()),
+            "BANGER_READY_TIMEOUT_SECS" => Some("1".into()),
             "BANGER_CONFIG" => Some("/dev/null".into()),
             "BANGER_STATE_DIR" => Some(state.display().to_string()),
             "BANGER_RUNTIME_DIR" => Some(run.display().to_string()),
@@ -733,7 +823,8 @@ mod tests {
         let store = Arc::new(Store::open_in_memory().expect("store"));
         crate::testing::seed_real_default_assets(&store, dir.path());
         let fakes = crate::testing::fake_deps();
-        let (net, disks, vmm, dns) = (fakes.net, fakes.disks, fakes.vmm, fakes.dns);
+        let (net, disks, vmm, dns, agent) =
+            (fakes.net, fakes.disks, fakes.vmm, fakes.dns, fakes.agent);
         let mut core = Core::new(cfg, store, fakes.deps);
         core.stop_timeout = Duration::from_millis(300);
         *core.host.write().expect("lock") = Some(DoctorReport {
@@ -750,6 +841,7 @@ mod tests {
             disks,
             vmm,
             dns,
+            agent,
             _dir: dir,
         }
     }
@@ -805,6 +897,33 @@ mod tests {
             matches!(e, GuestEntry::File { path, contents, .. } if path.ends_with("banger-net.service") && String::from_utf8_lossy(contents).contains("10.99.0.2/28"))
         });
         assert!(unit, "network unit carries the address");
+        // The agent and banger's public key go into the VM's own disk.
+        let file = |want: &str| {
+            written.iter().find_map(|(disk, e)| match e {
+                GuestEntry::File {
+                    path,
+                    contents,
+                    mode,
+                } if path == want => Some((disk.clone(), contents.clone(), *mode)),
+                _ => None,
+            })
+        };
+        let (disk, agent, mode) = file(AGENT_PATH).expect("agent injected");
+        assert_eq!(
+            (agent.as_slice(), mode),
+            (b"\x7fELF agent".as_slice(), 0o755)
+        );
+        assert_eq!(
+            disk,
+            dir.join("root.ext4"),
+            "into the VM's disk, not the image"
+        );
+        let (_, key, _) = file(AUTHORIZED_KEYS).expect("authorized key");
+        assert!(String::from_utf8_lossy(&key).starts_with("ssh-ed25519 "));
+        assert_eq!(
+            v.runtime.vsock_path,
+            Some(f.core.vm_paths(&v.id).vsock.display().to_string())
+        );
         // Disks were cloned from the image (root) and its seed (work).
         let calls = f.disks.recorded();
         assert!(
@@ -841,10 +960,18 @@ mod tests {
         let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
         let stopped = vm(&f.core, Command::VmStop { vm: "db".into() }).await;
         assert_eq!(stopped.state, VmState::Stopped);
-        assert!(f.vmm.recorded().iter().any(|c| c.starts_with("shutdown")));
+        assert_eq!(
+            f.agent.power_offs(),
+            [(f.core.vm_paths(&v.id).vsock, false)],
+            "the agent is asked first"
+        );
         assert!(
-            !f.vmm.recorded().iter().any(|c| c.starts_with("kill")),
-            "guest honoured the power button"
+            !f.vmm
+                .recorded()
+                .iter()
+                .any(|c| c.starts_with("shutdown") || c.starts_with("kill")),
+            "the guest powered off by itself: {:?}",
+            f.vmm.recorded()
         );
         assert!(!f.net.has(&tap_name(&v.id)));
         assert!(!scratch_path(&dir).exists());
@@ -880,6 +1007,7 @@ mod tests {
         let f = fixture();
         create_and_start(&f, "stubborn").await;
         *f.vmm.ignore_shutdown.lock().expect("lock") = true;
+        f.agent.set_ready(false);
         let v = vm(
             &f.core,
             Command::VmStop {
@@ -888,7 +1016,54 @@ mod tests {
         )
         .await;
         assert_eq!(v.state, VmState::Stopped);
+        assert!(f.vmm.recorded().iter().any(|c| c.starts_with("shutdown")));
         assert!(f.vmm.recorded().iter().any(|c| c.starts_with("kill")));
+    }
+
+    #[tokio::test]
+    async fn stop_without_an_agent_presses_the_power_button() {
+        let f = fixture();
+        create_and_start(&f, "quiet").await;
+        f.agent.set_ready(false);
+        let v = vm(&f.core, Command::VmStop { vm: "quiet".into() }).await;
+        assert_eq!(v.state, VmState::Stopped);
+        assert!(f.agent.power_offs().is_empty());
+        assert!(f.vmm.recorded().iter().any(|c| c.starts_with("shutdown")));
+        assert!(!f.vmm.recorded().iter().any(|c| c.starts_with("kill")));
+    }
+
+    #[tokio::test]
+    async fn a_guest_whose_agent_never_answers_is_an_error_and_leaves_nothing() {
+        let f = fixture();
+        f.agent.set_ready(false);
+        vm(
+            &f.core,
+            Command::VmCreate(CreateVmRequest {
+                name: Some("mute".into()),
+                ..Default::default()
+            }),
+        )
+        .await;
+        let id = f.core.find_vm("mute").await.expect("find").id;
+        std::fs::create_dir_all(f.core.vm_paths(&id).dir).expect("dir");
+        std::fs::write(
+            f.core.vm_paths(&id).console,
+            "Booting\nKernel panic - not syncing\n",
+        )
+        .expect("console");
+        let err = run(&f.core, Command::VmStart { vm: "mute".into() })
+            .await
+            .expect_err("not ready");
+        let msg = err.to_string();
+        assert!(msg.contains("did not answer within 1s"), "{msg}");
+        assert!(
+            msg.contains("Kernel panic"),
+            "console tail in the message: {msg}"
+        );
+        let v = f.core.find_vm("mute").await.expect("find");
+        assert_eq!(v.state, VmState::Error);
+        assert!(f.vmm.running.lock().expect("lock").is_empty(), "vmm killed");
+        assert!(!f.net.has(&tap_name(&v.id)), "tap removed");
     }
 
     #[tokio::test]

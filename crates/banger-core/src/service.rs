@@ -22,6 +22,7 @@ use chrono::Utc;
 use rand::Rng;
 use tokio::sync::watch;
 
+use crate::agent::AgentConnector;
 use crate::command::{Command, Reply};
 use crate::error::CoreError;
 use crate::handles::HandleCache;
@@ -47,6 +48,7 @@ pub struct HostDeps {
     pub dns: Arc<dyn Dns>,
     pub qemu: Arc<dyn Vmm>,
     pub firecracker: Option<Arc<dyn Vmm>>,
+    pub agent: Arc<dyn AgentConnector>,
 }
 
 /// The daemon core. Shared by every request handler.
@@ -58,6 +60,7 @@ pub struct Core {
     pub(crate) host: RwLock<Option<DoctorReport>>,
     pub(crate) vm_locks: KeyedLocks,
     pub(crate) ip_lock: tokio::sync::Mutex<()>,
+    pub(crate) ssh_key_lock: tokio::sync::Mutex<()>,
     pub(crate) stop_timeout: std::time::Duration,
     /// Asset files whose digest matched, by path, size, mtime and digest.
     pub(crate) verified: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -77,6 +80,7 @@ impl Core {
             host: RwLock::new(None),
             vm_locks: KeyedLocks::new(),
             ip_lock: tokio::sync::Mutex::new(()),
+            ssh_key_lock: tokio::sync::Mutex::new(()),
             stop_timeout: crate::runtime::GRACEFUL_STOP,
             verified: std::sync::Mutex::default(),
             asset_locks: KeyedLocks::new(),
@@ -165,6 +169,10 @@ impl Core {
             Command::VmStop { vm } => self.stop_vm(&vm, true).await.map(Reply::Vm),
             Command::VmKill { vm } => self.stop_vm(&vm, false).await.map(Reply::Vm),
             Command::VmLogs { vm } => self.vm_logs(&vm).await.map(Reply::Logs),
+            Command::VmAttach { vm, request } => {
+                self.attach(&vm, request).await.map(Reply::Attached)
+            }
+            Command::VmSsh { vm } => self.ssh_info(&vm).await.map(Reply::Ssh),
             Command::KernelList => self.list_assets().await.map(Reply::Kernels),
             Command::KernelShow { name, verify } => {
                 let k: KernelRecord = self.find_asset(&name).await?;

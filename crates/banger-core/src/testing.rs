@@ -10,6 +10,7 @@ use banger_host::net::FakeNet;
 use banger_store::Store;
 use banger_vmm::FakeVmm;
 
+use crate::agent::FakeAgent;
 use crate::service::HostDeps;
 use chrono::Utc;
 
@@ -64,6 +65,7 @@ pub struct Fakes {
     pub disks: Arc<FakeDisks>,
     pub vmm: Arc<FakeVmm>,
     pub dns: Arc<FakeDns>,
+    pub agent: Arc<FakeAgent>,
 }
 
 pub fn fake_deps() -> Fakes {
@@ -75,6 +77,18 @@ pub fn fake_deps_with(probe: FakeProbe) -> Fakes {
     let disks = Arc::new(FakeDisks::default());
     let vmm = Arc::new(FakeVmm::default());
     let dns = Arc::new(FakeDns::default());
+    let agent = Arc::new(FakeAgent::default());
+    agent.set_ready(true);
+    // A guest that powers off ends its (fake) VMM, found by the vsock
+    // path beside the control socket.
+    let running = Arc::clone(&vmm);
+    *agent.on_power_off.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(move |vsock| {
+        running
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, sock| sock.with_extension("vsock") != vsock);
+    }));
     let deps = HostDeps {
         probe: Arc::new(probe),
         net: net.clone(),
@@ -82,6 +96,7 @@ pub fn fake_deps_with(probe: FakeProbe) -> Fakes {
         dns: dns.clone(),
         qemu: vmm.clone(),
         firecracker: None,
+        agent: agent.clone(),
     };
     Fakes {
         deps,
@@ -89,6 +104,7 @@ pub fn fake_deps_with(probe: FakeProbe) -> Fakes {
         disks,
         vmm,
         dns,
+        agent,
     }
 }
 

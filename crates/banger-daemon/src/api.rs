@@ -18,7 +18,7 @@ use banger_api::asset::{
 };
 use banger_api::event::StreamEvent;
 use banger_api::name::validate_name;
-use banger_api::vm::{CreateVmRequest, SetVmRequest};
+use banger_api::vm::{ATTACH_UPGRADE, AttachRequest, CreateVmRequest, SetVmRequest};
 use banger_api::{ApiError, ErrorCode, NDJSON};
 use banger_core::lifecycle::LifecycleError;
 use banger_core::{Command, Core, CoreError, ProgressSink, Reply};
@@ -39,6 +39,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/vms/{vm}/stop", axum::routing::post(vm_stop))
         .route("/v1/vms/{vm}/kill", axum::routing::post(vm_kill))
         .route("/v1/vms/{vm}/logs", get(vm_logs))
+        .route("/v1/vms/{vm}/attach", axum::routing::post(vm_attach))
+        .route("/v1/vms/{vm}/ssh", get(vm_ssh))
         .route("/v1/kernels", get(kernel_list))
         .route("/v1/kernels/import", axum::routing::post(kernel_import))
         .route("/v1/kernels/add", axum::routing::post(kernel_add))
@@ -136,6 +138,12 @@ fn reply_response(reply: Reply) -> Response {
         Reply::Vms(v) => axum::Json(v).into_response(),
         Reply::Vm(v) | Reply::Deleted(v) => axum::Json(v).into_response(),
         Reply::Logs(text) => text.into_response(),
+        Reply::Ssh(info) => axum::Json(info).into_response(),
+        Reply::Attached(_) => ErrorResponse(ApiError::new(
+            ErrorCode::Internal,
+            "an agent connection can only be answered by an upgrade",
+        ))
+        .into_response(),
         Reply::Kernels(k) => axum::Json(k).into_response(),
         Reply::Kernel(k) => axum::Json(k).into_response(),
         Reply::Images(i) => axum::Json(i).into_response(),
@@ -151,6 +159,8 @@ fn reply_value(reply: Reply) -> serde_json::Value {
         Reply::Vms(v) => serde_json::to_value(v),
         Reply::Vm(v) | Reply::Deleted(v) => serde_json::to_value(v),
         Reply::Logs(text) => Ok(serde_json::Value::String(text)),
+        Reply::Ssh(info) => serde_json::to_value(info),
+        Reply::Attached(_) => Ok(serde_json::Value::Null),
         Reply::Kernels(k) => serde_json::to_value(k),
         Reply::Kernel(k) => serde_json::to_value(k),
         Reply::Images(i) => serde_json::to_value(i),
@@ -256,6 +266,80 @@ async fn vm_kill(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> ApiRe
 
 async fn vm_logs(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> ApiResult {
     exec(&core, Command::VmLogs { vm: vm_ref(&vm)? }).await
+}
+
+async fn vm_ssh(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> ApiResult {
+    exec(&core, Command::VmSsh { vm: vm_ref(&vm)? }).await
+}
+
+/// `vm exec` / `vm cp`: checks and sends the request to the guest agent,
+/// then answers `101 Switching Protocols` and splices the client's
+/// connection onto the agent's. Errors before that are ordinary JSON
+/// answers, so a client always learns why an attach was refused.
+async fn vm_attach(
+    State(core): State<Arc<Core>>,
+    Path(vm): Path<String>,
+    mut req: axum::extract::Request,
+) -> ApiResult {
+    let vm = vm_ref(&vm)?;
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(ATTACH_UPGRADE));
+    if !upgrade {
+        return Err(ErrorResponse(ApiError::new(
+            ErrorCode::MalformedRequest,
+            format!(
+                "attach is a protocol upgrade: send `Connection: Upgrade` and `Upgrade: {ATTACH_UPGRADE}`"
+            ),
+        )));
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .map_err(|e| {
+            ErrorResponse(ApiError::new(
+                ErrorCode::MalformedRequest,
+                format!("reading the request body: {e}"),
+            ))
+        })?;
+    let request: AttachRequest = serde_json::from_slice(&body).map_err(|e| {
+        ErrorResponse(ApiError::new(
+            ErrorCode::MalformedRequest,
+            format!("request body is not valid: {e}"),
+        ))
+    })?;
+    let reply = core
+        .execute(Command::VmAttach { vm, request }, &ProgressSink::discard())
+        .await?;
+    let Some(mut agent) = (match reply {
+        Reply::Attached(conn) => conn.take(),
+        _ => None,
+    }) else {
+        return Err(ErrorResponse(ApiError::new(
+            ErrorCode::Internal,
+            "attach produced no agent connection",
+        )));
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let mut client = hyper_util::rt::TokioIo::new(upgraded);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut agent).await {
+                    tracing::debug!(error = %e, "attach connection ended");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "attach upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(ATTACH_UPGRADE));
+    Ok(resp)
 }
 
 /// A boolean query flag such as `?force=true`.

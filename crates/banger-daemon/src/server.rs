@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use banger_config::Config;
+use banger_core::agent::VsockAgent;
 use banger_core::{Core, HostDeps};
 use banger_host::SystemProbe;
 use banger_host::disk::HostDisks;
@@ -111,10 +112,12 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
                 bin: config.vmm.qemu.clone(),
                 tsc_khz: host_tsc_khz(),
             },
+            vsock_backend: config.vmm.vsock_backend.clone(),
         }),
         firecracker: Some(Arc::new(FirecrackerVmm {
             bin: config.vmm.firecracker.clone(),
         })),
+        agent: Arc::new(VsockAgent),
     };
     let core = Arc::new(Core::new(config, store, deps));
     match core.refresh_host().await {

@@ -247,6 +247,21 @@ impl MkfsExt4 {
     }
 }
 
+/// `ssh-keygen`: banger's own key pair for `vm ssh`.
+#[derive(Debug, Clone)]
+pub struct SshKeygen {
+    pub bin: PathBuf,
+}
+
+impl SshKeygen {
+    /// A new ed25519 key without passphrase at `path` (and `path.pub`).
+    pub fn ed25519(&self, path: &Path, comment: &str) -> ToolRun {
+        ToolRun::new(&self.bin)
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+            .arg(path.as_os_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,6 +138,14 @@ impl FirecrackerVmm {
             )
             .await?;
         }
+        if let Some(uds) = &spec.vsock {
+            let _ = std::fs::remove_file(uds);
+            api.put(
+                "/vsock",
+                json!({ "guest_cid": crate::GUEST_CID, "uds_path": uds }),
+            )
+            .await?;
+        }
         // Firecracker's own log and metrics, next to the console log.
         let dir = spec.console_log.parent().unwrap_or(Path::new("/"));
         let (log, metrics) = (dir.join("firecracker.log"), dir.join("firecracker.metrics"));

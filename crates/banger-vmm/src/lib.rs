@@ -58,6 +58,21 @@ pub struct LaunchSpec {
     pub control_socket: PathBuf,
     pub pid_file: PathBuf,
     pub accel: Accel,
+    /// Host end of the guest's vsock: a unix socket speaking the
+    /// `CONNECT <port>` handshake, whichever VMM runs the guest.
+    pub vsock: Option<PathBuf>,
+}
+
+/// The guest's vsock context id. Every VM has its own vsock device and
+/// backend, so the id only has to be unique inside one VM.
+pub const GUEST_CID: u32 = 3;
+
+/// The vhost-user socket between QEMU and the VM's vsock backend,
+/// derived from the control socket so cleanup finds it without a record.
+/// Named so that neither path contains the other: a process is matched
+/// to its VM by the path in its command line.
+pub fn vhost_user_socket(control_socket: &std::path::Path) -> PathBuf {
+    control_socket.with_extension("vhu")
 }
 
 /// A MAC address derived from the VM id: stable across restarts, locally

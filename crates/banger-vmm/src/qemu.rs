@@ -26,9 +26,20 @@ impl QemuCommand {
         };
         push("-name");
         push(&format!("banger-{}", spec.vm_id));
+        // vhost-user devices need the guest's memory in a shareable fd.
+        let memory_backend = if spec.vsock.is_some() {
+            push("-object");
+            push(&format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                spec.memory_mib
+            ));
+            ",memory-backend=mem"
+        } else {
+            ""
+        };
         push("-M");
         push(&format!(
-            "microvm,accel={accel},acpi=on,pit=on,pic=on,rtc=on"
+            "microvm,accel={accel},acpi=on,pit=on,pic=on,rtc=on{memory_backend}"
         ));
         push("-cpu");
         push(if spec.accel == Accel::Kvm {
@@ -77,6 +88,13 @@ impl QemuCommand {
             a.push("-device".into());
             a.push(format!("virtio-net-device,netdev=n0,mac={}", net.mac).into());
         }
+        if spec.vsock.is_some() {
+            let vhu = crate::vhost_user_socket(&spec.control_socket);
+            a.push("-chardev".into());
+            a.push(format!("socket,id=vsock,path={}", vhu.display()).into());
+            a.push("-device".into());
+            a.push("vhost-user-vsock-device,chardev=vsock".into());
+        }
         a.push("-chardev".into());
         a.push(format!("file,id=con,path={}", spec.console_log.display()).into());
         a.push("-serial".into());
@@ -122,7 +140,26 @@ mod tests {
             control_socket: "/run/banger/0123.qmp".into(),
             pid_file: "/v/vmm.pid".into(),
             accel: Accel::Tcg,
+            vsock: None,
         }
+    }
+
+    #[test]
+    fn vsock_adds_a_shared_memory_backend_and_the_vhost_user_device() {
+        let q = QemuCommand {
+            bin: "qemu-system-x86_64".into(),
+            tsc_khz: None,
+        };
+        let mut s = spec();
+        s.vsock = Some("/run/banger/0123.vsock".into());
+        let joined = q
+            .args(&s)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains("-object memory-backend-memfd,id=mem,size=512M,share=on -M microvm,accel=tcg,acpi=on,pit=on,pic=on,rtc=on,memory-backend=mem"), "{joined}");
+        assert!(joined.contains("-chardev socket,id=vsock,path=/run/banger/0123.vhu -device vhost-user-vsock-device,chardev=vsock"), "{joined}");
     }
 
     #[test]

@@ -70,6 +70,7 @@ async fn the_real_firecracker_is_configured_started_and_stopped_through_its_api(
         control_socket: dir.join("fc.sock"),
         pid_file: dir.join("fc.pid"),
         accel: Accel::Kvm,
+        vsock: Some(dir.join("fc.vsock")),
     };
     let fc = FirecrackerVmm { bin };
     let t = Instant::now();
@@ -92,6 +93,14 @@ async fn the_real_firecracker_is_configured_started_and_stopped_through_its_api(
         dir.join("firecracker.metrics").exists(),
         "metrics configured"
     );
+    // Its hybrid vsock is the unix socket banger's agent client speaks
+    // to: bound by Firecracker itself once configured. (The CONNECT
+    // handshake needs a guest driver behind it; that runs where a guest
+    // boots.)
+    let vsock = spec.vsock.clone().expect("vsock");
+    tokio::net::UnixStream::connect(&vsock)
+        .await
+        .unwrap_or_else(|e| panic!("firecracker's vsock socket {}: {e}", vsock.display()));
     let info = FcApi::new(&spec.control_socket)
         .instance_info()
         .await
