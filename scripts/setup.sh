@@ -53,17 +53,32 @@ else
   echo "==> system packages already installed"
 fi
 
-[ "$deps_only" -eq 1 ] && exit 0
-
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup.sh: cargo not found. banger needs Rust >= 1.85 (https://rustup.rs), then run this again." >&2
   exit 1
 fi
 
+# QEMU guests reach their agent over vsock; this host kernel has no
+# vhost-vsock, so a userspace vhost-user backend (rust-vmm's
+# vhost-device-vsock) runs beside each QEMU. Not in Debian: built from
+# crates.io once, cached outside the clone by version.
+VHOST_VSOCK_VERSION=0.3.0
+if ! vhost-device-vsock --version 2>/dev/null | grep -q "$VHOST_VSOCK_VERSION"; then
+  cache="${BANGER_TOOL_CACHE:-/var/cache/banger-tools}/vhost-device-vsock-$VHOST_VSOCK_VERSION"
+  if [ ! -x "$cache/bin/vhost-device-vsock" ]; then
+    echo "==> building vhost-device-vsock $VHOST_VSOCK_VERSION (once; about 3 minutes)"
+    as_root mkdir -p "$cache"
+    as_root cargo install --locked --quiet --root "$cache" vhost-device-vsock --version "$VHOST_VSOCK_VERSION"
+  fi
+  as_root install -m 0755 "$cache/bin/vhost-device-vsock" /usr/local/bin/vhost-device-vsock
+fi
+
+[ "$deps_only" -eq 1 ] && exit 0
+
 echo "==> building (release)"
 cargo build --release --locked -p banger
 
-echo "==> building the static guest init"
+echo "==> building the static guest init and agent"
 guest_dir=$(scripts/build-guest.sh)
 
 prefix="${PREFIX:-/usr/local}"
@@ -71,7 +86,8 @@ echo "==> installing banger and bangerd to $prefix/bin, banger-init to $prefix/l
 as_root install -d "$prefix/bin" "$prefix/lib/banger"
 as_root install -m 0755 target/release/banger target/release/bangerd "$prefix/bin/"
 as_root install -m 0755 "$guest_dir/banger-init" "$prefix/lib/banger/banger-init"
+as_root install -m 0755 "$guest_dir/banger-agent" "$prefix/lib/banger/banger-agent"
 if [ "$prefix" != /usr/local ]; then
-  echo "    (set guest.init = \"$prefix/lib/banger/banger-init\" in /etc/banger/config.toml)"
+  echo "    (set guest.init and guest.agent to $prefix/lib/banger/banger-{init,agent} in /etc/banger/config.toml)"
 fi
 echo "==> done: try \`banger doctor\`"

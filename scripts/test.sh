@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --deps-only
 guest_dir=$(scripts/build-guest.sh)
 export BANGER_GUEST_INIT="$guest_dir/banger-init"
+export BANGER_GUEST_AGENT="$guest_dir/banger-agent"
 # Third-party VMM binaries live beside the clone (shared/bin), as on any
 # host they are installed from upstream releases.
 if [ -z "${BANGER_FIRECRACKER_BIN:-}" ] && [ -x ../shared/bin/firecracker ]; then

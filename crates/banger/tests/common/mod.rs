@@ -74,7 +74,10 @@ impl Env {
             .env("BANGER_FIRECRACKER_BIN", "/nonexistent/firecracker")
             .env("BANGER_AUTO_PROVISION", "false")
             .env("BANGER_GUEST_INIT", self.dir.path().join("fake-init"));
-        // The real guest init, when the test runner built one.
+        // The real guest binaries, when the test runner built them.
+        if let Some(agent) = std::env::var_os("BANGER_GUEST_AGENT") {
+            c.env("BANGER_GUEST_AGENT", agent);
+        }
         if let Some(init) = std::env::var_os("BANGER_GUEST_INIT") {
             c.env("BANGER_GUEST_INIT", init);
         }
@@ -241,7 +244,8 @@ pub fn skip_or_fail(what: &str, reason: &str) {
     eprintln!("SKIPPED {what}: {reason}");
 }
 
-/// What guest tests need: root, QEMU, and the static guest init.
+/// What guest tests need: root, QEMU and its vsock backend, and the
+/// static guest init and agent.
 pub fn guest_prereqs() -> Result<PathBuf, String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("needs root (debootstrap, taps, network namespaces)".into());
@@ -252,6 +256,19 @@ pub fn guest_prereqs() -> Result<PathBuf, String> {
         .is_err()
     {
         return Err("qemu-system-x86_64 not installed (scripts/setup.sh --deps-only)".into());
+    }
+    if Command::new("vhost-device-vsock")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err("vhost-device-vsock not installed (scripts/setup.sh --deps-only)".into());
+    }
+    if !std::env::var_os("BANGER_GUEST_AGENT").is_some_and(|p| Path::new(&p).is_file()) {
+        return Err(
+            "BANGER_GUEST_AGENT unset: run through scripts/test.sh (it builds the static guest agent)"
+                .into(),
+        );
     }
     std::env::var_os("BANGER_GUEST_INIT")
         .map(PathBuf::from)
@@ -466,4 +483,135 @@ pub fn dir_entries(p: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A banger installation whose VMs run under QEMU/TCG inside a network
+/// namespace of its own.
+pub struct Lab {
+    pub env: Env,
+    pub ns: Netns,
+    /// Released last: the VMs, daemon and namespace are gone first.
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    /// banger inside the namespace, with the real QEMU (the daemon it
+    /// starts inherits this environment).
+    pub fn command(&self) -> Command {
+        let mut c = self.env.command_in(&self.ns.name, BANGER);
+        c.env("BANGER_QEMU_BIN", "qemu-system-x86_64");
+        c
+    }
+
+    pub fn banger(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("banger")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.banger(args);
+        assert!(
+            out.status.success(),
+            "banger {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).expect("json")
+    }
+
+    pub fn wait_ping(&self, ip: &str, within: Duration) -> Duration {
+        let t = Instant::now();
+        while !self.ns.ping(ip) {
+            assert!(
+                t.elapsed() < within,
+                "guest {ip} did not answer ping within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        t.elapsed()
+    }
+
+    /// `dig` against banger's DNS on the bridge, inside the namespace.
+    pub fn resolve(&self, name: &str) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns.name,
+                "dig",
+                "+short",
+                "+time=2",
+                "+tries=2",
+                "@172.16.0.1",
+                name,
+            ])
+            .output()
+            .expect("dig (scripts/setup.sh installs bind9-dnsutils)");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn daemon_pid(&self) -> i32 {
+        self.json(&["daemon", "status", "--json"])["status"]["pid"]
+            .as_i64()
+            .expect("pid") as i32
+    }
+
+    /// Nothing of banger's left on the host: taps, VMMs, VM dirs, sockets.
+    pub fn assert_no_leaks(&self) {
+        let taps: Vec<String> = self
+            .ns
+            .links()
+            .into_iter()
+            .filter(|l| l.starts_with("bg-"))
+            .collect();
+        assert!(taps.is_empty(), "leaked taps: {taps:?}");
+        let vmms = vmm_pids(&self.env.dir.path().display().to_string());
+        assert!(vmms.is_empty(), "leaked VMM processes: {vmms:?}");
+        let dirs = dir_entries(&self.env.state_dir().join("vms"));
+        assert!(dirs.is_empty(), "leaked vm dirs: {dirs:?}");
+        let socks = dir_entries(&self.env.dir.path().join("run/vms"));
+        assert!(socks.is_empty(), "leaked sockets: {socks:?}");
+    }
+}
+
+/// These tests boot several TCG guests each: one at a time on small
+/// machines, or the guests' timing becomes the machine's load.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn lab() -> Option<Lab> {
+    let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let init = match guest_prereqs() {
+        Ok(i) => i,
+        Err(reason) => {
+            skip_or_fail("lifecycle test", &reason);
+            return None;
+        }
+    };
+    let assets = cached_default_assets(&init);
+    let lab = Lab {
+        env: Env::new(),
+        ns: Netns::new(),
+        _serial: serial,
+    };
+    let path = |v: &serde_json::Value| v["path"].as_str().expect("path").to_owned();
+    lab.ok(&[
+        "kernel",
+        "import",
+        "default",
+        "--vmlinux",
+        &path(&assets.kernel["vmlinux"]),
+        "--initrd",
+        &path(&assets.kernel["initrd"]),
+    ]);
+    lab.ok(&[
+        "image",
+        "import",
+        "default",
+        "--rootfs",
+        &path(&assets.image["rootfs"]),
+    ]);
+    Some(lab)
 }
