@@ -44,6 +44,10 @@ pub enum CheckId {
     Tun,
     Debootstrap,
     E2fsprogs,
+    /// `vhost-device-vsock`: QEMU guests' channel to their agent.
+    VsockBackend,
+    /// The static guest agent injected into every VM.
+    GuestAgent,
 }
 
 /// One line of the report.

@@ -108,6 +108,8 @@ impl Core {
     pub async fn refresh_host(&self) -> Result<DoctorReport, CoreError> {
         let probe = Arc::clone(&self.deps.probe);
         let inputs = DoctorInputs {
+            vsock_backend: self.config.vmm.vsock_backend.clone(),
+            guest_agent: self.config.guest.agent.clone(),
             firecracker: self.config.vmm.firecracker.clone(),
             jailer: self.config.vmm.jailer.clone(),
             qemu: self.config.vmm.qemu.clone(),

@@ -16,6 +16,8 @@ use crate::probe::HostProbe;
 /// What the report needs from configuration.
 #[derive(Debug, Clone)]
 pub struct DoctorInputs {
+    pub vsock_backend: PathBuf,
+    pub guest_agent: PathBuf,
     pub firecracker: PathBuf,
     pub jailer: PathBuf,
     pub qemu: PathBuf,
@@ -89,6 +91,22 @@ pub fn run_doctor(probe: &dyn HostProbe, inputs: &DoctorInputs) -> DoctorReport 
         "apt-get install debootstrap (needed by `banger image build`)",
     );
     let e2fs = e2fsprogs(probe);
+    let vsock_backend = tool_version(
+        probe,
+        CheckId::VsockBackend,
+        &inputs.vsock_backend,
+        &["--version"],
+        "scripts/setup.sh installs it (cargo install vhost-device-vsock); set vmm.vsock_backend if it lives elsewhere",
+    );
+    let agent_path = inputs.guest_agent.display().to_string();
+    let guest_agent = presence(
+        probe,
+        CheckId::GuestAgent,
+        &agent_path,
+        &format!("guest agent at {agent_path}"),
+        "no guest agent: scripts/setup.sh builds and installs it, or set guest.agent",
+        CheckStatus::Fail,
+    );
 
     let hw_kvm = kvm.status == CheckStatus::Ok;
     let fc_ok = firecracker.status == CheckStatus::Ok;
@@ -121,6 +139,13 @@ pub fn run_doctor(probe: &dyn HostProbe, inputs: &DoctorInputs) -> DoctorReport 
     // A missing VMM only fails the report when nothing can run a VM.
     let mut qemu = qemu;
     let mut firecracker = firecracker;
+    // QEMU guests cannot answer without their vsock backend.
+    let mut vsock_backend = vsock_backend;
+    if vsock_backend.status != CheckStatus::Ok
+        && default_vmm.is_some_and(|c| c.vmm == VmmKind::Qemu)
+    {
+        vsock_backend.status = CheckStatus::Fail;
+    }
     if default_vmm.is_none() {
         if qemu.status != CheckStatus::Ok {
             qemu.status = CheckStatus::Fail;
@@ -146,6 +171,8 @@ pub fn run_doctor(probe: &dyn HostProbe, inputs: &DoctorInputs) -> DoctorReport 
             tun,
             debootstrap,
             e2fs,
+            vsock_backend,
+            guest_agent,
         ],
         default_vmm,
         storage,
@@ -420,6 +447,8 @@ mod tests {
 
     fn inputs() -> DoctorInputs {
         DoctorInputs {
+            vsock_backend: "vhost-device-vsock".into(),
+            guest_agent: "/usr/local/lib/banger/banger-agent".into(),
             firecracker: "firecracker".into(),
             jailer: "jailer".into(),
             qemu: "qemu-system-x86_64".into(),
@@ -578,6 +607,36 @@ mod tests {
     }
 
     #[test]
+    fn a_qemu_host_without_its_vsock_backend_or_agent_fails_with_the_fix() {
+        let r = run_doctor(&with_qemu(nested_host()), &inputs());
+        assert_eq!(r.default_vmm.map(|c| c.vmm), Some(VmmKind::Qemu));
+        let v = r.check(CheckId::VsockBackend).expect("vsock backend");
+        assert_eq!(v.status, CheckStatus::Fail, "QEMU guests cannot answer without it");
+        assert!(v.hint.as_deref().is_some_and(|h| h.contains("setup.sh")));
+        let a = r.check(CheckId::GuestAgent).expect("agent");
+        assert_eq!(a.status, CheckStatus::Fail);
+        assert!(a.detail.contains("guest.agent"), "{}", a.detail);
+
+        let probe = with_qemu(nested_host())
+            .with_tool(
+                "vhost-device-vsock",
+                "/usr/local/bin/vhost-device-vsock",
+                "--version",
+                "vhost-device-vsock 0.3.0",
+            )
+            .with_tool(
+                "/usr/local/bin/vhost-device-vsock",
+                "/usr/local/bin/vhost-device-vsock",
+                "--version",
+                "vhost-device-vsock 0.3.0",
+            )
+            .with_path("/usr/local/lib/banger/banger-agent");
+        let r = run_doctor(&probe, &inputs());
+        assert!(r.is_ok(CheckId::VsockBackend));
+        assert!(r.is_ok(CheckId::GuestAgent));
+    }
+
+    #[test]
     fn missing_e2fsprogs_fails_with_the_package_to_install() {
         let r = run_doctor(&nested_host(), &inputs());
         let c = r.check(CheckId::E2fsprogs).expect("e2fs");
@@ -594,6 +653,6 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), n);
-        assert_eq!(n, 14);
+        assert_eq!(n, 16);
     }
 }
