@@ -41,7 +41,7 @@ mount -o loop "$work/xfs.img" "$work/xfs"
 ip netns add "$ns"
 ip -n "$ns" link set lo up
 envs=(BANGER_CONFIG=/dev/null BANGER_STATE_DIR="$work/xfs/state" BANGER_RUNTIME_DIR="$work/run"
-      BANGER_AUTO_PROVISION=false BANGER_GUEST_INIT="$guest_dir/banger-init" BANGER_DAEMON_BIN="$(pwd)/target/release/bangerd")
+      BANGER_AUTO_PROVISION=false BANGER_GUEST_INIT="$guest_dir/banger-init" BANGER_GUEST_AGENT="$guest_dir/banger-agent" BANGER_DAEMON_BIN="$(pwd)/target/release/bangerd")
 b() { ip netns exec "$ns" env "${envs[@]}" "$B" "$@"; }
 
 b kernel import default --vmlinux "$kernel_dir/vmlinux" --initrd "$kernel_dir/initrd.img" >/dev/null
