@@ -17,11 +17,11 @@ for exe in /proc/[0-9]*/exe; do
   esac
 done
 
-# VMMs booted by tests run disks from banger-test-* directories.
+# VMMs (and QEMU's vsock backends) of tests name banger-test-* paths.
 for cmd in /proc/[0-9]*/cmdline; do
   line=$(tr '\0' ' ' < "$cmd" 2>/dev/null) || continue
   case "$line" in
-    *qemu-system*banger-test-*|*firecracker*banger-test-*)
+    *qemu-system*banger-test-*|*firecracker*banger-test-*|*vhost-device-vsock*banger-test-*)
       pid=${cmd#/proc/}; pid=${pid%/cmdline}
       echo "leak: VMM process $pid: $line" >&2
       leaks=$((leaks + 1))
