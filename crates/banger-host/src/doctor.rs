@@ -611,7 +611,11 @@ mod tests {
         let r = run_doctor(&with_qemu(nested_host()), &inputs());
         assert_eq!(r.default_vmm.map(|c| c.vmm), Some(VmmKind::Qemu));
         let v = r.check(CheckId::VsockBackend).expect("vsock backend");
-        assert_eq!(v.status, CheckStatus::Fail, "QEMU guests cannot answer without it");
+        assert_eq!(
+            v.status,
+            CheckStatus::Fail,
+            "QEMU guests cannot answer without it"
+        );
         assert!(v.hint.as_deref().is_some_and(|h| h.contains("setup.sh")));
         let a = r.check(CheckId::GuestAgent).expect("agent");
         assert_eq!(a.status, CheckStatus::Fail);
