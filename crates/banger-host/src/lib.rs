@@ -8,6 +8,7 @@
 pub mod disk;
 pub mod dns;
 pub mod doctor;
+pub mod firewall;
 pub mod net;
 pub mod probe;
 pub mod tools;
