@@ -110,6 +110,7 @@ struct FileVmm {
 struct FileNetwork {
     bridge: Option<String>,
     bridge_cidr: Option<String>,
+    uplink: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +138,8 @@ pub struct NetworkConfig {
     pub bridge: String,
     pub bridge_ip: Ipv4Addr,
     pub prefix_len: u8,
+    /// Where NATed traffic leaves; `None`: the default route's interface.
+    pub uplink: Option<String>,
 }
 
 /// Values a VM gets when the request does not say.
@@ -303,27 +306,30 @@ impl Config {
             )?,
         };
 
-        let bridge = match pick("BANGER_BRIDGE", file.network.bridge) {
+        let ifname = |key: &'static str, picked: Option<(String, Source)>| match picked {
             Some((v, src)) => {
                 if v.is_empty()
                     || v.len() > IFNAME_MAX
                     || !v
                         .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
                 {
                     return Err(invalid(
-                        "network.bridge",
+                        key,
                         src,
                         v,
                         format!(
-                            "an interface name is 1-{IFNAME_MAX} characters of a-z, A-Z, 0-9, '-' or '_'"
+                            "an interface name is 1-{IFNAME_MAX} characters of a-z, A-Z, 0-9, '-', '_' or '.'"
                         ),
                     ));
                 }
-                v
+                Ok(Some(v))
             }
-            None => "banger0".into(),
+            None => Ok(None),
         };
+        let bridge = ifname("network.bridge", pick("BANGER_BRIDGE", file.network.bridge))?
+            .unwrap_or_else(|| "banger0".into());
+        let uplink = ifname("network.uplink", pick("BANGER_UPLINK", file.network.uplink))?;
         let (bridge_ip, prefix_len) = match pick("BANGER_BRIDGE_CIDR", file.network.bridge_cidr) {
             Some((v, src)) => parse_cidr(&v).ok_or_else(|| {
                 invalid(
@@ -478,6 +484,7 @@ impl Config {
                 bridge,
                 bridge_ip,
                 prefix_len,
+                uplink,
             },
             defaults,
         })

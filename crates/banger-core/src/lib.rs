@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod assets;
+pub mod capability;
 pub mod command;
 pub mod error;
 pub mod handles;

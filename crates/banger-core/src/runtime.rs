@@ -120,6 +120,16 @@ impl Core {
             .is_some_and(|s| vmm.alive(pid, Path::new(s)))
     }
 
+    /// The VM's tap as cleanup would find it: memory, then the runtime
+    /// mirror, then the name derived from the id.
+    pub(crate) fn vm_tap(&self, vm: &VmRecord) -> String {
+        self.handles()
+            .get(&vm.id)
+            .and_then(|h| h.tap)
+            .or_else(|| vm.runtime.teardown.tap.clone())
+            .unwrap_or_else(|| tap_name(&vm.id))
+    }
+
     async fn allocate_ip(&self, vm: &mut VmRecord) -> Result<Ipv4Addr, CoreError> {
         if let Some(ip) = vm.runtime.guest_ip.as_deref().and_then(|s| s.parse().ok()) {
             return Ok(ip);
@@ -400,6 +410,9 @@ impl Core {
             .create_tap(&tap, &net.bridge)
             .await
             .map_err(|e| CoreError::Host(e.to_string()))?;
+        for cap in crate::capability::all() {
+            cap.start(self, vm, &tap).await?;
+        }
         timer.lap("network");
 
         progress.stage("boot", format!("launching {}", vm.spec.vmm));
@@ -487,8 +500,14 @@ impl Core {
                 errors.push(format!("killing vmm {}: {e}", pid.unwrap_or(0)));
             }
         }
-        // 2. The tap (named by id, so also derivable when all else is lost).
+        // 2. Capabilities (NAT rules), keyed by the tap, then the tap
+        // itself (named by id, so also derivable when all else is lost).
         let tap = handles.tap.clone().unwrap_or_else(|| tap_name(&vm.id));
+        for cap in crate::capability::all().iter().rev() {
+            if let Err(e) = cap.cleanup(self, vm, &tap).await {
+                errors.push(format!("{}: {e}", cap.name()));
+            }
+        }
         if let Err(e) = self.deps.net.delete_link(&tap).await {
             errors.push(e.to_string());
         }
@@ -800,6 +819,7 @@ mod tests {
         vmm: Arc<FakeVmm>,
         dns: Arc<banger_host::dns::FakeDns>,
         agent: Arc<crate::agent::FakeAgent>,
+        firewall: Arc<banger_host::firewall::FakeFirewall>,
         _dir: tempfile::TempDir,
     }
 
@@ -823,8 +843,14 @@ mod tests {
         let store = Arc::new(Store::open_in_memory().expect("store"));
         crate::testing::seed_real_default_assets(&store, dir.path());
         let fakes = crate::testing::fake_deps();
-        let (net, disks, vmm, dns, agent) =
-            (fakes.net, fakes.disks, fakes.vmm, fakes.dns, fakes.agent);
+        let (net, disks, vmm, dns, agent, firewall) = (
+            fakes.net,
+            fakes.disks,
+            fakes.vmm,
+            fakes.dns,
+            fakes.agent,
+            fakes.firewall,
+        );
         let mut core = Core::new(cfg, store, fakes.deps);
         core.stop_timeout = Duration::from_millis(300);
         *core.host.write().expect("lock") = Some(DoctorReport {
@@ -842,6 +868,7 @@ mod tests {
             vmm,
             dns,
             agent,
+            firewall,
             _dir: dir,
         }
     }
@@ -1127,6 +1154,135 @@ mod tests {
         f.net.failing.lock().expect("lock").clear();
         f.core.cleanup(&mut v, true).await.expect("second cleanup");
         assert!(!f.net.has(&tap));
+    }
+
+    async fn set_nat(f: &Fixture, name: &str, on: bool) -> VmRecord {
+        vm(
+            &f.core,
+            Command::VmSet {
+                vm: name.into(),
+                changes: banger_api::vm::SetVmRequest {
+                    nat: Some(on),
+                    ..Default::default()
+                },
+            },
+        )
+        .await
+    }
+
+    fn nat_calls(f: &Fixture) -> Vec<String> {
+        f.firewall
+            .recorded()
+            .into_iter()
+            .filter(|c| c.starts_with("add_nat"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn nat_rules_live_exactly_as_long_as_the_vm_runs() {
+        let f = fixture();
+        vm(
+            &f.core,
+            Command::VmCreate(CreateVmRequest {
+                name: Some("out".into()),
+                nat: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+        let v = vm(&f.core, Command::VmStart { vm: "out".into() }).await;
+        let tap = tap_name(&v.id);
+        assert!(f.firewall.has(&tap));
+        assert_eq!(nat_calls(&f), [format!("add_nat {tap} 10.99.0.2 via eth0")]);
+        vm(&f.core, Command::VmStop { vm: "out".into() }).await;
+        assert!(!f.firewall.has(&tap), "stop removes the rules");
+        assert!(!*f.firewall.forwarding.lock().expect("lock"));
+    }
+
+    #[tokio::test]
+    async fn set_nat_applies_live_and_is_a_noop_when_unchanged_or_not_alive() {
+        let f = fixture();
+        // Not running: only the spec changes; the host is not touched.
+        vm(
+            &f.core,
+            Command::VmCreate(CreateVmRequest {
+                name: Some("live".into()),
+                ..Default::default()
+            }),
+        )
+        .await;
+        let v = set_nat(&f, "live", true).await;
+        assert!(v.spec.nat);
+        assert!(f.firewall.recorded().is_empty(), "{:?}", f.firewall.recorded());
+        set_nat(&f, "live", false).await;
+        let v = vm(&f.core, Command::VmStart { vm: "live".into() }).await;
+        let tap = tap_name(&v.id);
+        assert!(!f.firewall.has(&tap));
+        // Running: on, on again (no-op), off.
+        set_nat(&f, "live", true).await;
+        assert!(f.firewall.has(&tap));
+        set_nat(&f, "live", true).await;
+        assert_eq!(nat_calls(&f).len(), 1, "unchanged flag: no second add");
+        let v = set_nat(&f, "live", false).await;
+        assert!(!v.spec.nat);
+        assert!(!f.firewall.has(&tap));
+        // A VM whose VMM died is not alive: no-op, whatever the record says.
+        set_nat(&f, "live", true).await;
+        let pid = f.core.handles().get(&v.id).and_then(|h| h.pid).expect("pid");
+        f.vmm.crash(pid);
+        let before = f.firewall.recorded().len();
+        set_nat(&f, "live", false).await;
+        assert_eq!(f.firewall.recorded().len(), before, "dead vm: host untouched");
+    }
+
+    #[tokio::test]
+    async fn nat_teardown_falls_back_to_the_runtime_tap_and_joins_errors() {
+        let f = fixture();
+        vm(
+            &f.core,
+            Command::VmCreate(CreateVmRequest {
+                name: Some("lost".into()),
+                nat: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+        let mut v = vm(&f.core, Command::VmStart { vm: "lost".into() }).await;
+        let tap = tap_name(&v.id);
+        // A restarted daemon with a corrupt handles.json: memory empty,
+        // scratch unreadable; the runtime record's tap remains.
+        let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+        f.core.handles().adopt(&v.id, VmHandles::default());
+        let mirror = v.runtime.teardown.clone();
+        f.core.handles().clear(&mut v);
+        v.runtime.teardown = mirror;
+        std::fs::write(scratch_path(&dir), b"{corrupt").expect("corrupt");
+        // The tap's own deletion fails too: both errors come back.
+        f.net.failing.lock().expect("lock").insert(tap.clone());
+        *f.firewall.fail_remove.lock().expect("lock") = Some("nft exploded".into());
+        let err = f.core.cleanup(&mut v, true).await.expect_err("two failures");
+        let CoreError::Cleanup(errors) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("nft exploded")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains(&tap)), "{errors:?}");
+        assert!(
+            f.firewall.recorded().contains(&format!("remove_nat {tap}")),
+            "the runtime tap was used"
+        );
+        // Fixed: a second pass removes the rules.
+        f.net.failing.lock().expect("lock").clear();
+        *f.firewall.fail_remove.lock().expect("lock") = None;
+        f.core.cleanup(&mut v, true).await.expect("clean");
+        assert!(!f.firewall.has(&tap));
+        // The record's tap wins over the derived name when they differ.
+        v.runtime.teardown.tap = Some("bg-fromrecord".into());
+        f.core.cleanup(&mut v, true).await.expect("clean");
+        assert_eq!(
+            f.firewall.recorded().last().map(String::as_str),
+            Some("remove_nat bg-fromrecord")
+        );
     }
 
     /// Which tap cleanup deletes when memory, the scratch file and the

@@ -14,6 +14,7 @@ use banger_api::vm::{
 use banger_config::Config;
 use banger_host::disk::DiskOps;
 use banger_host::dns::Dns;
+use banger_host::firewall::Firewall;
 use banger_host::net::NetOps;
 use banger_host::{DoctorInputs, HostProbe, run_doctor};
 use banger_store::{Store, StoreError};
@@ -49,6 +50,7 @@ pub struct HostDeps {
     pub qemu: Arc<dyn Vmm>,
     pub firecracker: Option<Arc<dyn Vmm>>,
     pub agent: Arc<dyn AgentConnector>,
+    pub firewall: Arc<dyn Firewall>,
 }
 
 /// The daemon core. Shared by every request handler.
@@ -329,6 +331,7 @@ impl Core {
         let _lock = self.vm_locks.lock(&found.id).await;
         // Re-read under the lock: the VM may have changed while we waited.
         let mut rec = self.find_vm(&found.id).await?;
+        let before = rec.spec.clone();
         let reconfigure = changes.vcpus.is_some()
             || changes.memory_mib.is_some()
             || changes.work_disk_bytes.is_some();
@@ -358,6 +361,15 @@ impl Core {
         }
         if let Some(nat) = changes.nat {
             rec.spec.nat = nat;
+        }
+        // Capabilities change live on a running VM (and only then: a VM
+        // that is down gets them at its next start). Applied before the
+        // spec is stored, so a failure changes nothing.
+        if rec.state == VmState::Running && self.vm_alive(&rec) {
+            let tap = self.vm_tap(&rec);
+            for cap in crate::capability::all() {
+                cap.apply_change(self, &before, &rec, &tap).await?;
+            }
         }
         rec.updated_at = Utc::now();
         let to_store = rec.clone();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use banger_host::FakeProbe;
 use banger_host::disk::FakeDisks;
 use banger_host::dns::FakeDns;
+use banger_host::firewall::FakeFirewall;
 use banger_host::net::FakeNet;
 use banger_store::Store;
 use banger_vmm::FakeVmm;
@@ -66,6 +67,7 @@ pub struct Fakes {
     pub vmm: Arc<FakeVmm>,
     pub dns: Arc<FakeDns>,
     pub agent: Arc<FakeAgent>,
+    pub firewall: Arc<FakeFirewall>,
 }
 
 pub fn fake_deps() -> Fakes {
@@ -78,6 +80,7 @@ pub fn fake_deps_with(probe: FakeProbe) -> Fakes {
     let vmm = Arc::new(FakeVmm::default());
     let dns = Arc::new(FakeDns::default());
     let agent = Arc::new(FakeAgent::default());
+    let firewall = Arc::new(FakeFirewall::with_uplink("eth0"));
     agent.set_ready(true);
     // A guest that powers off ends its (fake) VMM, found by the vsock
     // path beside the control socket.
@@ -97,6 +100,7 @@ pub fn fake_deps_with(probe: FakeProbe) -> Fakes {
         qemu: vmm.clone(),
         firecracker: None,
         agent: agent.clone(),
+        firewall: firewall.clone(),
     };
     Fakes {
         deps,
@@ -105,6 +109,7 @@ pub fn fake_deps_with(probe: FakeProbe) -> Fakes {
         vmm,
         dns,
         agent,
+        firewall,
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use banger_config::Config;
 use banger_core::agent::VsockAgent;
+use banger_host::firewall::Nft;
 use banger_core::{Core, HostDeps};
 use banger_host::SystemProbe;
 use banger_host::disk::HostDisks;
@@ -118,6 +119,10 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
             bin: config.vmm.firecracker.clone(),
         })),
         agent: Arc::new(VsockAgent),
+        firewall: Arc::new(Nft {
+            bin: "nft".into(),
+            forwarding_marker: config.runtime_dir.join("nat-forwarding"),
+        }),
     };
     let core = Arc::new(Core::new(config, store, deps));
     match core.refresh_host().await {
