@@ -62,7 +62,9 @@ impl Nat {
             .guest_ip
             .as_deref()
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| CoreError::Internal(format!("vm {:?} has no address for nat", vm.name)))?;
+            .ok_or_else(|| {
+                CoreError::Internal(format!("vm {:?} has no address for nat", vm.name))
+            })?;
         Ok(NatRule {
             tap: tap.to_owned(),
             guest_ip,

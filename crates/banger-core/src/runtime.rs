@@ -1213,7 +1213,11 @@ mod tests {
         .await;
         let v = set_nat(&f, "live", true).await;
         assert!(v.spec.nat);
-        assert!(f.firewall.recorded().is_empty(), "{:?}", f.firewall.recorded());
+        assert!(
+            f.firewall.recorded().is_empty(),
+            "{:?}",
+            f.firewall.recorded()
+        );
         set_nat(&f, "live", false).await;
         let v = vm(&f.core, Command::VmStart { vm: "live".into() }).await;
         let tap = tap_name(&v.id);
@@ -1228,11 +1232,20 @@ mod tests {
         assert!(!f.firewall.has(&tap));
         // A VM whose VMM died is not alive: no-op, whatever the record says.
         set_nat(&f, "live", true).await;
-        let pid = f.core.handles().get(&v.id).and_then(|h| h.pid).expect("pid");
+        let pid = f
+            .core
+            .handles()
+            .get(&v.id)
+            .and_then(|h| h.pid)
+            .expect("pid");
         f.vmm.crash(pid);
         let before = f.firewall.recorded().len();
         set_nat(&f, "live", false).await;
-        assert_eq!(f.firewall.recorded().len(), before, "dead vm: host untouched");
+        assert_eq!(
+            f.firewall.recorded().len(),
+            before,
+            "dead vm: host untouched"
+        );
     }
 
     #[tokio::test]
@@ -1260,12 +1273,19 @@ mod tests {
         // The tap's own deletion fails too: both errors come back.
         f.net.failing.lock().expect("lock").insert(tap.clone());
         *f.firewall.fail_remove.lock().expect("lock") = Some("nft exploded".into());
-        let err = f.core.cleanup(&mut v, true).await.expect_err("two failures");
+        let err = f
+            .core
+            .cleanup(&mut v, true)
+            .await
+            .expect_err("two failures");
         let CoreError::Cleanup(errors) = &err else {
             panic!("{err}")
         };
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("nft exploded")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.contains("nft exploded")),
+            "{errors:?}"
+        );
         assert!(errors.iter().any(|e| e.contains(&tap)), "{errors:?}");
         assert!(
             f.firewall.recorded().contains(&format!("remove_nat {tap}")),

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use banger_config::Config;
 use banger_core::agent::VsockAgent;
-use banger_host::firewall::Nft;
 use banger_core::{Core, HostDeps};
 use banger_host::SystemProbe;
 use banger_host::disk::HostDisks;
 use banger_host::dns::DnsServer;
+use banger_host::firewall::Nft;
 use banger_host::net::Netlink;
 use banger_store::{Store, StoreError};
 use banger_vmm::QemuVmm;
