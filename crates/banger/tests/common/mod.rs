@@ -35,6 +35,17 @@ impl Env {
         )
         .expect("fake qemu");
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // Likewise QEMU's vsock backend and the guest agent.
+        let backend = env.dir.path().join("fake-vsock-backend");
+        std::fs::write(
+            &backend,
+            "#!/bin/sh
+echo 'vhost-device-vsock 0.3.0 (fake)'
+",
+        )
+        .expect("fake backend");
+        std::fs::set_permissions(&backend, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::write(env.dir.path().join("fake-agent"), fake_elf(64)).expect("fake agent");
         env
     }
 
@@ -73,7 +84,12 @@ impl Env {
             .env("BANGER_QEMU_BIN", self.dir.path().join("fake-qemu"))
             .env("BANGER_FIRECRACKER_BIN", "/nonexistent/firecracker")
             .env("BANGER_AUTO_PROVISION", "false")
-            .env("BANGER_GUEST_INIT", self.dir.path().join("fake-init"));
+            .env("BANGER_GUEST_INIT", self.dir.path().join("fake-init"))
+            .env(
+                "BANGER_VSOCK_BACKEND_BIN",
+                self.dir.path().join("fake-vsock-backend"),
+            )
+            .env("BANGER_GUEST_AGENT", self.dir.path().join("fake-agent"));
         // The real guest binaries, when the test runner built them.
         if let Some(agent) = std::env::var_os("BANGER_GUEST_AGENT") {
             c.env("BANGER_GUEST_AGENT", agent);
@@ -499,7 +515,8 @@ impl Lab {
     /// starts inherits this environment).
     pub fn command(&self) -> Command {
         let mut c = self.env.command_in(&self.ns.name, BANGER);
-        c.env("BANGER_QEMU_BIN", "qemu-system-x86_64");
+        c.env("BANGER_QEMU_BIN", "qemu-system-x86_64")
+            .env("BANGER_VSOCK_BACKEND_BIN", "vhost-device-vsock");
         c
     }
 
