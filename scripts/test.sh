@@ -14,6 +14,9 @@ export BANGER_GUEST_AGENT="$guest_dir/banger-agent"
 if [ -z "${BANGER_FIRECRACKER_BIN:-}" ] && [ -x ../shared/bin/firecracker ]; then
   export BANGER_FIRECRACKER_BIN="$(cd ../shared/bin && pwd)/firecracker"
 fi
+if [ -z "${BANGER_JAILER_BIN:-}" ] && [ -x ../shared/bin/jailer ]; then
+  export BANGER_JAILER_BIN="$(cd ../shared/bin && pwd)/jailer"
+fi
 set +e
 cargo test --workspace --locked --all-targets -- --nocapture 2>&1 | tee target/test-output.log
 status=${PIPESTATUS[0]}

@@ -67,6 +67,17 @@ struct FileConfig {
     guest: FileGuest,
     #[serde(default)]
     tools: FileTools,
+    #[serde(default)]
+    jailer: FileJailer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileJailer {
+    enabled: Option<bool>,
+    user: Option<String>,
+    chroot_base: Option<PathBuf>,
+    pids_max: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +209,18 @@ pub struct Config {
     pub assets: AssetConfig,
     pub guest: GuestConfig,
     pub tools: ToolPaths,
+    pub jailer: JailerConfig,
+}
+
+/// Firecracker under its jailer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailerConfig {
+    pub enabled: bool,
+    /// The dedicated unprivileged user VMMs run as (a name or `uid:gid`).
+    pub user: String,
+    /// The jailer's chroot base; on the state dir's filesystem.
+    pub chroot_base: PathBuf,
+    pub pids_max: u32,
 }
 
 impl Config {
@@ -471,7 +494,41 @@ impl Config {
             )?,
         };
 
+        let jailer = JailerConfig {
+            enabled: match pick("BANGER_JAILER", file.jailer.enabled.map(|v| v.to_string())) {
+                Some((v, src)) => match v.as_str() {
+                    "true" | "1" | "on" => true,
+                    "false" | "0" | "off" => false,
+                    _ => {
+                        return Err(invalid(
+                            "jailer.enabled",
+                            src,
+                            v,
+                            "use true or false".into(),
+                        ));
+                    }
+                },
+                None => true,
+            },
+            user: text("BANGER_JAILER_USER", file.jailer.user, "banger-vmm"),
+            chroot_base: match pick(
+                "BANGER_JAILER_CHROOT_BASE",
+                path_of(file.jailer.chroot_base),
+            ) {
+                Some((v, _)) => PathBuf::from(v),
+                None => state_dir.join("jail"),
+            },
+            pids_max: match pick(
+                "BANGER_JAILER_PIDS_MAX",
+                file.jailer.pids_max.map(|v| v.to_string()),
+            ) {
+                Some((v, src)) => bounded_int("jailer.pids_max", src, v, 16, 1 << 22)?,
+                None => 1024,
+            },
+        };
+
         Ok(Self {
+            jailer,
             assets,
             guest,
             tools,

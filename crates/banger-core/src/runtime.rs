@@ -407,7 +407,7 @@ impl Core {
         self.record_handles(vm, handles.clone()).await?;
         self.deps
             .net
-            .create_tap(&tap, &net.bridge)
+            .create_tap(&tap, &net.bridge, vmm.tap_owner())
             .await
             .map_err(|e| CoreError::Host(e.to_string()))?;
         for cap in crate::capability::all() {
@@ -444,6 +444,12 @@ impl Core {
             accel,
             vsock: Some(paths.vsock.clone()),
         };
+        if let Some(root) = vmm.jail_root(&vm.id) {
+            // Write-ahead, like the tap: a crash mid-launch leaves cleanup
+            // the jail to remove.
+            handles.jail_root = Some(root.display().to_string());
+            self.record_handles(vm, handles.clone()).await?;
+        }
         let pid = vmm
             .launch(&spec)
             .await
@@ -498,6 +504,14 @@ impl Core {
             // VM's socket: nothing of this VM may outlive its cleanup.
             if let Err(e) = vmm.kill(pid.unwrap_or(0), sock).await {
                 errors.push(format!("killing vmm {}: {e}", pid.unwrap_or(0)));
+            }
+            // What the VMM kept beyond its process: the jail's chroot and
+            // cgroups, at the recorded root.
+            if let Err(e) = vmm
+                .release(&vm.id, handles.jail_root.as_deref().map(Path::new))
+                .await
+            {
+                errors.push(e.to_string());
             }
         }
         // 2. Capabilities (NAT rules), keyed by the tap, then the tap

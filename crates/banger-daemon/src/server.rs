@@ -15,6 +15,7 @@ use banger_host::net::Netlink;
 use banger_store::{Store, StoreError};
 use banger_vmm::QemuVmm;
 use banger_vmm::firecracker::FirecrackerVmm;
+use banger_vmm::jail::{CgroupVersion, JailConfig, resolve_user};
 use banger_vmm::qemu::{QemuCommand, host_tsc_khz};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -59,6 +60,34 @@ pub struct DaemonOptions {
     /// Also log to stderr (foreground). A detached daemon's stderr is a
     /// file that only needs panics and pre-logging failures.
     pub log_to_stderr: bool,
+}
+
+/// The jail Firecracker VMs run in: `Some(None)` when jailing is off by
+/// configuration, `None` when it is on but cannot work (no such user):
+/// then this daemon offers no Firecracker at all.
+fn jail_config(config: &banger_config::Config) -> Option<Option<JailConfig>> {
+    if !config.jailer.enabled {
+        tracing::warn!("jailer disabled by configuration: firecracker runs as bangerd's user");
+        return Some(None);
+    }
+    match resolve_user(&config.jailer.user) {
+        Ok((uid, gid)) => {
+            let cgroup_root = std::path::PathBuf::from("/sys/fs/cgroup");
+            Some(Some(JailConfig {
+                jailer: config.vmm.jailer.clone(),
+                chroot_base: config.jailer.chroot_base.clone(),
+                uid,
+                gid,
+                cgroup_version: CgroupVersion::detect(&cgroup_root),
+                cgroups: vec![format!("pids.max={}", config.jailer.pids_max)],
+                cgroup_root,
+            }))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "jailer unavailable: firecracker VMs are refused until it is");
+            None
+        }
+    }
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<(), DaemonError> {
@@ -115,9 +144,14 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
             },
             vsock_backend: config.vmm.vsock_backend.clone(),
         }),
-        firecracker: Some(Arc::new(FirecrackerVmm {
-            bin: config.vmm.firecracker.clone(),
-        })),
+        // Jailed, or unjailed only when the configuration says so: never
+        // silently as bangerd's own user in the host's root filesystem.
+        firecracker: jail_config(&config).map(|jail| {
+            Arc::new(FirecrackerVmm {
+                bin: config.vmm.firecracker.clone(),
+                jail,
+            }) as Arc<dyn banger_vmm::Vmm>
+        }),
         agent: Arc::new(VsockAgent),
         firewall: Arc::new(Nft {
             bin: "nft".into(),

@@ -31,7 +31,14 @@ pub trait NetOps: Send + Sync + std::fmt::Debug {
     /// Creates the bridge if missing, gives it `addr/prefix`, brings it up.
     async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), NetError>;
     /// Creates a persistent tap attached to `bridge`, up.
-    async fn create_tap(&self, name: &str, bridge: &str) -> Result<(), NetError>;
+    /// `owner` (uid, gid): who may attach to it without privileges (a
+    /// jailed VMM); root only when `None`.
+    async fn create_tap(
+        &self,
+        name: &str,
+        bridge: &str,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), NetError>;
     /// Deletes a link; a link that does not exist is not an error.
     async fn delete_link(&self, name: &str) -> Result<(), NetError>;
     /// Names of all links (for reconcile and leak checks).
@@ -129,8 +136,13 @@ impl NetOps for Netlink {
             .map_err(link_err("bringing up", name))
     }
 
-    async fn create_tap(&self, name: &str, bridge: &str) -> Result<(), NetError> {
-        tap::create_persistent(name).map_err(|e| NetError::Link {
+    async fn create_tap(
+        &self,
+        name: &str,
+        bridge: &str,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), NetError> {
+        tap::create_persistent(name, owner).map_err(|e| NetError::Link {
             op: "creating tap",
             link: name.to_owned(),
             message: e.to_string(),
@@ -205,8 +217,10 @@ mod tap {
 
     nix::ioctl_write_ptr_bad!(tun_set_iff, 0x4004_54ca, IfReq);
     nix::ioctl_write_int_bad!(tun_set_persist, 0x4004_54cb);
+    nix::ioctl_write_int_bad!(tun_set_owner, 0x4004_54cc);
+    nix::ioctl_write_int_bad!(tun_set_group, 0x4004_54ce);
 
-    pub fn create_persistent(name: &str) -> std::io::Result<()> {
+    pub fn create_persistent(name: &str, owner: Option<(u32, u32)>) -> std::io::Result<()> {
         if name.is_empty()
             || name.len() > 15
             || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -233,6 +247,17 @@ mod tap {
         // SAFETY: the same descriptor, now bound to the tap; the argument
         // is a plain integer flag.
         unsafe { tun_set_persist(tun.as_raw_fd(), 1) }?;
+        if let Some((uid, gid)) = owner {
+            let (uid, gid) = (
+                i32::try_from(uid).map_err(std::io::Error::other)?,
+                i32::try_from(gid).map_err(std::io::Error::other)?,
+            );
+            // SAFETY: the same descriptor; the arguments are plain integers
+            // (a uid and a gid) the kernel copies.
+            unsafe { tun_set_owner(tun.as_raw_fd(), uid) }?;
+            // SAFETY: as above.
+            unsafe { tun_set_group(tun.as_raw_fd(), gid) }?;
+        }
         Ok(())
     }
 }
@@ -291,8 +316,18 @@ impl NetOps for FakeNet {
         Ok(())
     }
 
-    async fn create_tap(&self, name: &str, bridge: &str) -> Result<(), NetError> {
-        self.record(format!("create_tap {name} {bridge}"));
+    async fn create_tap(
+        &self,
+        name: &str,
+        bridge: &str,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), NetError> {
+        match owner {
+            Some((uid, gid)) => {
+                self.record(format!("create_tap {name} {bridge} owner {uid}:{gid}"))
+            }
+            None => self.record(format!("create_tap {name} {bridge}")),
+        }
         self.check("creating tap", name)?;
         self.links
             .lock()
@@ -346,13 +381,13 @@ mod tests {
         f.ensure_bridge("banger0", Ipv4Addr::new(172, 16, 0, 1), 24)
             .await
             .expect("bridge");
-        f.create_tap("bg-1", "banger0").await.expect("tap");
+        f.create_tap("bg-1", "banger0", None).await.expect("tap");
         assert!(f.has("bg-1"));
         f.delete_link("bg-1").await.expect("del");
         f.delete_link("bg-1").await.expect("idempotent");
         assert!(!f.has("bg-1"));
         f.failing.lock().expect("lock").insert("bg-2".into());
-        assert!(f.create_tap("bg-2", "banger0").await.is_err());
+        assert!(f.create_tap("bg-2", "banger0", None).await.is_err());
         assert_eq!(
             f.recorded(),
             [
@@ -384,7 +419,9 @@ mod tests {
                 n.ensure_bridge("bgtestbr0", ip, 24)
                     .await
                     .expect("bridge again is a no-op");
-                n.create_tap("bg-test0", "bgtestbr0").await.expect("tap");
+                n.create_tap("bg-test0", "bgtestbr0", Some((64123, 64123)))
+                    .await
+                    .expect("tap");
                 let links = n.list_links().await.expect("list");
                 assert!(links.contains(&"bg-test0".to_owned()), "{links:?}");
                 // /sys shows the host's namespace: ask netlink instead.
@@ -417,7 +454,7 @@ mod tests {
                         .expect("list")
                         .contains(&"bg-test0".to_owned())
                 );
-                assert!(n.create_tap("bad/name", "bgtestbr0").await.is_err());
+                assert!(n.create_tap("bad/name", "bgtestbr0", None).await.is_err());
             });
         });
         res.expect("netns");

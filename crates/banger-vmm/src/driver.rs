@@ -37,6 +37,22 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
         process::signal(pid, socket, Signal::SIGKILL);
         process::kill_all(socket, Duration::from_secs(10)).await
     }
+    /// Who must own the VM's tap: the jail's uid/gid, `None` for root.
+    fn tap_owner(&self) -> Option<(u32, u32)> {
+        None
+    }
+    /// Where this VMM would jail `vm_id`, recorded before launch.
+    fn jail_root(&self, _vm_id: &str) -> Option<PathBuf> {
+        None
+    }
+    /// Host state the VMM kept beyond its process (a jail), removed after
+    /// the process is gone. `jail_root` is the recorded one.
+    async fn release(&self, _vm_id: &str, jail_root: Option<&Path>) -> Result<(), VmmError> {
+        match jail_root {
+            Some(root) => crate::jail::remove_tree(root),
+            None => Ok(()),
+        }
+    }
 }
 
 /// QEMU `microvm`, daemonized, controlled over QMP. A VM with vsock also

@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use tokio::net::UnixStream;
 
 use crate::driver::Vmm;
-use crate::{LaunchSpec, VmmError};
+use crate::jail::{self, JailConfig};
+use crate::{LaunchSpec, VmmError, process};
 
 /// How long a fresh Firecracker may take to open its API socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(5);
@@ -96,14 +97,55 @@ impl FcApi {
     }
 }
 
-/// Firecracker, not jailed (the jailer wraps this in its own driver).
+/// Firecracker, run directly or under its jailer (`jail`).
 #[derive(Debug, Clone)]
 pub struct FirecrackerVmm {
     pub bin: PathBuf,
+    pub jail: Option<JailConfig>,
+}
+
+/// Where Firecracker finds a VM's files: host paths when run directly,
+/// chroot-relative names when jailed.
+struct FcPaths {
+    kernel: String,
+    initrd: Option<String>,
+    drives: Vec<String>,
+    log: String,
+    metrics: String,
+    vsock: Option<String>,
+}
+
+fn show(p: &Path) -> String {
+    p.display().to_string()
 }
 
 impl FirecrackerVmm {
-    async fn configure(&self, api: &FcApi, spec: &LaunchSpec) -> Result<(), VmmError> {
+    fn paths(&self, spec: &LaunchSpec) -> FcPaths {
+        match &self.jail {
+            Some(_) => FcPaths {
+                kernel: jail::KERNEL.into(),
+                initrd: spec.initrd.as_ref().map(|_| jail::INITRD.into()),
+                drives: (0..spec.disks.len()).map(jail::drive).collect(),
+                log: jail::LOG.into(),
+                metrics: jail::METRICS.into(),
+                vsock: spec.vsock.as_ref().map(|_| jail::VSOCK.into()),
+            },
+            None => {
+                // Firecracker's own log and metrics, next to the console log.
+                let dir = spec.console_log.parent().unwrap_or(Path::new("/"));
+                FcPaths {
+                    kernel: show(&spec.kernel),
+                    initrd: spec.initrd.as_deref().map(show),
+                    drives: spec.disks.iter().map(|d| show(d)).collect(),
+                    log: show(&dir.join("firecracker.log")),
+                    metrics: show(&dir.join("firecracker.metrics")),
+                    vsock: spec.vsock.as_deref().map(show),
+                }
+            }
+        }
+    }
+
+    async fn configure(&self, api: &FcApi, spec: &LaunchSpec, p: &FcPaths) -> Result<(), VmmError> {
         api.put(
             "/machine-config",
             json!({ "vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib }),
@@ -116,14 +158,14 @@ impl FirecrackerVmm {
             boot_args.push_str(" reboot=k");
         }
         let mut boot = json!({
-            "kernel_image_path": spec.kernel,
+            "kernel_image_path": p.kernel,
             "boot_args": boot_args,
         });
-        if let Some(initrd) = &spec.initrd {
+        if let Some(initrd) = &p.initrd {
             boot["initrd_path"] = json!(initrd);
         }
         api.put("/boot-source", boot).await?;
-        for (i, disk) in spec.disks.iter().enumerate() {
+        for (i, disk) in p.drives.iter().enumerate() {
             // root= is on our command line; Firecracker must not add its own.
             api.put(
                 &format!("/drives/d{i}"),
@@ -138,36 +180,45 @@ impl FirecrackerVmm {
             )
             .await?;
         }
-        if let Some(uds) = &spec.vsock {
-            let _ = std::fs::remove_file(uds);
+        if let Some(uds) = &p.vsock {
             api.put(
                 "/vsock",
                 json!({ "guest_cid": crate::GUEST_CID, "uds_path": uds }),
             )
             .await?;
         }
-        // Firecracker's own log and metrics, next to the console log.
-        let dir = spec.console_log.parent().unwrap_or(Path::new("/"));
-        let (log, metrics) = (dir.join("firecracker.log"), dir.join("firecracker.metrics"));
-        for f in [&log, &metrics] {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(f)
-                .map_err(|e| VmmError::Control {
-                    path: f.clone(),
-                    message: e.to_string(),
-                })?;
+        if self.jail.is_none() {
+            for f in [&p.log, &p.metrics] {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(f)
+                    .map_err(|e| VmmError::Control {
+                        path: f.into(),
+                        message: e.to_string(),
+                    })?;
+            }
         }
         api.put(
             "/logger",
-            json!({ "log_path": log, "level": "Info", "show_level": true }),
+            json!({ "log_path": p.log, "level": "Info", "show_level": true }),
         )
         .await?;
-        api.put("/metrics", json!({ "metrics_path": metrics }))
+        api.put("/metrics", json!({ "metrics_path": p.metrics }))
             .await?;
         api.put("/actions", json!({ "action_type": "InstanceStart" }))
             .await
+    }
+
+    /// The jail id of a jailed VM: the VM id, which also names its
+    /// control socket (`<runtime>/vms/<id>.sock`).
+    fn jail_id(socket: &Path) -> Option<String> {
+        socket.file_stem().map(|s| s.to_string_lossy().into_owned())
+    }
+
+    /// A jailed Firecracker's command line: `/firecracker --id <id> ...`.
+    fn jailed_needle(socket: &Path) -> Option<String> {
+        Self::jail_id(socket).map(|id| format!(" --id {id} "))
     }
 }
 
@@ -175,6 +226,14 @@ impl FirecrackerVmm {
 impl Vmm for FirecrackerVmm {
     fn kind(&self) -> VmmKind {
         VmmKind::Firecracker
+    }
+
+    fn tap_owner(&self) -> Option<(u32, u32)> {
+        self.jail.as_ref().map(|j| (j.uid, j.gid))
+    }
+
+    fn jail_root(&self, vm_id: &str) -> Option<PathBuf> {
+        self.jail.as_ref().map(|j| j.jail_dir(vm_id))
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
@@ -189,11 +248,43 @@ impl Vmm for FirecrackerVmm {
             .open(&spec.console_log)
             .map_err(|e| err(format!("opening {}: {e}", spec.console_log.display())))?;
         let console2 = console.try_clone().map_err(|e| err(e.to_string()))?;
-        let mut child = tokio::process::Command::new(&self.bin)
-            .arg("--api-sock")
-            .arg(&spec.control_socket)
-            .arg("--id")
-            .arg(format!("banger-{}", spec.vm_id))
+        let mut cmd = match &self.jail {
+            Some(j) => {
+                jail::stage(
+                    j,
+                    &spec.vm_id,
+                    &spec.kernel,
+                    spec.initrd.as_deref(),
+                    &spec.disks,
+                )?;
+                // Short names in our runtime dir for the sockets the jailed
+                // process makes inside its chroot (sun_path is 108 bytes).
+                let mut links = vec![(
+                    spec.control_socket.clone(),
+                    j.host_path(&spec.vm_id, jail::API_SOCKET),
+                )];
+                if let Some(v) = &spec.vsock {
+                    links.push((v.clone(), j.host_path(&spec.vm_id, jail::VSOCK)));
+                }
+                for (short, long) in links {
+                    let _ = std::fs::remove_file(&short);
+                    std::os::unix::fs::symlink(&long, &short)
+                        .map_err(|e| err(format!("linking {}: {e}", short.display())))?;
+                }
+                let mut c = tokio::process::Command::new(&j.jailer);
+                c.args(j.args(&self.bin, &spec.vm_id));
+                c
+            }
+            None => {
+                let mut c = tokio::process::Command::new(&self.bin);
+                c.arg("--api-sock")
+                    .arg(&spec.control_socket)
+                    .arg("--id")
+                    .arg(format!("banger-{}", spec.vm_id));
+                c
+            }
+        };
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(console)
             .stderr(console2)
@@ -225,8 +316,8 @@ impl Vmm for FirecrackerVmm {
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
-        if let Err(e) = self.configure(&api, spec).await {
-            let _ = crate::process::kill_all(&spec.control_socket, Duration::from_secs(5)).await;
+        if let Err(e) = self.configure(&api, spec, &self.paths(spec)).await {
+            let _ = self.kill(pid, &spec.control_socket).await;
             return Err(err(e.to_string()));
         }
         let _ = std::fs::write(&spec.pid_file, format!("{pid}\n"));
@@ -237,5 +328,61 @@ impl Vmm for FirecrackerVmm {
         FcApi::new(socket)
             .put("/actions", json!({ "action_type": "SendCtrlAltDel" }))
             .await
+    }
+
+    fn alive(&self, pid: u32, socket: &Path) -> bool {
+        match (&self.jail, Self::jailed_needle(socket)) {
+            (Some(_), Some(needle)) => process::alive_with(pid, &needle),
+            _ => process::vmm_alive(pid, socket),
+        }
+    }
+
+    fn find(&self, socket: &Path) -> Option<u32> {
+        match (&self.jail, Self::jailed_needle(socket)) {
+            (Some(_), Some(needle)) => process::all_with(&needle).into_iter().max(),
+            _ => process::find_by_socket(socket),
+        }
+    }
+
+    async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
+        match (&self.jail, Self::jailed_needle(socket)) {
+            (Some(_), Some(needle)) => {
+                if process::alive_with(pid, &needle) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                process::kill_all_with(&needle, Duration::from_secs(10)).await
+            }
+            _ => {
+                process::signal(pid, socket, nix::sys::signal::Signal::SIGKILL);
+                process::kill_all(socket, Duration::from_secs(10)).await
+            }
+        }
+    }
+
+    /// Removes the jail (chroot and cgroups) once the process is gone.
+    async fn release(&self, vm_id: &str, jail_root: Option<&Path>) -> Result<(), VmmError> {
+        let Some(j) = &self.jail else {
+            return match jail_root {
+                // A VM jailed by an earlier configuration: its recorded root.
+                Some(root) => jail::remove_tree(root),
+                None => Ok(()),
+            };
+        };
+        let root = jail_root.map_or_else(|| j.jail_dir(vm_id), Path::to_path_buf);
+        let tree = jail::remove_tree(&root);
+        // A cgroup stays busy until its last task is reaped, which may lag
+        // the kill by a moment.
+        let mut cgroups = jail::remove_cgroups(j, vm_id);
+        for _ in 0..40 {
+            if cgroups.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cgroups = jail::remove_cgroups(j, vm_id);
+        }
+        tree.and(cgroups)
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod driver;
 pub mod firecracker;
+pub mod jail;
 pub use driver::{FakeVmm, QemuVmm, Vmm};
 pub mod process;
 pub mod qemu;
@@ -30,6 +31,8 @@ pub enum VmmError {
     Control { path: PathBuf, message: String },
     #[error("vmm pid {pid} did not exit within {secs}s")]
     ExitTimeout { pid: u32, secs: u64 },
+    #[error("jail {path}: {message}")]
+    Jail { path: PathBuf, message: String },
 }
 
 /// The tap a VM's virtio-net device is backed by.

@@ -33,6 +33,47 @@ pub fn vmm_alive(pid: u32, socket: &Path) -> bool {
     !is_zombie(pid) && cmd.contains(&*socket.to_string_lossy())
 }
 
+/// Whether `pid` is live and its command line contains `needle`.
+pub fn alive_with(pid: u32, needle: &str) -> bool {
+    cmdline(pid).is_some_and(|c| format!("{c} ").contains(needle)) && !is_zombie(pid)
+}
+
+/// Every live process whose command line contains `needle`.
+pub fn all_with(needle: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            alive_with(pid, needle).then_some(pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Kills every process whose command line contains `needle`, bounded.
+pub async fn kill_all_with(needle: &str, within: Duration) -> Result<(), VmmError> {
+    let deadline = Instant::now() + within;
+    loop {
+        let pids = all_with(needle);
+        if pids.is_empty() {
+            return Ok(());
+        }
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+        if Instant::now() > deadline {
+            return Err(VmmError::ExitTimeout {
+                pid: pids[0],
+                secs: within.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Every live process naming `socket`, lowest pid first. Usually one; two
 /// while QEMU daemonizes (the parent waits for the child it forked), and
 /// after a daemon died mid-launch either may be the one left.
