@@ -26,6 +26,8 @@ pub enum ErrorCode {
     Failed,
     /// A bug or an unexpected host failure; the daemon log has details.
     Internal,
+    /// The caller is not the daemon's user (nor root).
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -33,6 +35,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             Self::InvalidArgument | Self::MalformedRequest => 400,
+            Self::PermissionDenied => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::Conflict | Self::InvalidState => 409,
@@ -46,6 +49,7 @@ impl ErrorCode {
     pub fn from_http_status(status: u16) -> Self {
         match status {
             400 => Self::InvalidArgument,
+            403 => Self::PermissionDenied,
             404 => Self::NotFound,
             405 => Self::MethodNotAllowed,
             409 => Self::Conflict,

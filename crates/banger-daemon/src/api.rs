@@ -51,7 +51,51 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/images/{name}", get(image_show).delete(image_rm))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(only_our_user))
         .with_state(core)
+}
+
+/// Who is on the other end of a connection (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: Option<u32>,
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        Self {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
+/// The socket is 0600, and on top of that every request is checked: only
+/// the daemon's own user and root may drive it. (Requests that did not
+/// come through a socket, as in in-process tests, carry no peer.)
+async fn only_our_user(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<Peer>>()
+        .map(|c| c.0);
+    if let Some(Peer { uid }) = peer {
+        let ours = nix::unistd::geteuid().as_raw();
+        if uid != Some(ours) && uid != Some(0) {
+            tracing::warn!(?uid, "refused a request from another user");
+            return ErrorResponse(ApiError::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "bangerd serves uid {ours} only; this request came from uid {}",
+                    uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string())
+                ),
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Maps a core error to its wire form.

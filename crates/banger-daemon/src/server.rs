@@ -105,6 +105,8 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), DaemonError> {
 pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError> {
     mkdir(&config.state_dir, 0o700)?;
     mkdir(&config.runtime_dir, 0o755)?;
+    // Per-VM sockets (control, vsock, vhost-user, jail symlinks): owner only.
+    mkdir(&config.runtime_dir.join("vms"), 0o700)?;
     if let Some(parent) = config.socket.parent() {
         std::fs::create_dir_all(parent).map_err(|source| DaemonError::Dir {
             path: parent.to_owned(),
@@ -205,7 +207,8 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
         }
     };
     tracing::info!("listening");
-    let served = axum::serve(listener, api::router(Arc::clone(&core)))
+    let app = api::router(Arc::clone(&core)).into_make_service_with_connect_info::<api::Peer>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     let _ = std::fs::remove_file(&socket);

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BANGERD, Env, is_bangerd, kill, path_mode, wait_gone};
+use common::{BANGER, BANGERD, Env, is_bangerd, kill, path_mode, wait_gone};
 use nix::sys::signal::Signal;
 
 #[test]
@@ -186,4 +186,39 @@ fn daemon_logs_and_completions() {
     assert!(logs.contains("bangerd starting"), "{logs}");
     let script = env.ok(&["completions", "bash"]);
     assert!(script.contains("banger"), "{script}");
+}
+
+#[test]
+fn requests_from_another_user_are_refused_even_through_an_open_socket() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED peer check test: needs root to act as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    env.ok(&["vm", "list"]);
+    let socket = env.socket();
+    assert_eq!(path_mode(&socket) & 0o777, 0o600, "owner-only socket");
+    // Open every door on the way: the daemon's own check must still hold.
+    for p in [env.dir.path().to_path_buf(), env.dir.path().join("run")] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    }
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let out = env
+        .command(BANGER)
+        .env("BANGER_DAEMON_BIN", "/bin/false")
+        .args(["vm", "list"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("banger as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("serves uid 0 only") && err.contains("65534"),
+        "{err}"
+    );
+    // Nothing changed for the daemon's own user.
+    assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]));
 }
