@@ -48,6 +48,8 @@ pub enum CheckId {
     VsockBackend,
     /// The static guest agent injected into every VM.
     GuestAgent,
+    /// Whether bangerd runs unprivileged behind banger-helper.
+    Privileges,
 }
 
 /// One line of the report.

@@ -69,6 +69,14 @@ struct FileConfig {
     tools: FileTools,
     #[serde(default)]
     jailer: FileJailer,
+    #[serde(default)]
+    privileges: FilePrivileges,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePrivileges {
+    helper_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +218,9 @@ pub struct Config {
     pub guest: GuestConfig,
     pub tools: ToolPaths,
     pub jailer: JailerConfig,
+    /// Where banger-helper listens; when set, bangerd asks it for every
+    /// network and firewall change instead of making them itself.
+    pub helper_socket: Option<PathBuf>,
 }
 
 /// Firecracker under its jailer.
@@ -527,7 +538,15 @@ impl Config {
             },
         };
 
+        let helper_socket = pick(
+            "BANGER_HELPER_SOCKET",
+            path_of(file.privileges.helper_socket),
+        )
+        .filter(|(v, _)| !v.is_empty())
+        .map(|(v, _)| PathBuf::from(v));
+
         Ok(Self {
+            helper_socket,
             jailer,
             assets,
             guest,

@@ -415,6 +415,17 @@ impl Core {
         }
         timer.lap("network");
 
+        // QEMU gets the tap as a descriptor (from the helper when bangerd is
+        // unprivileged); Firecracker opens it by name as the jail's owner.
+        let tap_fd = if vm.spec.vmm == VmmKind::Qemu {
+            self.deps
+                .net
+                .open_tap(&tap)
+                .await
+                .map_err(|e| CoreError::Host(e.to_string()))?
+        } else {
+            None
+        };
         progress.stage("boot", format!("launching {}", vm.spec.vmm));
         std::fs::create_dir_all(paths.socket.parent().unwrap_or(Path::new("/")))
             .map_err(|e| CoreError::Internal(format!("creating socket dir: {e}")))?;
@@ -437,6 +448,7 @@ impl Core {
             net: Some(NetSpec {
                 tap,
                 mac: mac_for(&vm.id),
+                fd: tap_fd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
             }),
             console_log: paths.console.clone(),
             control_socket: paths.socket.clone(),

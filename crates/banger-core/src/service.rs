@@ -110,6 +110,8 @@ impl Core {
     pub async fn refresh_host(&self) -> Result<DoctorReport, CoreError> {
         let probe = Arc::clone(&self.deps.probe);
         let inputs = DoctorInputs {
+            helper_socket: self.config.helper_socket.clone(),
+            euid: nix::unistd::geteuid().as_raw(),
             vsock_backend: self.config.vmm.vsock_backend.clone(),
             guest_agent: self.config.guest.agent.clone(),
             firecracker: self.config.vmm.firecracker.clone(),

@@ -9,4 +9,4 @@ pub mod lock;
 pub mod logging;
 pub mod server;
 
-pub use server::{DaemonError, DaemonOptions, run};
+pub use server::{DaemonError, DaemonOptions, run, run_helper};

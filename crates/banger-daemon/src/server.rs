@@ -11,6 +11,7 @@ use banger_host::SystemProbe;
 use banger_host::disk::HostDisks;
 use banger_host::dns::DnsServer;
 use banger_host::firewall::Nft;
+use banger_host::helper::{HelperClient, HelperServer, Policy};
 use banger_host::net::Netlink;
 use banger_store::{Store, StoreError};
 use banger_vmm::QemuVmm;
@@ -60,6 +61,65 @@ pub struct DaemonOptions {
     /// Also log to stderr (foreground). A detached daemon's stderr is a
     /// file that only needs panics and pre-logging failures.
     pub log_to_stderr: bool,
+}
+
+/// `bangerd --helper --for-uid UID`: the privileged side. Serves network
+/// and firewall requests from the daemon running as `uid` (and root) on
+/// `config.helper_socket`, owned by that uid, mode 0600.
+pub async fn run_helper(config: Config, daemon_uid: u32) -> Result<(), DaemonError> {
+    let socket = config
+        .helper_socket
+        .clone()
+        .unwrap_or_else(|| config.runtime_dir.join("helper.sock"));
+    let dir = socket.parent().unwrap_or(Path::new("/")).to_owned();
+    std::fs::create_dir_all(&dir).map_err(|source| DaemonError::Dir {
+        path: dir.clone(),
+        source,
+    })?;
+    let log_path = dir.join("banger-helper.log");
+    let _log = crate::logging::init(&log_path, &config.log_level, true).map_err(|source| {
+        DaemonError::Log {
+            path: log_path.clone(),
+            source,
+        }
+    })?;
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(|source| DaemonError::Listen {
+        path: socket.clone(),
+        source,
+    })?;
+    let listen_err = |source| DaemonError::Listen {
+        path: socket.clone(),
+        source,
+    };
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(listen_err)?;
+    nix::unistd::chown(&socket, Some(nix::unistd::Uid::from_raw(daemon_uid)), None)
+        .map_err(|e| listen_err(std::io::Error::from(e)))?;
+    let server = Arc::new(HelperServer {
+        policy: Policy {
+            bridge: config.network.bridge.clone(),
+            bridge_ip: config.network.bridge_ip,
+            prefix_len: config.network.prefix_len,
+            state_dir: config.state_dir.clone(),
+            daemon_uid,
+        },
+        net: Arc::new(Netlink),
+        firewall: Arc::new(Nft {
+            bin: "nft".into(),
+            forwarding_marker: config.runtime_dir.join("nat-forwarding"),
+        }),
+    });
+    tracing::info!(socket = %socket.display(), daemon_uid, "banger-helper listening");
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    tokio::select! {
+        r = server.serve(listener) => r.map_err(listen_err)?,
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
 }
 
 /// The jail Firecracker VMs run in: `Some(None)` when jailing is off by
@@ -131,9 +191,30 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
 
     let store = Arc::new(Store::open(&config.db_path())?);
     let socket = config.socket.clone();
+    // With a privilege helper, every network and firewall change is a
+    // request to it; bangerd itself then needs no root for QEMU VMs.
+    let (net, firewall): (
+        Arc<dyn banger_host::net::NetOps>,
+        Arc<dyn banger_host::firewall::Firewall>,
+    ) = match &config.helper_socket {
+        Some(sock) => {
+            tracing::info!(socket = %sock.display(), "network changes go through banger-helper");
+            let c = Arc::new(HelperClient {
+                socket: sock.clone(),
+            });
+            (c.clone(), c)
+        }
+        None => (
+            Arc::new(Netlink),
+            Arc::new(Nft {
+                bin: "nft".into(),
+                forwarding_marker: config.runtime_dir.join("nat-forwarding"),
+            }),
+        ),
+    };
     let deps = HostDeps {
         probe: Arc::new(SystemProbe),
-        net: Arc::new(Netlink),
+        net,
         dns: Arc::new(DnsServer::new()),
         disks: Arc::new(HostDisks::with_defaults(
             config.tools.mkfs_ext4.clone(),
@@ -155,10 +236,7 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
             }) as Arc<dyn banger_vmm::Vmm>
         }),
         agent: Arc::new(VsockAgent),
-        firewall: Arc::new(Nft {
-            bin: "nft".into(),
-            forwarding_marker: config.runtime_dir.join("nat-forwarding"),
-        }),
+        firewall,
     };
     let core = Arc::new(Core::new(config, store, deps));
     match core.refresh_host().await {

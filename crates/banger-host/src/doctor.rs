@@ -16,6 +16,10 @@ use crate::probe::HostProbe;
 /// What the report needs from configuration.
 #[derive(Debug, Clone)]
 pub struct DoctorInputs {
+    /// The privilege helper's socket, when configured.
+    pub helper_socket: Option<PathBuf>,
+    /// The daemon's effective uid.
+    pub euid: u32,
     pub vsock_backend: PathBuf,
     pub guest_agent: PathBuf,
     pub firecracker: PathBuf,
@@ -137,6 +141,7 @@ pub fn run_doctor(probe: &dyn HostProbe, inputs: &DoctorInputs) -> DoctorReport 
     };
 
     // A missing VMM only fails the report when nothing can run a VM.
+    let privileges = privileges(probe, inputs);
     let mut qemu = qemu;
     let mut firecracker = firecracker;
     // QEMU guests cannot answer without their vsock backend.
@@ -173,9 +178,45 @@ pub fn run_doctor(probe: &dyn HostProbe, inputs: &DoctorInputs) -> DoctorReport 
             e2fs,
             vsock_backend,
             guest_agent,
+            privileges,
         ],
         default_vmm,
         storage,
+    }
+}
+
+fn privileges(probe: &dyn HostProbe, inputs: &DoctorInputs) -> Check {
+    const ID: CheckId = CheckId::Privileges;
+    match (&inputs.helper_socket, inputs.euid) {
+        (Some(sock), uid) if probe.exists(sock) => check(
+            ID,
+            CheckStatus::Ok,
+            format!(
+                "bangerd runs as uid {uid}; bridge, taps and nftables go through banger-helper at {}",
+                sock.display()
+            ),
+            None,
+        ),
+        (Some(sock), _) => check(
+            ID,
+            CheckStatus::Fail,
+            format!("banger-helper is not listening at {}", sock.display()),
+            Some("start it: systemctl start banger-helper (see README, least privilege)"),
+        ),
+        (None, 0) => check(
+            ID,
+            CheckStatus::Warn,
+            "bangerd runs as root (no privilege helper)",
+            Some("run bangerd unprivileged behind banger-helper: README, least privilege"),
+        ),
+        (None, uid) => check(
+            ID,
+            CheckStatus::Fail,
+            format!(
+                "bangerd runs as uid {uid} without a privilege helper: it cannot make taps or NAT"
+            ),
+            Some("start banger-helper and set privileges.helper_socket"),
+        ),
     }
 }
 
@@ -447,6 +488,8 @@ mod tests {
 
     fn inputs() -> DoctorInputs {
         DoctorInputs {
+            helper_socket: None,
+            euid: 0,
             vsock_backend: "vhost-device-vsock".into(),
             guest_agent: "/usr/local/lib/banger/banger-agent".into(),
             firecracker: "firecracker".into(),
@@ -641,6 +684,30 @@ mod tests {
     }
 
     #[test]
+    fn privileges_say_whether_the_helper_is_in_use() {
+        let mut i = inputs();
+        let r = run_doctor(&nested_host(), &i);
+        assert_eq!(
+            r.check(CheckId::Privileges).expect("p").status,
+            CheckStatus::Warn
+        );
+        i.euid = 1000;
+        let r = run_doctor(&nested_host(), &i);
+        assert_eq!(
+            r.check(CheckId::Privileges).expect("p").status,
+            CheckStatus::Fail
+        );
+        i.helper_socket = Some("/run/banger/helper.sock".into());
+        let r = run_doctor(&nested_host(), &i);
+        let c = r.check(CheckId::Privileges).expect("p");
+        assert_eq!(c.status, CheckStatus::Fail, "{}", c.detail);
+        let r = run_doctor(&nested_host().with_path("/run/banger/helper.sock"), &i);
+        let c = r.check(CheckId::Privileges).expect("p");
+        assert_eq!(c.status, CheckStatus::Ok);
+        assert!(c.detail.contains("uid 1000") && c.detail.contains("banger-helper"));
+    }
+
+    #[test]
     fn missing_e2fsprogs_fails_with_the_package_to_install() {
         let r = run_doctor(&nested_host(), &inputs());
         let c = r.check(CheckId::E2fsprogs).expect("e2fs");
@@ -657,6 +724,6 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), n);
-        assert_eq!(n, 16);
+        assert_eq!(n, 17);
     }
 }

@@ -9,6 +9,7 @@ pub mod disk;
 pub mod dns;
 pub mod doctor;
 pub mod firewall;
+pub mod helper;
 pub mod net;
 pub mod probe;
 pub mod tools;

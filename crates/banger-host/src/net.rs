@@ -39,6 +39,12 @@ pub trait NetOps: Send + Sync + std::fmt::Debug {
         bridge: &str,
         owner: Option<(u32, u32)>,
     ) -> Result<(), NetError>;
+    /// An open descriptor on an existing tap, for a VMM that cannot open
+    /// `/dev/net/tun` itself (an unprivileged daemon's QEMU). `None`: the
+    /// VMM opens the tap by name.
+    async fn open_tap(&self, _name: &str) -> Result<Option<std::os::fd::OwnedFd>, NetError> {
+        Ok(None)
+    }
     /// Deletes a link; a link that does not exist is not an error.
     async fn delete_link(&self, name: &str) -> Result<(), NetError>;
     /// Names of all links (for reconcile and leak checks).
@@ -165,6 +171,16 @@ impl NetOps for Netlink {
             .map_err(link_err("attaching tap", name))
     }
 
+    async fn open_tap(&self, name: &str) -> Result<Option<std::os::fd::OwnedFd>, NetError> {
+        tap::open(name)
+            .map(|f| Some(std::os::fd::OwnedFd::from(f)))
+            .map_err(|e| NetError::Link {
+                op: "opening tap",
+                link: name.to_owned(),
+                message: e.to_string(),
+            })
+    }
+
     async fn delete_link(&self, name: &str) -> Result<(), NetError> {
         let h = connect().await?;
         match index_of(&h, name).await? {
@@ -206,6 +222,8 @@ mod tap {
 
     const IFF_TAP: i16 = 0x0002;
     const IFF_NO_PI: i16 = 0x1000;
+    /// QEMU's virtio-net expects the vnet header on a tap it is handed.
+    const IFF_VNET_HDR: i16 = 0x4000;
 
     /// `struct ifreq` as the tun driver reads it: name, then flags.
     #[repr(C)]
@@ -219,6 +237,30 @@ mod tap {
     nix::ioctl_write_int_bad!(tun_set_persist, 0x4004_54cb);
     nix::ioctl_write_int_bad!(tun_set_owner, 0x4004_54cc);
     nix::ioctl_write_int_bad!(tun_set_group, 0x4004_54ce);
+
+    /// A descriptor attached to the existing tap `name`.
+    pub fn open(name: &str) -> std::io::Result<std::fs::File> {
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")?;
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
+        if name.is_empty() || name.len() > 15 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{name:?} is not a valid interface name"),
+            ));
+        }
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: as in `create_persistent`: a live tun descriptor and a
+        // well-formed `ifreq` the kernel only reads.
+        unsafe { tun_set_iff(tun.as_raw_fd(), &req) }?;
+        Ok(tun)
+    }
 
     pub fn create_persistent(name: &str, owner: Option<(u32, u32)>) -> std::io::Result<()> {
         if name.is_empty()

@@ -43,6 +43,9 @@ pub struct ToolRun {
     pub env: Vec<(OsString, OsString)>,
     /// Exit codes that mean success (e2fsck exits 1 after fixing things).
     pub ok_codes: Vec<i32>,
+    /// An open descriptor handed to the tool at a fixed number (a tap for
+    /// QEMU's `fd=`); only the tool gets it, no other child.
+    pub pass_fd: Option<(i32, i32)>,
 }
 
 impl ToolRun {
@@ -53,7 +56,14 @@ impl ToolRun {
             cwd: None,
             env: Vec::new(),
             ok_codes: vec![0],
+            pass_fd: None,
         }
+    }
+
+    /// Hands `fd` (close-on-exec in this process) to the tool as `target`.
+    pub fn pass_fd(mut self, fd: i32, target: i32) -> Self {
+        self.pass_fd = Some((fd, target));
+        self
     }
 
     pub fn ok_codes(mut self, codes: &[i32]) -> Self {
@@ -113,6 +123,29 @@ impl ToolRun {
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some((fd, target)) = self.pass_fd {
+            #[allow(unsafe_code)]
+            // SAFETY: runs in the forked child before exec and only calls
+            // dup2, which is async-signal-safe and allocates nothing; the
+            // duplicate does not carry close-on-exec, so exactly this child
+            // inherits it while the parent's descriptor stays close-on-exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // SAFETY: plain integers; `fd` is open in the parent for
+                    // the whole spawn (the caller owns it), so in the child.
+                    // dup2 onto itself keeps close-on-exec: clear it instead.
+                    let r = if fd == target {
+                        nix::libc::fcntl(fd, nix::libc::F_SETFD, 0)
+                    } else {
+                        nix::libc::dup2(fd, target)
+                    };
+                    if r < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd.spawn().map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {

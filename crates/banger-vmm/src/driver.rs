@@ -147,11 +147,11 @@ impl Vmm for QemuVmm {
         };
         // With -daemonize, QEMU exits 0 once the VM is set up and running
         // in the background, or non-zero with the reason on stderr.
-        ToolRun::new(&self.command.bin)
-            .args(self.command.args(spec))
-            .run(|_| {})
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let mut run = ToolRun::new(&self.command.bin).args(self.command.args(spec));
+        if let Some(fd) = spec.net.as_ref().and_then(|n| n.fd) {
+            run = run.pass_fd(fd, crate::TAP_FD);
+        }
+        run.run(|_| {}).await.map_err(|e| err(e.to_string()))?;
         let pid = std::fs::read_to_string(&spec.pid_file)
             .map_err(|e| err(format!("reading {}: {e}", spec.pid_file.display())))?;
         pid.trim()

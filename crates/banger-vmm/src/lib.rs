@@ -40,7 +40,14 @@ pub enum VmmError {
 pub struct NetSpec {
     pub tap: String,
     pub mac: String,
+    /// An open descriptor on the tap (kept open by the caller through the
+    /// launch): the VMM gets it instead of opening the tap by name, so it
+    /// needs no access to `/dev/net/tun`.
+    pub fd: Option<i32>,
 }
+
+/// Where a QEMU child finds a tap descriptor it was handed.
+pub const TAP_FD: i32 = 3;
 
 /// Everything a VMM needs to start one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]

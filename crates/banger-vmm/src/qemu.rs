@@ -84,7 +84,10 @@ impl QemuCommand {
         }
         if let Some(net) = &spec.net {
             a.push("-netdev".into());
-            a.push(format!("tap,id=n0,ifname={},script=no,downscript=no", net.tap).into());
+            a.push(match net.fd {
+                Some(_) => format!("tap,id=n0,fd={}", crate::TAP_FD).into(),
+                None => format!("tap,id=n0,ifname={},script=no,downscript=no", net.tap).into(),
+            });
             a.push("-device".into());
             a.push(format!("virtio-net-device,netdev=n0,mac={}", net.mac).into());
         }
@@ -135,6 +138,7 @@ mod tests {
             net: Some(NetSpec {
                 tap: "bg-01234567".into(),
                 mac: "02:b6:01:23:45:67".into(),
+                fd: None,
             }),
             console_log: "/v/console.log".into(),
             control_socket: "/run/banger/0123.qmp".into(),

@@ -155,8 +155,8 @@ fn doctor_reports_every_capability_and_the_choices() {
     let env = Env::new();
     let report = env.json(&["doctor", "--json"]);
     let checks = report["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), 16);
-    for id in ["vsock_backend", "guest_agent"] {
+    assert_eq!(checks.len(), 17);
+    for id in ["vsock_backend", "guest_agent", "privileges"] {
         assert!(checks.iter().any(|c| c["id"] == id), "{id} reported");
     }
     let qemu = checks

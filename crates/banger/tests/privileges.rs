@@ -1,0 +1,187 @@
+//! Tier 3: least privilege. bangerd runs as an unprivileged user (here
+//! `nobody`, with only CAP_NET_BIND_SERVICE for its DNS) and asks the root
+//! helper (`bangerd --helper`) for the bridge, taps and firewall; QEMU gets
+//! its tap as a descriptor and runs as that user. All inside a network
+//! namespace the test makes.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{
+    BANGER, BANGERD, Env, Netns, cached_default_assets, guest_prereqs, skip_or_fail, vmm_pids,
+};
+
+const NOBODY: u32 = 65534;
+
+/// Kills the helper however the test ends.
+struct Helper(Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn uid_of(pid: i32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+#[test]
+fn an_unprivileged_daemon_runs_vms_through_the_helper() {
+    let init = match guest_prereqs() {
+        Ok(i) => i,
+        Err(reason) => return skip_or_fail("privileges test", &reason),
+    };
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        return skip_or_fail("privileges test", "setpriv (util-linux) not installed");
+    }
+    let assets = cached_default_assets(&init);
+    let env = Env::new();
+    let ns = Netns::new();
+    let dir = env.dir.path();
+    // What the unprivileged daemon may read and own: its state and runtime
+    // dirs, and copies of the boot assets to import.
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).expect("src");
+    let path = |v: &serde_json::Value| v["path"].as_str().expect("path").to_owned();
+    for (from, name) in [
+        (path(&assets.kernel["vmlinux"]), "vmlinux"),
+        (path(&assets.kernel["initrd"]), "initrd.img"),
+        (path(&assets.image["rootfs"]), "rootfs.ext4"),
+    ] {
+        let st = Command::new("cp")
+            .args(["--sparse=always", &from])
+            .arg(src.join(name))
+            .status()
+            .expect("cp");
+        assert!(st.success());
+    }
+    for d in ["state", "run"] {
+        std::fs::create_dir_all(dir.join(d)).expect("dir");
+    }
+    let st = Command::new("chown")
+        .args(["-R", &format!("{NOBODY}:{NOBODY}")])
+        .args([dir.join("state"), dir.join("run"), src.clone()])
+        .status()
+        .expect("chown");
+    assert!(st.success());
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let helper_socket = dir.join("run/helper.sock");
+
+    // The helper: root, in the namespace.
+    let mut hc = env.command_in(&ns.name, BANGERD);
+    hc.args(["--helper", "--for-uid", &NOBODY.to_string()])
+        .env("BANGER_HELPER_SOCKET", &helper_socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _helper = Helper(hc.spawn().expect("helper"));
+    let t = Instant::now();
+    while !helper_socket.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "helper socket never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // banger (and the bangerd it starts) as nobody.
+    let banger = |args: &[&str]| -> Output {
+        let mut c = env.command_in(&ns.name, "setpriv");
+        c.args([
+            "--reuid",
+            &NOBODY.to_string(),
+            "--regid",
+            &NOBODY.to_string(),
+            "--clear-groups",
+            "--inh-caps",
+            "+net_bind_service",
+            "--ambient-caps",
+            "+net_bind_service",
+            BANGER,
+        ])
+        .args(args)
+        .env("BANGER_HELPER_SOCKET", &helper_socket)
+        .env("BANGER_QEMU_BIN", "qemu-system-x86_64")
+        .env("BANGER_VSOCK_BACKEND_BIN", "vhost-device-vsock");
+        c.output().expect("banger as nobody")
+    };
+    let ok = |args: &[&str]| -> String {
+        let o = banger(args);
+        assert!(
+            o.status.success(),
+            "banger {args:?}: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let s = |p: &str| src.join(p).display().to_string();
+    ok(&[
+        "kernel",
+        "import",
+        "default",
+        "--vmlinux",
+        &s("vmlinux"),
+        "--initrd",
+        &s("initrd.img"),
+    ]);
+    ok(&["image", "import", "default", "--rootfs", &s("rootfs.ext4")]);
+
+    let doctor = ok(&["doctor", "--json"]);
+    assert!(doctor.contains("\"privileges\""), "{doctor}");
+    assert!(
+        doctor.contains("banger-helper"),
+        "doctor says the helper is in use: {doctor}"
+    );
+
+    let out = ok(&[
+        "vm",
+        "run",
+        "--name",
+        "p1",
+        "--memory",
+        "512",
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/hostname; id -un",
+    ]);
+    assert_eq!(out, "p1\nroot\n", "root inside the guest, nobody outside");
+    let daemon: serde_json::Value =
+        serde_json::from_str(&ok(&["daemon", "status", "--json"])).expect("json");
+    let daemon_pid = daemon["status"]["pid"].as_i64().expect("pid") as i32;
+    assert_eq!(uid_of(daemon_pid), NOBODY, "bangerd runs unprivileged");
+    let vmms = vmm_pids(&dir.display().to_string());
+    assert!(!vmms.is_empty());
+    for pid in &vmms {
+        assert_eq!(uid_of(*pid), NOBODY, "vmm {pid} runs as the daemon's user");
+    }
+    assert!(
+        ns.links().iter().any(|l| l.starts_with("bg-")),
+        "the helper made the tap"
+    );
+
+    // The helper's socket is the daemon user's alone.
+    let meta = std::fs::metadata(&helper_socket).expect("socket");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), NOBODY);
+
+    ok(&["vm", "kill", "p1"]);
+    ok(&["vm", "delete", "p1"]);
+    assert!(
+        !ns.links().iter().any(|l| l.starts_with("bg-")),
+        "tap removed through the helper"
+    );
+    ok(&["daemon", "stop"]);
+    assert!(vmm_pids(&dir.display().to_string()).is_empty());
+}
