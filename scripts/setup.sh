@@ -73,6 +73,12 @@ if ! vhost-device-vsock --version 2>/dev/null | grep -q "$VHOST_VSOCK_VERSION"; 
   as_root install -m 0755 "$cache/bin/vhost-device-vsock" /usr/local/bin/vhost-device-vsock
 fi
 
+# Firecracker VMs run under the jailer as this unprivileged user.
+if ! getent passwd banger-vmm >/dev/null; then
+  echo "==> creating the system user banger-vmm (jailed Firecracker VMMs run as it)"
+  as_root useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin banger-vmm
+fi
+
 [ "$deps_only" -eq 1 ] && exit 0
 
 echo "==> building (release)"

@@ -23,13 +23,23 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
+            "--for-user" => {
+                let name = args.next().unwrap_or_default();
+                match nix::unistd::User::from_name(&name) {
+                    Ok(Some(u)) => for_uid = Some(u.uid.as_raw()),
+                    _ => {
+                        eprintln!("bangerd: --for-user {name:?}: no such user");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             "--version" | "-V" => {
                 println!("bangerd {}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;
             }
             "--help" | "-h" => {
                 println!(
-                    "bangerd {}: the banger daemon\n\nUsage: bangerd [--detached]\n       bangerd --helper --for-uid UID\n\n  --detached  log only to <state dir>/bangerd.log (set by `banger` when it starts the daemon)\n  --helper    run as the privileged helper (root) for a daemon running as UID;\n              it listens on privileges.helper_socket\n\nConfiguration: /etc/banger/config.toml or $BANGER_CONFIG, BANGER_* variables.",
+                    "bangerd {}: the banger daemon\n\nUsage: bangerd [--detached]\n       bangerd --helper --for-uid UID | --for-user NAME\n\n  --detached  log only to <state dir>/bangerd.log (set by `banger` when it starts the daemon)\n  --helper    run as the privileged helper (root) for a daemon running as UID;\n              it listens on privileges.helper_socket\n\nConfiguration: /etc/banger/config.toml or $BANGER_CONFIG, BANGER_* variables.",
                     env!("CARGO_PKG_VERSION")
                 );
                 return ExitCode::SUCCESS;
