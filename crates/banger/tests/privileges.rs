@@ -79,20 +79,25 @@ fn an_unprivileged_daemon_runs_vms_through_the_helper() {
     let helper_socket = dir.join("run/helper.sock");
 
     // The helper: root, in the namespace.
-    let mut hc = env.command_in(&ns.name, BANGERD);
-    hc.args(["--helper", "--for-uid", &NOBODY.to_string()])
-        .env("BANGER_HELPER_SOCKET", &helper_socket)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let _helper = Helper(hc.spawn().expect("helper"));
-    let t = Instant::now();
-    while !helper_socket.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "helper socket never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let start_helper = || {
+        let _ = std::fs::remove_file(&helper_socket);
+        let mut hc = env.command_in(&ns.name, BANGERD);
+        hc.args(["--helper", "--for-uid", &NOBODY.to_string()])
+            .env("BANGER_HELPER_SOCKET", &helper_socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let h = Helper(hc.spawn().expect("helper"));
+        let t = Instant::now();
+        while !helper_socket.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "helper socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        h
+    };
+    let mut helper = start_helper();
 
     // banger (and the bangerd it starts) as nobody.
     let banger = |args: &[&str]| -> Output {
@@ -176,6 +181,20 @@ fn an_unprivileged_daemon_runs_vms_through_the_helper() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), NOBODY);
 
+    // Both halves die hard; a new helper and the next command's daemon
+    // adopt the running VM and can still tear it down.
+    let _ = helper.0.kill();
+    let _ = helper.0.wait();
+    common::kill(daemon_pid, nix::sys::signal::Signal::SIGKILL);
+    assert!(common::wait_gone(daemon_pid, Duration::from_secs(10)));
+    helper = start_helper();
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["vm", "show", "p1", "--json"])).expect("json");
+    assert_eq!(v["state"], "running", "adopted after both restarts");
+    assert_eq!(
+        ok(&["vm", "exec", "p1", "--", "cat", "/etc/hostname"]),
+        "p1\n"
+    );
     ok(&["vm", "kill", "p1"]);
     ok(&["vm", "delete", "p1"]);
     assert!(
@@ -184,4 +203,5 @@ fn an_unprivileged_daemon_runs_vms_through_the_helper() {
     );
     ok(&["daemon", "stop"]);
     assert!(vmm_pids(&dir.display().to_string()).is_empty());
+    drop(helper);
 }
