@@ -105,12 +105,19 @@ impl Client {
         &self.socket
     }
 
-    async fn send(
+    fn http_err(&self, source: hyper::Error) -> ClientError {
+        ClientError::Http {
+            socket: self.socket.clone(),
+            source,
+        }
+    }
+
+    /// A fresh HTTP/1.1 connection; `upgrades` keeps it usable after a
+    /// `101 Switching Protocols`.
+    async fn connect(
         &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Response<Incoming>, ClientError> {
+        upgrades: bool,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -118,17 +125,28 @@ impl Client {
                     socket: self.socket.clone(),
                     source,
                 })?;
-        let http = |source| ClientError::Http {
-            socket: self.socket.clone(),
-            source,
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(http)?;
+            .map_err(|e| self.http_err(e))?;
         tokio::spawn(async move {
             // Errors surface on the request future; nothing to do here.
-            let _ = conn.await;
+            if upgrades {
+                let _ = conn.with_upgrades().await;
+            } else {
+                let _ = conn.await;
+            }
         });
+        Ok(sender)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let http = |source| self.http_err(source);
+        let mut sender = self.connect(false).await?;
         let mut req = Request::builder()
             .method(method)
             .uri(format!("http://bangerd{path}"))
@@ -320,23 +338,8 @@ impl Client {
     /// protocol (`banger-agent-proto` frames) once the daemon sent `req`.
     pub async fn attach(&self, vm: &str, req: &AttachRequest) -> Result<Attached, ClientError> {
         let path = format!("{}/attach", vm_path(vm));
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-        let http = |source| ClientError::Http {
-            socket: self.socket.clone(),
-            source,
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http)?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
+        let http = |source| self.http_err(source);
+        let mut sender = self.connect(true).await?;
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode {
             what: path.clone(),
             message: e.to_string(),

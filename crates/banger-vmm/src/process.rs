@@ -27,18 +27,17 @@ fn is_zombie(pid: u32) -> bool {
 /// Whether `pid` is a live process whose command line names `socket`: the
 /// one check of "is this VM's VMM running" (a recycled pid fails it).
 pub fn vmm_alive(pid: u32, socket: &Path) -> bool {
-    let Some(cmd) = cmdline(pid) else {
-        return false;
-    };
-    !is_zombie(pid) && cmd.contains(&*socket.to_string_lossy())
+    alive_with(pid, &socket.to_string_lossy())
 }
 
-/// Whether `pid` is live and its command line contains `needle`.
+/// Whether `pid` is live and its command line contains `needle` (the
+/// command line is matched with a trailing space, so a needle may end in
+/// one to match a whole argument).
 pub fn alive_with(pid: u32, needle: &str) -> bool {
     cmdline(pid).is_some_and(|c| format!("{c} ").contains(needle)) && !is_zombie(pid)
 }
 
-/// Every live process whose command line contains `needle`.
+/// Every live process whose command line contains `needle`, lowest first.
 pub fn all_with(needle: &str) -> Vec<u32> {
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
         .into_iter()
@@ -53,7 +52,8 @@ pub fn all_with(needle: &str) -> Vec<u32> {
     pids
 }
 
-/// Kills every process whose command line contains `needle`, bounded.
+/// Kills every process whose command line contains `needle` and waits
+/// (bounded) until none is left.
 pub async fn kill_all_with(needle: &str, within: Duration) -> Result<(), VmmError> {
     let deadline = Instant::now() + within;
     loop {
@@ -78,19 +78,7 @@ pub async fn kill_all_with(needle: &str, within: Duration) -> Result<(), VmmErro
 /// while QEMU daemonizes (the parent waits for the child it forked), and
 /// after a daemon died mid-launch either may be the one left.
 pub fn all_by_socket(socket: &Path) -> Vec<u32> {
-    let needle = socket.to_string_lossy();
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let cmd = cmdline(pid)?;
-            (cmd.contains(&*needle) && !is_zombie(pid)).then_some(pid)
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
+    all_with(&socket.to_string_lossy())
 }
 
 /// The VMM of `socket` after a lost pid: the newest matching process (a
@@ -101,23 +89,7 @@ pub fn find_by_socket(socket: &Path) -> Option<u32> {
 
 /// Kills every process naming `socket` and waits until none is left.
 pub async fn kill_all(socket: &Path, within: Duration) -> Result<(), VmmError> {
-    let deadline = Instant::now() + within;
-    loop {
-        let pids = all_by_socket(socket);
-        if pids.is_empty() {
-            return Ok(());
-        }
-        for pid in &pids {
-            signal(*pid, socket, Signal::SIGKILL);
-        }
-        if Instant::now() > deadline {
-            return Err(VmmError::ExitTimeout {
-                pid: pids[0],
-                secs: within.as_secs(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    kill_all_with(&socket.to_string_lossy(), within).await
 }
 
 /// Sends `sig` to `pid` if it is still this VM's VMM.
