@@ -87,6 +87,39 @@ fn vm_run_rm_streams_stdout_and_stderr_apart_returns_the_code_and_leaves_nothing
     );
     lab.assert_no_leaks();
 
+    // Ctrl-C during the command: the remote command is stopped and --rm
+    // still deletes the VM.
+    let mut child = lab
+        .command()
+        .args([
+            "vm",
+            "run",
+            "--rm",
+            "--memory",
+            "512",
+            "--",
+            "sh",
+            "-c",
+            "echo started; exec sleep 300",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line, "started\n");
+    common::kill(child.id() as i32, nix::sys::signal::Signal::SIGINT);
+    let st = child.wait().expect("wait");
+    assert_eq!(st.code(), Some(130));
+    assert_eq!(
+        lab.ok(&["vm", "list", "--json"]).trim(),
+        "[]",
+        "--rm after Ctrl-C"
+    );
+    lab.assert_no_leaks();
+
     // A start that fails still deletes with --rm, and says why.
     let out = lab.banger(&["vm", "run", "--rm", "--kernel", "missing", "--", "true"]);
     assert_ne!(code(&out), Some(0));
