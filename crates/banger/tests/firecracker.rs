@@ -24,27 +24,40 @@ fn hardware_kvm() -> bool {
         .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")))
 }
 
-#[tokio::test]
-async fn the_real_firecracker_is_configured_started_and_stopped_through_its_api() {
+/// The Firecracker binary and the default kernel, or `None` after saying
+/// why the test cannot run here.
+fn prerequisites(what: &str) -> Option<(PathBuf, common::CachedAssets)> {
     let Some(bin) = std::env::var_os("BANGER_FIRECRACKER_BIN")
         .map(PathBuf::from)
         .filter(|p| p.is_file())
     else {
-        return skip_or_fail(
-            "firecracker test",
+        skip_or_fail(
+            what,
             "BANGER_FIRECRACKER_BIN unset (scripts/test.sh points it at ../shared/bin/firecracker)",
         );
+        return None;
     };
     if !std::path::Path::new("/dev/kvm").exists() {
-        return skip_or_fail("firecracker test", "no /dev/kvm on this host");
+        skip_or_fail(what, "no /dev/kvm on this host");
+        return None;
     }
-    let init = match guest_prereqs() {
-        Ok(i) => i,
-        Err(reason) => return skip_or_fail("firecracker test", &reason),
-    };
-    let assets = cached_default_assets(&init);
-    let env = Env::new();
-    let dir = env.dir.path();
+    match guest_prereqs() {
+        Ok(init) => Some((bin, cached_default_assets(&init))),
+        Err(reason) => {
+            skip_or_fail(what, &reason);
+            None
+        }
+    }
+}
+
+/// A one-vCPU VM of the default kernel with two empty 64 MiB disks in `dir`.
+fn launch_spec(
+    dir: &std::path::Path,
+    assets: &common::CachedAssets,
+    vm_id: &str,
+    control_socket: PathBuf,
+    vsock: PathBuf,
+) -> LaunchSpec {
     let disk = |name: &str| {
         let p = dir.join(name);
         std::fs::File::create(&p)
@@ -52,29 +65,38 @@ async fn the_real_firecracker_is_configured_started_and_stopped_through_its_api(
             .expect("disk");
         p
     };
-    let spec = LaunchSpec {
-        vm_id: "fc0123456789abcd".into(),
+    let path = |v: &serde_json::Value| v["path"].as_str().expect("path").into();
+    LaunchSpec {
+        vm_id: vm_id.into(),
         vcpus: 1,
         memory_mib: 256,
-        kernel: assets.kernel["vmlinux"]["path"]
-            .as_str()
-            .expect("vmlinux")
-            .into(),
-        initrd: Some(
-            assets.kernel["initrd"]["path"]
-                .as_str()
-                .expect("initrd")
-                .into(),
-        ),
+        kernel: path(&assets.kernel["vmlinux"]),
+        initrd: Some(path(&assets.kernel["initrd"])),
         cmdline: "console=ttyS0 root=/dev/vda rw panic=-1".into(),
         disks: vec![disk("root.img"), disk("work.img")],
         net: None,
         console_log: dir.join("console.log"),
-        control_socket: dir.join("fc.sock"),
+        control_socket,
         pid_file: dir.join("fc.pid"),
         accel: Accel::Kvm,
-        vsock: Some(dir.join("fc.vsock")),
+        vsock: Some(vsock),
+    }
+}
+
+#[tokio::test]
+async fn the_real_firecracker_is_configured_started_and_stopped_through_its_api() {
+    let Some((bin, assets)) = prerequisites("firecracker test") else {
+        return;
     };
+    let env = Env::new();
+    let dir = env.dir.path();
+    let spec = launch_spec(
+        dir,
+        &assets,
+        "fc0123456789abcd",
+        dir.join("fc.sock"),
+        dir.join("fc.vsock"),
+    );
     let fc = FirecrackerVmm { bin, jail: None };
     let t = Instant::now();
     let pid = fc
@@ -164,37 +186,27 @@ async fn the_real_firecracker_is_configured_started_and_stopped_through_its_api(
 /// process, chroot nor cgroup, and the VM's disks intact.
 #[tokio::test]
 async fn firecracker_runs_jailed_in_its_chroot_uid_and_cgroup_and_leaves_nothing() {
-    let (Some(bin), Some(jailer)) = (
-        std::env::var_os("BANGER_FIRECRACKER_BIN").map(PathBuf::from),
-        std::env::var_os("BANGER_JAILER_BIN").map(PathBuf::from),
-    ) else {
+    let Some(jailer) = std::env::var_os("BANGER_JAILER_BIN").map(PathBuf::from) else {
         return skip_or_fail(
             "jailer test",
-            "BANGER_FIRECRACKER_BIN / BANGER_JAILER_BIN unset (scripts/test.sh points them at ../shared/bin)",
+            "BANGER_JAILER_BIN unset (scripts/test.sh points it at ../shared/bin/jailer)",
         );
     };
-    if !std::path::Path::new("/dev/kvm").exists() {
-        return skip_or_fail("jailer test", "no /dev/kvm on this host");
-    }
-    let init = match guest_prereqs() {
-        Ok(i) => i,
-        Err(reason) => return skip_or_fail("jailer test", &reason),
+    let Some((bin, assets)) = prerequisites("jailer test") else {
+        return;
     };
-    let assets = cached_default_assets(&init);
     let env = Env::new();
     let dir = env.dir.path();
-    let disks: Vec<PathBuf> = ["root.ext4", "work.ext4"]
-        .iter()
-        .map(|n| {
-            let p = dir.join(n);
-            std::fs::File::create(&p)
-                .and_then(|f| f.set_len(64 << 20))
-                .expect("disk");
-            p
-        })
-        .collect();
     let vm_id = "0123456789abcdef";
     std::fs::create_dir_all(dir.join("run")).expect("run dir");
+    let spec = launch_spec(
+        dir,
+        &assets,
+        vm_id,
+        dir.join(format!("run/{vm_id}.sock")),
+        dir.join(format!("run/{vm_id}.vsock")),
+    );
+    let disks = spec.disks.clone();
     let cgroup_root = PathBuf::from("/sys/fs/cgroup");
     let jail = JailConfig {
         jailer,
@@ -204,29 +216,6 @@ async fn firecracker_runs_jailed_in_its_chroot_uid_and_cgroup_and_leaves_nothing
         cgroup_version: CgroupVersion::detect(&cgroup_root),
         cgroups: vec!["pids.max=64".into()],
         cgroup_root,
-    };
-    let spec = LaunchSpec {
-        vm_id: vm_id.into(),
-        vcpus: 1,
-        memory_mib: 256,
-        kernel: assets.kernel["vmlinux"]["path"]
-            .as_str()
-            .expect("vmlinux")
-            .into(),
-        initrd: Some(
-            assets.kernel["initrd"]["path"]
-                .as_str()
-                .expect("initrd")
-                .into(),
-        ),
-        cmdline: "console=ttyS0 root=/dev/vda rw panic=-1".into(),
-        disks: disks.clone(),
-        net: None,
-        console_log: dir.join("console.log"),
-        control_socket: dir.join(format!("run/{vm_id}.sock")),
-        pid_file: dir.join("fc.pid"),
-        accel: Accel::Kvm,
-        vsock: Some(dir.join(format!("run/{vm_id}.vsock"))),
     };
     let fc = FirecrackerVmm {
         bin,
