@@ -675,7 +675,15 @@ impl Core {
                 };
                 match self.kernel_add(req, progress).await {
                     Ok(_) | Err(CoreError::AssetNameTaken { .. }) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        return Err(first_use_failed(
+                            "kernel",
+                            &format!(
+                                "it is fetched with apt-get from the host's apt sources: check that they are reachable, or import one with `banger kernel import {DEFAULT_ASSET} --vmlinux FILE [--initrd FILE]`"
+                            ),
+                            e,
+                        ));
+                    }
                 }
             }
             Err(e) => return Err(e),
@@ -693,11 +701,29 @@ impl Core {
                 };
                 match self.image_build(req, progress).await {
                     Ok(_) | Err(CoreError::AssetNameTaken { .. }) => Ok(()),
-                    Err(e) => Err(e),
+                    Err(e) => Err(first_use_failed(
+                        "image",
+                        &format!(
+                            "it is built with debootstrap from {}: check that it is reachable (assets.debian_mirror), or import one with `banger image import {DEFAULT_ASSET} --rootfs FILE.ext4`",
+                            self.config().assets.debian_mirror
+                        ),
+                        e,
+                    )),
                 }
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// A failed first-use build, with what the user can do about it. Refusals
+/// that already say what to do (a lock, a shutdown) pass through.
+fn first_use_failed(kind: &str, hint: &str, e: CoreError) -> CoreError {
+    match e {
+        CoreError::AssetBuild(m) | CoreError::Host(m) => CoreError::AssetBuild(format!(
+            "building the default {kind} on first use failed: {m}\n{hint}"
+        )),
+        other => other,
     }
 }
 

@@ -510,3 +510,37 @@ fn disk_full_mid_import_leaves_no_partial_asset() {
     ]);
     env.ok(&["daemon", "stop"]);
 }
+
+#[test]
+fn a_first_use_build_that_cannot_fetch_says_what_to_do_and_records_nothing() {
+    let env = Env::new();
+    write_init(&env);
+    // An apt-get that cannot reach its sources, as on a host offline.
+    let apt = env.dir.path().join("offline-apt-get");
+    std::fs::write(
+        &apt,
+        "#!/bin/sh\necho \"E: Failed to fetch: Temporary failure resolving 'deb.debian.org'\" >&2\nexit 100\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&apt, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = env
+        .command(common::BANGER)
+        .env("BANGER_AUTO_PROVISION", "true")
+        .env("BANGER_APT_GET_BIN", &apt)
+        .args(["vm", "create", "--name", "offline"])
+        .output()
+        .expect("banger");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("building the default kernel on first use failed")
+            && err.contains("Temporary failure resolving")
+            && err.contains("banger kernel import default"),
+        "{err}"
+    );
+    assert_eq!(
+        env.json(&["kernel", "list", "--json"]),
+        serde_json::json!([])
+    );
+    assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]));
+}
