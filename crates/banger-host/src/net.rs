@@ -55,7 +55,10 @@ pub trait NetOps: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Netlink;
 
-fn link_err<'a>(op: &'static str, link: &'a str) -> impl FnOnce(rtnetlink::Error) -> NetError + 'a {
+fn link_err<'a, E: std::fmt::Display>(
+    op: &'static str,
+    link: &'a str,
+) -> impl FnOnce(E) -> NetError + 'a {
     move |e| NetError::Link {
         op,
         link: link.to_owned(),
@@ -148,11 +151,7 @@ impl NetOps for Netlink {
         bridge: &str,
         owner: Option<(u32, u32)>,
     ) -> Result<(), NetError> {
-        tap::create_persistent(name, owner).map_err(|e| NetError::Link {
-            op: "creating tap",
-            link: name.to_owned(),
-            message: e.to_string(),
-        })?;
+        tap::create_persistent(name, owner).map_err(link_err("creating tap", name))?;
         let h = connect().await?;
         let br = index_of(&h, bridge).await?.ok_or_else(|| NetError::Link {
             op: "attaching to bridge",
@@ -174,11 +173,7 @@ impl NetOps for Netlink {
     async fn open_tap(&self, name: &str) -> Result<Option<std::os::fd::OwnedFd>, NetError> {
         tap::open(name)
             .map(|f| Some(std::os::fd::OwnedFd::from(f)))
-            .map_err(|e| NetError::Link {
-                op: "opening tap",
-                link: name.to_owned(),
-                message: e.to_string(),
-            })
+            .map_err(link_err("opening tap", name))
     }
 
     async fn delete_link(&self, name: &str) -> Result<(), NetError> {
@@ -238,31 +233,8 @@ mod tap {
     nix::ioctl_write_int_bad!(tun_set_owner, 0x4004_54cc);
     nix::ioctl_write_int_bad!(tun_set_group, 0x4004_54ce);
 
-    /// A descriptor attached to the existing tap `name`.
-    pub fn open(name: &str) -> std::io::Result<std::fs::File> {
-        let tun = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")?;
-        let mut req = IfReq {
-            name: [0; 16],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
-            _pad: [0; 22],
-        };
-        if name.is_empty() || name.len() > 15 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{name:?} is not a valid interface name"),
-            ));
-        }
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: as in `create_persistent`: a live tun descriptor and a
-        // well-formed `ifreq` the kernel only reads.
-        unsafe { tun_set_iff(tun.as_raw_fd(), &req) }?;
-        Ok(tun)
-    }
-
-    pub fn create_persistent(name: &str, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    /// `/dev/net/tun` bound to tap `name` (made if it does not exist).
+    fn attach(name: &str, flags: i16) -> std::io::Result<std::fs::File> {
         if name.is_empty()
             || name.len() > 15
             || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -278,7 +250,7 @@ mod tap {
             .open("/dev/net/tun")?;
         let mut req = IfReq {
             name: [0; 16],
-            flags: IFF_TAP | IFF_NO_PI,
+            flags,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -286,6 +258,16 @@ mod tap {
         // call, and `req` is a properly sized, NUL-terminated `ifreq` the
         // kernel only reads from.
         unsafe { tun_set_iff(tun.as_raw_fd(), &req) }?;
+        Ok(tun)
+    }
+
+    /// A descriptor attached to the existing tap `name`.
+    pub fn open(name: &str) -> std::io::Result<std::fs::File> {
+        attach(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+    }
+
+    pub fn create_persistent(name: &str, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+        let tun = attach(name, IFF_TAP | IFF_NO_PI)?;
         // SAFETY: the same descriptor, now bound to the tap; the argument
         // is a plain integer flag.
         unsafe { tun_set_persist(tun.as_raw_fd(), 1) }?;
