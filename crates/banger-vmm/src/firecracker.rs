@@ -210,15 +210,14 @@ impl FirecrackerVmm {
             .await
     }
 
-    /// The jail id of a jailed VM: the VM id, which also names its
-    /// control socket (`<runtime>/vms/<id>.sock`).
-    fn jail_id(socket: &Path) -> Option<String> {
-        socket.file_stem().map(|s| s.to_string_lossy().into_owned())
-    }
-
-    /// A jailed Firecracker's command line: `/firecracker --id <id> ...`.
-    fn jailed_needle(socket: &Path) -> Option<String> {
-        Self::jail_id(socket).map(|id| format!(" --id {id} "))
+    /// What names this VM's process in its command line: the control
+    /// socket path, or for a jailed VM (whose command line has chroot
+    /// paths) ` --id <vm id> `, the VM id being the control socket's stem.
+    fn identity(&self, socket: &Path) -> String {
+        match (&self.jail, socket.file_stem()) {
+            (Some(_), Some(id)) => format!(" --id {} ", id.to_string_lossy()),
+            _ => socket.to_string_lossy().into_owned(),
+        }
     }
 }
 
@@ -331,35 +330,17 @@ impl Vmm for FirecrackerVmm {
     }
 
     fn alive(&self, pid: u32, socket: &Path) -> bool {
-        match (&self.jail, Self::jailed_needle(socket)) {
-            (Some(_), Some(needle)) => process::alive_with(pid, &needle),
-            _ => process::vmm_alive(pid, socket),
-        }
+        process::alive_with(pid, &self.identity(socket))
     }
 
     fn find(&self, socket: &Path) -> Option<u32> {
-        match (&self.jail, Self::jailed_needle(socket)) {
-            (Some(_), Some(needle)) => process::all_with(&needle).into_iter().max(),
-            _ => process::find_by_socket(socket),
-        }
+        process::all_with(&self.identity(socket)).into_iter().max()
     }
 
     async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
-        match (&self.jail, Self::jailed_needle(socket)) {
-            (Some(_), Some(needle)) => {
-                if process::alive_with(pid, &needle) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                process::kill_all_with(&needle, Duration::from_secs(10)).await
-            }
-            _ => {
-                process::signal(pid, socket, nix::sys::signal::Signal::SIGKILL);
-                process::kill_all(socket, Duration::from_secs(10)).await
-            }
-        }
+        let id = self.identity(socket);
+        process::signal_with(pid, &id, nix::sys::signal::Signal::SIGKILL);
+        process::kill_all_with(&id, Duration::from_secs(10)).await
     }
 
     /// Removes the jail (chroot and cgroups) once the process is gone.

@@ -94,10 +94,12 @@ pub async fn kill_all(socket: &Path, within: Duration) -> Result<(), VmmError> {
 
 /// Sends `sig` to `pid` if it is still this VM's VMM.
 pub fn signal(pid: u32, socket: &Path, sig: Signal) -> bool {
-    if !vmm_alive(pid, socket) {
-        return false;
-    }
-    i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), sig).is_ok())
+    signal_with(pid, &socket.to_string_lossy(), sig)
+}
+
+/// Signals `pid` only if its command line still contains `needle`.
+pub fn signal_with(pid: u32, needle: &str, sig: Signal) -> bool {
+    alive_with(pid, needle) && i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), sig).is_ok())
 }
 
 /// Waits until the VMM is gone.
