@@ -161,19 +161,24 @@ impl Core {
         }
     }
 
-    async fn ping(&self, vm: &VmRecord) -> Result<(), CoreError> {
+    /// One control request the agent acknowledges with a pong.
+    async fn acknowledged(&self, vm: &VmRecord, msg: Message, what: &str) -> Result<(), CoreError> {
         let mut s = self.agent_connect(vm).await?;
         let answer = tokio::time::timeout(ATTEMPT, async {
-            send(&mut s, &Message::Ping).await?;
+            send(&mut s, &msg).await?;
             read_frame(&mut s).await
         })
         .await
-        .map_err(|_| agent_err(vm, "no pong within 5s"))?
+        .map_err(|_| agent_err(vm, format!("no answer to {what} within 5s")))?
         .map_err(|e| agent_err(vm, e))?;
         match answer {
             Some(Frame::Control(Message::Pong)) => Ok(()),
-            other => Err(agent_err(vm, format!("expected a pong, got {other:?}"))),
+            other => Err(agent_err(vm, format!("{what} answered with {other:?}"))),
         }
+    }
+
+    async fn ping(&self, vm: &VmRecord) -> Result<(), CoreError> {
+        self.acknowledged(vm, Message::Ping, "ping").await
     }
 
     /// Asks the guest to shut itself down; `Ok` once the agent took it.
@@ -182,18 +187,8 @@ impl Core {
         vm: &VmRecord,
         reboot: bool,
     ) -> Result<(), CoreError> {
-        let mut s = self.agent_connect(vm).await?;
-        tokio::time::timeout(ATTEMPT, async {
-            send(&mut s, &Message::PowerOff { reboot }).await?;
-            read_frame(&mut s).await
-        })
-        .await
-        .map_err(|_| agent_err(vm, "no answer to power off within 5s"))?
-        .map_err(|e| agent_err(vm, e))
-        .and_then(|f| match f {
-            Some(Frame::Control(Message::Pong)) => Ok(()),
-            other => Err(agent_err(vm, format!("power off answered with {other:?}"))),
-        })
+        self.acknowledged(vm, Message::PowerOff { reboot }, "power off")
+            .await
     }
 
     /// Runs a short command and returns its exit code and stdout.
