@@ -120,13 +120,33 @@ impl Core {
             .is_some_and(|s| vmm.alive(pid, Path::new(s)))
     }
 
-    /// The VM's tap as cleanup would find it: memory, then the runtime
-    /// mirror, then the name derived from the id.
+    /// The VM's handles from the best source left: memory first; the
+    /// scratch file when memory was lost; the runtime mirror for whatever
+    /// both miss. A corrupt scratch file is not a failure: the mirror and
+    /// the derivable names cover it.
+    fn recovered_handles(&self, vm: &VmRecord) -> VmHandles {
+        match self.handles().get(&vm.id) {
+            Some(h) => h,
+            None => vm
+                .runtime
+                .vm_dir
+                .as_deref()
+                .and_then(|d| {
+                    read_scratch(Path::new(d)).unwrap_or_else(|e| {
+                        tracing::warn!(vm_id = %vm.id, error = %e, "unreadable handles; using the runtime mirror");
+                        None
+                    })
+                })
+                .unwrap_or_default(),
+        }
+        .or_mirror(&vm.runtime.teardown)
+    }
+
+    /// The VM's tap as cleanup finds it: recovered handles, else the name
+    /// derived from the id.
     pub(crate) fn vm_tap(&self, vm: &VmRecord) -> String {
-        self.handles()
-            .get(&vm.id)
-            .and_then(|h| h.tap)
-            .or_else(|| vm.runtime.teardown.tap.clone())
+        self.recovered_handles(vm)
+            .tap
             .unwrap_or_else(|| tap_name(&vm.id))
     }
 
@@ -486,24 +506,7 @@ impl Core {
         keep_disks: bool,
     ) -> Result<(), CoreError> {
         let mut errors: Vec<String> = Vec::new();
-        // Memory first; the scratch file when memory was lost; the runtime
-        // mirror for whatever both miss. A corrupt scratch file is not a
-        // cleanup failure: the mirror and the derivable names cover it.
-        let handles = match self.handles().get(&vm.id) {
-            Some(h) => h,
-            None => vm
-                .runtime
-                .vm_dir
-                .as_deref()
-                .and_then(|d| {
-                    read_scratch(Path::new(d)).unwrap_or_else(|e| {
-                        tracing::warn!(vm_id = %vm.id, error = %e, "unreadable handles; using the runtime mirror");
-                        None
-                    })
-                })
-                .unwrap_or_default(),
-        }
-        .or_mirror(&vm.runtime.teardown);
+        let handles = self.recovered_handles(vm);
         let socket = vm.runtime.api_socket.clone().map(PathBuf::from);
 
         // 1. The VMM process.
