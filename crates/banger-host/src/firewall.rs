@@ -52,6 +52,23 @@ fn tag(tap: &str) -> String {
     format!("banger {tap}")
 }
 
+/// The comment of the one rule that is not a VM's.
+const DEFAULT_DROP: &str = "banger default: no nat, no way out";
+
+/// Deletes, by handle, every rule of `listing` tagged for `tap`.
+fn delete_rules_of(listing: &[(u32, String, String)], tap: &str) -> Vec<Value> {
+    let mine = tag(tap);
+    listing
+        .iter()
+        .filter(|(_, _, c)| *c == mine)
+        .map(|(handle, chain, _)| {
+            json!({ "delete": { "rule": {
+                "family": "ip", "table": TABLE, "chain": chain, "handle": handle, "expr": [],
+            } } })
+        })
+        .collect()
+}
+
 /// What the NAT capability needs from the host.
 #[async_trait]
 pub trait Firewall: Send + Sync + std::fmt::Debug {
@@ -137,7 +154,7 @@ pub fn table_commands(bridge: &str, uplink: &str, with_drop: bool) -> Vec<Value>
                 { "match": { "op": "==", "left": { "meta": { "key": "oifname" } }, "right": uplink } },
                 { "drop": null },
             ],
-            "comment": "banger default: no nat, no way out",
+            "comment": DEFAULT_DROP,
         } } }));
     }
     cmds
@@ -243,16 +260,10 @@ impl Firewall for Nft {
             &rule.uplink,
             !existing
                 .as_ref()
-                .is_some_and(|r| r.iter().any(|(_, _, c)| c.starts_with("banger default"))),
+                .is_some_and(|r| r.iter().any(|(_, _, c)| c == DEFAULT_DROP)),
         );
-        for (handle, chain, _) in existing
-            .iter()
-            .flatten()
-            .filter(|(_, _, c)| *c == tag(&rule.tap))
-        {
-            cmds.push(json!({ "delete": { "rule": {
-                "family": "ip", "table": TABLE, "chain": chain, "handle": handle, "expr": [],
-            } } }));
+        if let Some(listing) = &existing {
+            cmds.extend(delete_rules_of(listing, &rule.tap));
         }
         cmds.extend(nat_commands(rule));
         self.apply(cmds).await?;
@@ -268,15 +279,7 @@ impl Firewall for Nft {
             .iter()
             .any(|(_, _, c)| c.starts_with("banger bg-") && *c != mine);
         let cmds: Vec<Value> = if others {
-            existing
-                .iter()
-                .filter(|(_, _, c)| *c == mine)
-                .map(|(handle, chain, _)| {
-                    json!({ "delete": { "rule": {
-                        "family": "ip", "table": TABLE, "chain": chain, "handle": handle, "expr": [],
-                    } } })
-                })
-                .collect()
+            delete_rules_of(&existing, tap)
         } else {
             vec![json!({ "delete": { "table": { "family": "ip", "name": TABLE } } })]
         };
