@@ -94,8 +94,26 @@ pub struct Policy {
     pub daemon_uid: u32,
 }
 
-fn refuse(msg: impl Into<String>) -> Result<(), HelperError> {
+fn refuse<T>(msg: impl Into<String>) -> Result<T, HelperError> {
     Err(HelperError::Refused(msg.into()))
+}
+
+/// The shape of every tap banger makes, `bg-<12 lowercase hex>` (the VM
+/// id's start); returns the hex part.
+fn tap_shape(name: &str) -> Result<&str, HelperError> {
+    match name.strip_prefix("bg-") {
+        Some(hex)
+            if hex.len() == 12
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) =>
+        {
+            Ok(hex)
+        }
+        _ => refuse(format!(
+            "{name:?} is not a banger tap (bg-<12 hex digits of a vm id>)"
+        )),
+    }
 }
 
 /// A plain interface name: 1-15 of `[A-Za-z0-9_.-]`, not `.`/`..`.
@@ -127,16 +145,7 @@ impl Policy {
 
     /// `bg-<12 hex>` of a VM whose directory exists.
     fn tap(&self, name: &str) -> Result<(), HelperError> {
-        let Some(hex) = name.strip_prefix("bg-") else {
-            return refuse(format!("{name:?} is not a banger tap (bg-<vm id>)"));
-        };
-        if hex.len() != 12
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        {
-            return refuse(format!("{name:?} is not a banger tap (bg-<12 hex digits>)"));
-        }
+        let hex = tap_shape(name)?;
         let vms = self.state_dir.join("vms");
         let known = std::fs::read_dir(&vms)
             .into_iter()
@@ -198,17 +207,12 @@ impl Policy {
                 }
             }
             HelperRequest::OpenTap { name } => self.tap(name),
+            // Teardown: the VM dir may already be gone (only if something
+            // else failed); the name's shape is the guard, never another
+            // program's interface.
             HelperRequest::DeleteLink { name } => {
                 plain_ifname("link", name)?;
-                // Deleting is teardown: the VM dir may already be gone only
-                // if something else failed; the name shape is the guard
-                // (never another program's interface).
-                if let Some(hex) = name.strip_prefix("bg-") {
-                    if hex.len() == 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Ok(());
-                    }
-                }
-                refuse(format!("{name:?} is not a banger tap"))
+                tap_shape(name).map(drop)
             }
             HelperRequest::AddNat {
                 tap,
@@ -223,11 +227,7 @@ impl Policy {
             }
             HelperRequest::RemoveNat { tap } => {
                 plain_ifname("tap", tap)?;
-                if tap.starts_with("bg-") {
-                    Ok(())
-                } else {
-                    refuse(format!("{tap:?} is not a banger tap"))
-                }
+                tap_shape(tap).map(drop)
             }
             HelperRequest::ListLinks | HelperRequest::NatTaps | HelperRequest::DefaultUplink => {
                 Ok(())
@@ -251,81 +251,41 @@ impl HelperServer {
             tracing::warn!(?req, error = %e, "helper refused a request");
             return HelperResponse::Error(e.to_string());
         }
-        let done: Result<serde_json::Value, String> = match req {
+        match req {
             HelperRequest::EnsureBridge {
                 name,
                 ip,
                 prefix_len,
-            } => self
-                .net
-                .ensure_bridge(&name, ip, prefix_len)
-                .await
-                .map(|()| serde_json::Value::Null)
-                .map_err(|e| e.to_string()),
+            } => reply(self.net.ensure_bridge(&name, ip, prefix_len).await),
             HelperRequest::CreateTap {
                 name,
                 bridge,
                 owner,
-            } => self
-                .net
-                .create_tap(&name, &bridge, owner)
-                .await
-                .map(|()| serde_json::Value::Null)
-                .map_err(|e| e.to_string()),
-            HelperRequest::DeleteLink { name } => self
-                .net
-                .delete_link(&name)
-                .await
-                .map(|()| serde_json::Value::Null)
-                .map_err(|e| e.to_string()),
+            } => reply(self.net.create_tap(&name, &bridge, owner).await),
+            HelperRequest::DeleteLink { name } => reply(self.net.delete_link(&name).await),
             // Sent with its descriptor by `connection`.
             HelperRequest::OpenTap { .. } => {
-                Err("open_tap needs a socket to pass the descriptor on".into())
+                HelperResponse::Error("open_tap needs a socket to pass the descriptor on".into())
             }
-            HelperRequest::ListLinks => self
-                .net
-                .list_links()
-                .await
-                .map(|l| serde_json::json!(l))
-                .map_err(|e| e.to_string()),
+            HelperRequest::ListLinks => reply(self.net.list_links().await),
             HelperRequest::AddNat {
                 tap,
                 guest_ip,
                 bridge,
                 uplink,
-            } => self
-                .firewall
-                .add_nat(&NatRule {
-                    tap,
-                    guest_ip,
-                    bridge,
-                    uplink,
-                })
-                .await
-                .map(|()| serde_json::Value::Null)
-                .map_err(|e| e.to_string()),
-            HelperRequest::RemoveNat { tap } => self
-                .firewall
-                .remove_nat(&tap)
-                .await
-                .map(|()| serde_json::Value::Null)
-                .map_err(|e| e.to_string()),
-            HelperRequest::NatTaps => self
-                .firewall
-                .nat_taps()
-                .await
-                .map(|t| serde_json::json!(t))
-                .map_err(|e| e.to_string()),
-            HelperRequest::DefaultUplink => self
-                .firewall
-                .default_uplink()
-                .await
-                .map(|u| serde_json::json!(u))
-                .map_err(|e| e.to_string()),
-        };
-        match done {
-            Ok(v) => HelperResponse::Ok(v),
-            Err(e) => HelperResponse::Error(e),
+            } => reply(
+                self.firewall
+                    .add_nat(&NatRule {
+                        tap,
+                        guest_ip,
+                        bridge,
+                        uplink,
+                    })
+                    .await,
+            ),
+            HelperRequest::RemoveNat { tap } => reply(self.firewall.remove_nat(&tap).await),
+            HelperRequest::NatTaps => reply(self.firewall.nat_taps().await),
+            HelperRequest::DefaultUplink => reply(self.firewall.default_uplink().await),
         }
     }
 
@@ -403,6 +363,15 @@ impl HelperServer {
             }
         }
         Ok(())
+    }
+}
+
+/// An operation's outcome on the wire (`()` is `null`).
+fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> HelperResponse {
+    match r.map(|v| serde_json::to_value(v)) {
+        Ok(Ok(v)) => HelperResponse::Ok(v),
+        Ok(Err(e)) => HelperResponse::Error(e.to_string()),
+        Err(e) => HelperResponse::Error(e.to_string()),
     }
 }
 
