@@ -123,17 +123,22 @@ where
 }
 
 /// The end of a request: `Exit` for success, `Error` with the reason.
+/// Waits for an archive job (`what`: pack or unpack) and reports it.
 async fn finish<W: AsyncWrite + Unpin>(
     w: &mut W,
-    result: Result<(), ArchiveError>,
+    job: tokio::task::JoinHandle<Result<(), ArchiveError>>,
+    what: &str,
 ) -> Result<(), AgentError> {
-    let msg = match result {
-        Ok(()) => Message::Exit {
+    let msg = match job.await {
+        Ok(Ok(())) => Message::Exit {
             code: Some(0),
             signal: None,
         },
-        Err(e) => Message::Error {
+        Ok(Err(e)) => Message::Error {
             message: e.to_string(),
+        },
+        Err(e) => Message::Error {
+            message: format!("{what}: {e}"),
         },
     };
     send(w, &msg).await?;
@@ -164,13 +169,7 @@ async fn put<S: AsyncRead + AsyncWrite>(
         }
     }
     drop(tx);
-    let result = job.await.unwrap_or_else(|e| {
-        Err(ArchiveError::Io {
-            path: "unpack".into(),
-            source: std::io::Error::other(e),
-        })
-    });
-    finish(&mut w, result).await
+    finish(&mut w, job, "unpack").await
 }
 
 async fn get<S: AsyncRead + AsyncWrite>(
@@ -181,13 +180,7 @@ async fn get<S: AsyncRead + AsyncWrite>(
     while let Some(chunk) = rx.recv().await {
         write_frame(&mut w, Kind::Stdout, &chunk).await?;
     }
-    let result = job.await.unwrap_or_else(|e| {
-        Err(ArchiveError::Io {
-            path: "pack".into(),
-            source: std::io::Error::other(e),
-        })
-    });
-    finish(&mut w, result).await
+    finish(&mut w, job, "pack").await
 }
 
 /// Exit status to the wire.
