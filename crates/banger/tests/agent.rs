@@ -89,29 +89,7 @@ fn vm_run_rm_streams_stdout_and_stderr_apart_returns_the_code_and_leaves_nothing
 
     // Ctrl-C during the command: the remote command is stopped and --rm
     // still deletes the VM.
-    let mut child = lab
-        .command()
-        .args([
-            "vm",
-            "run",
-            "--rm",
-            "--memory",
-            "512",
-            "--",
-            "sh",
-            "-c",
-            "echo started; exec sleep 300",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert_eq!(line, "started\n");
-    common::kill(child.id() as i32, nix::sys::signal::Signal::SIGINT);
-    let st = child.wait().expect("wait");
+    let st = interrupt_once_started(&lab, &["vm", "run", "--rm", "--memory", "512", "--"]);
     assert_eq!(st.code(), Some(130));
     assert_eq!(
         lab.ok(&["vm", "list", "--json"]).trim(),
@@ -130,6 +108,26 @@ fn vm_run_rm_streams_stdout_and_stderr_apart_returns_the_code_and_leaves_nothing
     );
     assert_eq!(lab.ok(&["vm", "list", "--json"]).trim(), "[]");
     lab.ok(&["daemon", "stop"]);
+}
+
+/// Runs `banger ARGS sh -c 'echo started; exec sleep 300'`, presses
+/// Ctrl-C once the remote command runs, and returns how banger exited.
+/// (`ip netns exec` execs banger: the child's pid is banger's.)
+fn interrupt_once_started(lab: &Lab, args: &[&str]) -> std::process::ExitStatus {
+    let mut child = lab
+        .command()
+        .args(args)
+        .args(["sh", "-c", "echo started; exec sleep 300"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line, "started\n");
+    common::kill(child.id() as i32, nix::sys::signal::Signal::SIGINT);
+    child.wait().expect("wait")
 }
 
 /// tmux on a private socket, killed however the test ends.
@@ -310,28 +308,7 @@ fn a_named_vm_runs_exec_cp_ssh_and_a_terminal() {
     );
 
     // Ctrl-C on the client stops the remote command.
-    let mut child = lab
-        .command()
-        .args([
-            "vm",
-            "exec",
-            "h1",
-            "--",
-            "sh",
-            "-c",
-            "echo started; exec sleep 300",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert_eq!(line, "started\n");
-    // `ip netns exec` execs banger: the child pid is banger's.
-    common::kill(child.id() as i32, nix::sys::signal::Signal::SIGINT);
-    let st = child.wait().expect("wait");
+    let st = interrupt_once_started(&lab, &["vm", "exec", "h1", "--"]);
     assert_eq!(st.code(), Some(130), "SIGINT reached the remote sleep");
     let o = lab.banger(&["vm", "exec", "h1", "--", "pgrep", "-x", "sleep"]);
     assert_eq!(code(&o), Some(1), "no sleep left: {}", text(&o.stdout));
