@@ -171,9 +171,23 @@ impl NetOps for Netlink {
     }
 
     async fn open_tap(&self, name: &str) -> Result<Option<std::os::fd::OwnedFd>, NetError> {
-        tap::open(name)
-            .map(|f| Some(std::os::fd::OwnedFd::from(f)))
-            .map_err(link_err("opening tap", name))
+        // A single-queue tap takes one descriptor at a time (EBUSY beyond).
+        // The one that created it is closed, but a concurrent start's
+        // fork may still hold a copy until its exec closes it: wait that
+        // moment out, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match tap::open(name) {
+                Ok(f) => return Ok(Some(std::os::fd::OwnedFd::from(f))),
+                Err(e)
+                    if e.raw_os_error() == Some(nix::libc::EBUSY)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(link_err("opening tap", name)(e)),
+            }
+        }
     }
 
     async fn delete_link(&self, name: &str) -> Result<(), NetError> {

@@ -484,7 +484,10 @@ pub fn vmm_pids(needle: &str) -> Vec<i32> {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let cmd = String::from_utf8_lossy(&cmd);
-            let vmm = cmd.contains("qemu-system") || cmd.contains("firecracker");
+            // QEMU's per-VM vsock backend counts: it must die with its VM.
+            let vmm = cmd.contains("qemu-system")
+                || cmd.contains("firecracker")
+                || cmd.contains("vhost-device-vsock");
             (vmm && cmd.contains(needle)).then_some(pid)
         })
         .collect()
