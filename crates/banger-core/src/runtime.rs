@@ -1424,6 +1424,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn jails_are_recorded_before_launch_and_released_by_reconcile_and_delete() {
+        let f = fixture();
+        *f.vmm.jail_base.lock().expect("lock") = Some(PathBuf::from("/jails"));
+        let kept = create_and_start(&f, "kept").await;
+        let gone = create_and_start(&f, "gone").await;
+        let releases = || -> Vec<String> {
+            f.vmm
+                .recorded()
+                .into_iter()
+                .filter(|c| c.starts_with("release"))
+                .collect()
+        };
+        assert!(releases().is_empty(), "a started vm keeps its jail");
+        // The jail root is on the record, in the scratch mirror too.
+        let dir = PathBuf::from(gone.runtime.vm_dir.clone().expect("dir"));
+        let mirror = std::fs::read_to_string(scratch_path(&dir)).expect("mirror");
+        assert!(mirror.contains(&format!("/jails/{}", gone.id)), "{mirror}");
+        // Daemon (and helper) die; one VMM dies with them.
+        for v in [&kept, &gone] {
+            f.core.handles().adopt(&v.id, VmHandles::default());
+        }
+        let sock = |v: &VmRecord| PathBuf::from(v.runtime.api_socket.clone().expect("sock"));
+        f.vmm.crash(f.vmm.find(&sock(&gone)).expect("pid"));
+        f.core.reconcile().await.expect("reconcile");
+        assert_eq!(
+            releases(),
+            [format!("release {} /jails/{}", gone.id, gone.id)],
+            "the dead vm's jail goes, the live one's stays"
+        );
+        let k = f.core.find_vm("kept").await.expect("kept");
+        assert_eq!(k.state, VmState::Running);
+        vm(&f.core, Command::VmKill { vm: "kept".into() }).await;
+        vm(&f.core, Command::VmDelete { vm: "kept".into() }).await;
+        assert_eq!(
+            releases().last().map(String::as_str),
+            Some(format!("release {} /jails/{}", kept.id, kept.id).as_str())
+        );
+    }
+
+    #[tokio::test]
     async fn concurrent_starts_get_distinct_addresses_and_delete_releases_everything() {
         let f = fixture();
         let mut tasks = Vec::new();

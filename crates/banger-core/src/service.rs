@@ -112,6 +112,7 @@ impl Core {
         let inputs = DoctorInputs {
             helper_socket: self.config.helper_socket.clone(),
             euid: nix::unistd::geteuid().as_raw(),
+            jailer_enabled: self.config.jailer.enabled,
             vsock_backend: self.config.vmm.vsock_backend.clone(),
             guest_agent: self.config.guest.agent.clone(),
             firecracker: self.config.vmm.firecracker.clone(),

@@ -12,11 +12,14 @@ use banger_host::disk::HostDisks;
 use banger_host::dns::DnsServer;
 use banger_host::firewall::Nft;
 use banger_host::helper::{HelperClient, HelperServer, Policy};
+use banger_host::jail::{
+    CgroupVersion, Confinement, Jail, JailConfig, JailOps, LocalJail, check_trusted_dir,
+    resolve_user,
+};
 use banger_host::net::Netlink;
 use banger_store::{Store, StoreError};
 use banger_vmm::QemuVmm;
 use banger_vmm::firecracker::FirecrackerVmm;
-use banger_vmm::jail::{CgroupVersion, JailConfig, resolve_user};
 use banger_vmm::qemu::{QemuCommand, host_tsc_khz};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -96,6 +99,7 @@ pub async fn run_helper(config: Config, daemon_uid: u32) -> Result<(), DaemonErr
         .map_err(listen_err)?;
     nix::unistd::chown(&socket, Some(nix::unistd::Uid::from_raw(daemon_uid)), None)
         .map_err(|e| listen_err(std::io::Error::from(e)))?;
+    let jail = helper_jail(&config, daemon_uid);
     let server = Arc::new(HelperServer {
         policy: Policy {
             bridge: config.network.bridge.clone(),
@@ -109,6 +113,7 @@ pub async fn run_helper(config: Config, daemon_uid: u32) -> Result<(), DaemonErr
             bin: "nft".into(),
             forwarding_marker: config.runtime_dir.join("nat-forwarding"),
         }),
+        jail,
     });
     tracing::info!(socket = %socket.display(), daemon_uid, "banger-helper listening");
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
@@ -122,25 +127,85 @@ pub async fn run_helper(config: Config, daemon_uid: u32) -> Result<(), DaemonErr
     Ok(())
 }
 
+fn jail_settings(config: &Config, uid: u32, gid: u32) -> JailConfig {
+    let cgroup_root = PathBuf::from("/sys/fs/cgroup");
+    JailConfig {
+        jailer: config.vmm.jailer.clone(),
+        chroot_base: config.jailer.chroot_base.clone(),
+        uid,
+        gid,
+        cgroup_version: CgroupVersion::detect(&cgroup_root),
+        cgroups: vec![format!("pids.max={}", config.jailer.pids_max)],
+        cgroup_root,
+    }
+}
+
+/// The helper jails for the daemon's uid, confined to its state dir; the
+/// jailer, firecracker and chroot base are the helper's configuration.
+fn helper_jail(config: &Config, daemon_uid: u32) -> Option<Arc<dyn JailOps>> {
+    if !config.jailer.enabled || daemon_uid == 0 {
+        tracing::info!("not jailing: jailer disabled, or a root daemon jails by itself");
+        return None;
+    }
+    let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(daemon_uid))
+        .ok()
+        .flatten()
+        .map_or(daemon_uid, |u| u.gid.as_raw());
+    let base = &config.jailer.chroot_base;
+    if let Err(e) = std::fs::create_dir_all(base)
+        .map_err(|e| e.to_string())
+        .and_then(|()| check_trusted_dir(base).map_err(|e| e.to_string()))
+    {
+        // Refused again at every stage, with the same words.
+        tracing::error!(error = %e, "firecracker jails cannot be staged until this is fixed");
+    }
+    Some(Arc::new(LocalJail {
+        config: jail_settings(config, daemon_uid, gid),
+        firecracker: config.vmm.firecracker.clone(),
+        confine: Some(Confinement {
+            state_dir: config.state_dir.clone(),
+            owner: daemon_uid,
+        }),
+    }))
+}
+
 /// The jail Firecracker VMs run in: `Some(None)` when jailing is off by
-/// configuration, `None` when it is on but cannot work (no such user):
-/// then this daemon offers no Firecracker at all.
-fn jail_config(config: &banger_config::Config) -> Option<Option<JailConfig>> {
+/// configuration, `None` when it is on but cannot work: then this daemon
+/// offers no Firecracker at all.
+///
+/// A root daemon jails by itself, as `jailer.user`. An unprivileged one
+/// asks banger-helper, and its VMMs run as its own uid: it must reach
+/// their sockets and signal them, and the dedicated user it runs as is
+/// already nobody else's.
+fn jail_config(config: &Config, helper: Option<&Arc<HelperClient>>) -> Option<Option<Jail>> {
     if !config.jailer.enabled {
         tracing::warn!("jailer disabled by configuration: firecracker runs as bangerd's user");
         return Some(None);
     }
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid != 0 {
+        let Some(helper) = helper else {
+            tracing::error!(
+                "bangerd is not root and has no privilege helper: firecracker VMs are refused (README: least privilege)"
+            );
+            return None;
+        };
+        let egid = nix::unistd::getegid().as_raw();
+        return Some(Some(Jail {
+            config: jail_settings(config, euid, egid),
+            ops: Arc::clone(helper) as Arc<dyn JailOps>,
+        }));
+    }
     match resolve_user(&config.jailer.user) {
         Ok((uid, gid)) => {
-            let cgroup_root = std::path::PathBuf::from("/sys/fs/cgroup");
-            Some(Some(JailConfig {
-                jailer: config.vmm.jailer.clone(),
-                chroot_base: config.jailer.chroot_base.clone(),
-                uid,
-                gid,
-                cgroup_version: CgroupVersion::detect(&cgroup_root),
-                cgroups: vec![format!("pids.max={}", config.jailer.pids_max)],
-                cgroup_root,
+            let settings = jail_settings(config, uid, gid);
+            Some(Some(Jail {
+                config: settings.clone(),
+                ops: Arc::new(LocalJail {
+                    config: settings,
+                    firecracker: config.vmm.firecracker.clone(),
+                    confine: None,
+                }),
             }))
         }
         Err(e) => {
@@ -193,17 +258,17 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
     let socket = config.socket.clone();
     // With a privilege helper, every network and firewall change is a
     // request to it; bangerd itself then needs no root for QEMU VMs.
+    let helper = config.helper_socket.as_ref().map(|sock| {
+        tracing::info!(socket = %sock.display(), "network changes go through banger-helper");
+        Arc::new(HelperClient {
+            socket: sock.clone(),
+        })
+    });
     let (net, firewall): (
         Arc<dyn banger_host::net::NetOps>,
         Arc<dyn banger_host::firewall::Firewall>,
-    ) = match &config.helper_socket {
-        Some(sock) => {
-            tracing::info!(socket = %sock.display(), "network changes go through banger-helper");
-            let c = Arc::new(HelperClient {
-                socket: sock.clone(),
-            });
-            (c.clone(), c)
-        }
+    ) = match &helper {
+        Some(c) => (c.clone(), c.clone()),
         None => (
             Arc::new(Netlink),
             Arc::new(Nft {
@@ -229,7 +294,7 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
         }),
         // Jailed, or unjailed only when the configuration says so: never
         // silently as bangerd's own user in the host's root filesystem.
-        firecracker: jail_config(&config).map(|jail| {
+        firecracker: jail_config(&config, helper.as_ref()).map(|jail| {
             Arc::new(FirecrackerVmm {
                 bin: config.vmm.firecracker.clone(),
                 jail,

@@ -20,6 +20,8 @@ pub struct DoctorInputs {
     pub helper_socket: Option<PathBuf>,
     /// The daemon's effective uid.
     pub euid: u32,
+    /// Whether Firecracker VMs are jailed (`jailer.enabled`).
+    pub jailer_enabled: bool,
     pub vsock_backend: PathBuf,
     pub guest_agent: PathBuf,
     pub firecracker: PathBuf,
@@ -192,7 +194,12 @@ fn privileges(probe: &dyn HostProbe, inputs: &DoctorInputs) -> Check {
             ID,
             CheckStatus::Ok,
             format!(
-                "bangerd runs as uid {uid}; bridge, taps and nftables go through banger-helper at {}",
+                "bangerd runs as uid {uid}; bridge, taps and nftables{} go through banger-helper at {}",
+                if inputs.jailer_enabled {
+                    format!(", and staging and starting firecracker jails (as uid {uid})")
+                } else {
+                    String::new()
+                },
                 sock.display()
             ),
             None,
@@ -490,6 +497,7 @@ mod tests {
         DoctorInputs {
             helper_socket: None,
             euid: 0,
+            jailer_enabled: true,
             vsock_backend: "vhost-device-vsock".into(),
             guest_agent: "/usr/local/lib/banger/banger-agent".into(),
             firecracker: "firecracker".into(),
@@ -705,6 +713,7 @@ mod tests {
         let c = r.check(CheckId::Privileges).expect("p");
         assert_eq!(c.status, CheckStatus::Ok);
         assert!(c.detail.contains("uid 1000") && c.detail.contains("banger-helper"));
+        assert!(c.detail.contains("firecracker jails"), "{}", c.detail);
     }
 
     #[test]

@@ -10,11 +10,17 @@
 //!   the state dir (a foreign id is refused), and only the daemon's own uid
 //!   may be made their owner;
 //! - NAT addresses lie inside the bridge's subnet, interface names are
-//!   plain names (no `/`, no `..`).
+//!   plain names (no `/`, no `..`);
+//! - jails are named by a VM id of an existing VM; the files staged into
+//!   one lie beneath the state dir (a VM's disks beneath its own dir) and
+//!   are the daemon's, opened without following symlinks; the jailer,
+//!   the firecracker binary, the chroot base and the jail's uid (the
+//!   daemon's) come from the helper's own configuration, never from a
+//!   request.
 //!
-//! [`HelperClient`] implements [`NetOps`] and [`Firewall`] over the socket,
-//! so the daemon core does not know whether it talks to the kernel or to
-//! the helper.
+//! [`HelperClient`] implements [`NetOps`], [`Firewall`] and [`JailOps`]
+//! over the socket, so the daemon core does not know whether it talks to
+//! the kernel or to the helper.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -26,6 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::firewall::{Firewall, FirewallError, NatRule};
+use crate::jail::{JailError, JailOps, JailStage, check_vm_id};
 use crate::net::{NetError, NetOps};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +78,17 @@ pub enum HelperRequest {
     },
     NatTaps,
     DefaultUplink,
+    /// Builds a VM's chroot; answered with the jail dir.
+    StageJail(JailStage),
+    /// Starts the jailer; answered with its pid.
+    SpawnJail {
+        vm_id: String,
+        console: PathBuf,
+    },
+    ReleaseJail {
+        vm_id: String,
+        jail_dir: Option<PathBuf>,
+    },
 }
 
 /// The helper's answer: a value, or why not.
@@ -162,6 +180,41 @@ impl Policy {
         }
     }
 
+    /// A VM id whose directory exists.
+    fn vm(&self, id: &str) -> Result<PathBuf, HelperError> {
+        check_vm_id(id).map_err(|e| HelperError::Refused(e.to_string()))?;
+        let dir = self.state_dir.join("vms").join(id);
+        if dir.is_dir() {
+            Ok(dir)
+        } else {
+            refuse(format!(
+                "{id} is no vm in {}: refusing a foreign id",
+                self.state_dir.join("vms").display()
+            ))
+        }
+    }
+
+    /// Lexically beneath `dir`: absolute, no `.`/`..`. (Symlinks are
+    /// refused when the file is opened.)
+    fn path_in(&self, what: &str, path: &Path, dir: &Path) -> Result<(), HelperError> {
+        let plain = path.is_absolute()
+            && path.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            });
+        if plain && path.starts_with(dir) && path != dir {
+            Ok(())
+        } else {
+            refuse(format!(
+                "{what} {} is outside {}",
+                path.display(),
+                dir.display()
+            ))
+        }
+    }
+
     fn in_subnet(&self, ip: Ipv4Addr) -> Result<(), HelperError> {
         let mask = u32::MAX << (32 - u32::from(self.prefix_len));
         if u32::from(ip) & mask == u32::from(self.bridge_ip) & mask && ip != self.bridge_ip {
@@ -232,6 +285,38 @@ impl Policy {
             HelperRequest::ListLinks | HelperRequest::NatTaps | HelperRequest::DefaultUplink => {
                 Ok(())
             }
+            HelperRequest::StageJail(s) => {
+                let vm = self.vm(&s.vm_id)?;
+                self.path_in("kernel", &s.kernel, &self.state_dir)?;
+                if let Some(i) = &s.initrd {
+                    self.path_in("initrd", i, &self.state_dir)?;
+                }
+                if s.disks.is_empty() {
+                    return refuse("a jail needs at least a root disk");
+                }
+                for d in &s.disks {
+                    self.path_in("disk", d, &vm)?;
+                }
+                Ok(())
+            }
+            HelperRequest::SpawnJail { vm_id, console } => {
+                let vm = self.vm(vm_id)?;
+                let own = vm.join("console.log");
+                if *console == own {
+                    Ok(())
+                } else {
+                    refuse(format!(
+                        "console {} is not {}",
+                        console.display(),
+                        own.display()
+                    ))
+                }
+            }
+            // Teardown: the VM dir may be gone; the id's shape is the
+            // guard, and the jail must be where the helper puts jails.
+            HelperRequest::ReleaseJail { vm_id, .. } => {
+                check_vm_id(vm_id).map_err(|e| HelperError::Refused(e.to_string()))
+            }
         }
     }
 }
@@ -242,6 +327,8 @@ pub struct HelperServer {
     pub policy: Policy,
     pub net: Arc<dyn NetOps>,
     pub firewall: Arc<dyn Firewall>,
+    /// `None` when the helper's configuration does not jail.
+    pub jail: Option<Arc<dyn JailOps>>,
 }
 
 impl HelperServer {
@@ -286,6 +373,25 @@ impl HelperServer {
             HelperRequest::RemoveNat { tap } => reply(self.firewall.remove_nat(&tap).await),
             HelperRequest::NatTaps => reply(self.firewall.nat_taps().await),
             HelperRequest::DefaultUplink => reply(self.firewall.default_uplink().await),
+            HelperRequest::StageJail(_)
+            | HelperRequest::SpawnJail { .. }
+            | HelperRequest::ReleaseJail { .. } => {
+                let Some(jail) = &self.jail else {
+                    return HelperResponse::Error(
+                        "this helper does not jail firecracker (jailer.enabled is false, or the daemon's uid is root)".into(),
+                    );
+                };
+                match req {
+                    HelperRequest::StageJail(s) => reply(jail.stage(&s).await),
+                    HelperRequest::SpawnJail { vm_id, console } => {
+                        reply(jail.spawn(&vm_id, &console).await)
+                    }
+                    HelperRequest::ReleaseJail { vm_id, jail_dir } => {
+                        reply(jail.release(&vm_id, jail_dir.as_deref()).await)
+                    }
+                    _ => HelperResponse::Error("unreachable".into()),
+                }
+            }
         }
     }
 
@@ -578,19 +684,69 @@ impl Firewall for HelperClient {
     }
 }
 
+fn jail_err(e: HelperError) -> JailError {
+    JailError::Helper(format!("via banger-helper: {e}"))
+}
+
+#[async_trait]
+impl JailOps for HelperClient {
+    async fn stage(&self, stage: &JailStage) -> Result<PathBuf, JailError> {
+        let v = self
+            .call(&HelperRequest::StageJail(stage.clone()))
+            .await
+            .map_err(jail_err)?;
+        serde_json::from_value(v).map_err(|e| JailError::Helper(format!("bad jail dir: {e}")))
+    }
+
+    async fn spawn(&self, vm_id: &str, console: &Path) -> Result<u32, JailError> {
+        let v = self
+            .call(&HelperRequest::SpawnJail {
+                vm_id: vm_id.into(),
+                console: console.into(),
+            })
+            .await
+            .map_err(jail_err)?;
+        serde_json::from_value(v).map_err(|e| JailError::Helper(format!("bad pid: {e}")))
+    }
+
+    async fn release(&self, vm_id: &str, jail_dir: Option<&Path>) -> Result<(), JailError> {
+        self.call(&HelperRequest::ReleaseJail {
+            vm_id: vm_id.into(),
+            jail_dir: jail_dir.map(Path::to_path_buf),
+        })
+        .await
+        .map(drop)
+        .map_err(jail_err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::firewall::FakeFirewall;
+    use crate::jail::{FakeJail, JailCall};
     use crate::net::FakeNet;
 
     const VM: &str = "0123456789abcdef";
     const TAP: &str = "bg-0123456789ab";
 
     fn server(dir: &Path) -> (Arc<HelperServer>, Arc<FakeNet>, Arc<FakeFirewall>) {
+        let (s, net, fw, _) = server_with_jail(dir);
+        (s, net, fw)
+    }
+
+    fn server_with_jail(
+        dir: &Path,
+    ) -> (
+        Arc<HelperServer>,
+        Arc<FakeNet>,
+        Arc<FakeFirewall>,
+        Arc<FakeJail>,
+    ) {
         std::fs::create_dir_all(dir.join("vms").join(VM)).expect("vm dir");
         let net = Arc::new(FakeNet::default());
         let fw = Arc::new(FakeFirewall::with_uplink("eth0"));
+        let jail = Arc::new(FakeJail::with_pid(4242));
         let s = HelperServer {
             policy: Policy {
                 bridge: "banger0".into(),
@@ -601,8 +757,9 @@ mod tests {
             },
             net: net.clone(),
             firewall: fw.clone(),
+            jail: Some(jail.clone()),
         };
-        (Arc::new(s), net, fw)
+        (Arc::new(s), net, fw, jail)
     }
 
     fn refused(r: &HelperResponse, needle: &str) {
@@ -714,6 +871,7 @@ mod tests {
             policy,
             net: s.net.clone(),
             firewall: s.firewall.clone(),
+            jail: s.jail.clone(),
         });
         tokio::spawn(s.serve(listener));
         let c = HelperClient {
@@ -757,5 +915,127 @@ mod tests {
             .await
             .expect("read");
         assert!(reply.contains("malformed request"), "{reply}");
+    }
+
+    #[tokio::test]
+    async fn jail_requests_outside_the_state_dir_or_for_foreign_ids_are_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (s, _, _, jail) = server_with_jail(dir.path());
+        let state = dir.path();
+        let vm = state.join("vms").join(VM);
+        let good = JailStage {
+            vm_id: VM.into(),
+            kernel: state.join("kernels/k1/vmlinux"),
+            initrd: Some(state.join("kernels/k1/initrd.img")),
+            disks: vec![vm.join("root.ext4"), vm.join("work.ext4")],
+        };
+        let stage = |f: &dyn Fn(&mut JailStage)| {
+            let mut j = good.clone();
+            f(&mut j);
+            HelperRequest::StageJail(j)
+        };
+        for (req, needle) in [
+            (stage(&|j| j.kernel = "/boot/vmlinuz".into()), "outside"),
+            (
+                stage(&|j| j.kernel = state.join("../../etc/shadow")),
+                "outside",
+            ),
+            (stage(&|j| j.initrd = Some("/etc/shadow".into())), "outside"),
+            (stage(&|j| j.initrd = Some("initrd.img".into())), "outside"),
+            // Another VM's disk, or the shared image, is not this VM's.
+            (
+                stage(&|j| j.disks = vec![state.join("vms/ffffffffffffffff/root.ext4")]),
+                "outside",
+            ),
+            (
+                stage(&|j| j.disks = vec![state.join("images/default/rootfs.ext4")]),
+                "outside",
+            ),
+            (
+                stage(&|j| j.disks = vec![vm.join("../ffffffffffffffff/root.ext4")]),
+                "outside",
+            ),
+            (stage(&|j| j.disks = vec![]), "at least a root disk"),
+            (
+                stage(&|j| j.vm_id = "../../etc".into()),
+                "not a banger vm id",
+            ),
+            (
+                stage(&|j| j.vm_id = "0123/56789abcdef".into()),
+                "not a banger vm id",
+            ),
+            (
+                stage(&|j| j.vm_id = "ffffffffffffffff".into()),
+                "foreign id",
+            ),
+            (
+                HelperRequest::SpawnJail {
+                    vm_id: "ffffffffffffffff".into(),
+                    console: state.join("vms/ffffffffffffffff/console.log"),
+                },
+                "foreign id",
+            ),
+            (
+                HelperRequest::SpawnJail {
+                    vm_id: VM.into(),
+                    console: "/etc/motd".into(),
+                },
+                "is not",
+            ),
+            (
+                HelperRequest::ReleaseJail {
+                    vm_id: "..".into(),
+                    jail_dir: None,
+                },
+                "not a banger vm id",
+            ),
+        ] {
+            refused(&s.handle(req).await, needle);
+        }
+        assert!(jail.recorded().is_empty(), "{:?}", jail.recorded());
+
+        // Inside the policy: forwarded as asked.
+        assert!(matches!(
+            s.handle(HelperRequest::StageJail(good.clone())).await,
+            HelperResponse::Ok(_)
+        ));
+        assert_eq!(
+            s.handle(HelperRequest::SpawnJail {
+                vm_id: VM.into(),
+                console: vm.join("console.log"),
+            })
+            .await,
+            HelperResponse::Ok(serde_json::json!(4242))
+        );
+        assert_eq!(
+            jail.recorded(),
+            [
+                JailCall::Stage(good),
+                JailCall::Spawn {
+                    vm_id: VM.into(),
+                    console: vm.join("console.log")
+                }
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_helper_without_a_jail_says_so() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (s, net, fw) = server(dir.path());
+        let s = HelperServer {
+            policy: s.policy.clone(),
+            net,
+            firewall: fw,
+            jail: None,
+        };
+        refused(
+            &s.handle(HelperRequest::ReleaseJail {
+                vm_id: VM.into(),
+                jail_dir: None,
+            })
+            .await,
+            "does not jail",
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod doctor;
 pub mod firewall;
 pub mod helper;
+pub mod jail;
 pub mod net;
 pub mod probe;
 pub mod tools;

@@ -34,6 +34,21 @@ pub enum ToolError {
     },
 }
 
+/// Starts a process that must outlive its starter (a VMM): stdin closed,
+/// stdout and stderr appended to `log`, in a process group of its own so
+/// signals to ours (a Ctrl-C, a service stop) do not reach it.
+pub fn spawn_detached(
+    mut cmd: Command,
+    log: std::fs::File,
+) -> std::io::Result<tokio::process::Child> {
+    let log2 = log.try_clone()?;
+    cmd.stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+}
+
 /// One invocation of an external tool.
 #[derive(Debug, Clone)]
 pub struct ToolRun {

@@ -49,7 +49,7 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     /// the process is gone. `jail_root` is the recorded one.
     async fn release(&self, _vm_id: &str, jail_root: Option<&Path>) -> Result<(), VmmError> {
         match jail_root {
-            Some(root) => crate::jail::remove_tree(root),
+            Some(root) => Ok(crate::jail::remove_tree(root)?),
             None => Ok(()),
         }
     }
@@ -183,6 +183,9 @@ pub struct FakeVmm {
     pub ignore_shutdown: Mutex<bool>,
     /// When set, `launch` fails with this message.
     pub fail_launch: Mutex<Option<String>>,
+    /// When set, VMs are "jailed" under `<base>/<vm id>` and `release`
+    /// is recorded.
+    pub jail_base: Mutex<Option<PathBuf>>,
     next_pid: Mutex<u32>,
 }
 
@@ -263,6 +266,21 @@ impl Vmm for FakeVmm {
             .iter()
             .find(|(_, s)| *s == socket)
             .map(|(p, _)| *p)
+    }
+
+    fn jail_root(&self, vm_id: &str) -> Option<PathBuf> {
+        self.jail_base
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|b| b.join(vm_id))
+    }
+
+    async fn release(&self, vm_id: &str, jail_root: Option<&Path>) -> Result<(), VmmError> {
+        if let Some(root) = jail_root {
+            self.record(format!("release {vm_id} {}", root.display()));
+        }
+        Ok(())
     }
 
     /// Like the real sweep: every "process" of the socket goes. Recorded

@@ -1,7 +1,6 @@
 //! Firecracker: one process per VM, configured over its API socket.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -14,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::net::UnixStream;
 
 use crate::driver::Vmm;
-use crate::jail::{self, JailConfig};
+use crate::jail::{self, Jail, JailStage};
 use crate::{LaunchSpec, VmmError, process};
 
 /// How long a fresh Firecracker may take to open its API socket.
@@ -97,11 +96,15 @@ impl FcApi {
     }
 }
 
-/// Firecracker, run directly or under its jailer (`jail`).
+/// Firecracker, run directly or under its jailer (`jail`). Jailed, the
+/// privileged steps (staging, spawning, removing the jail) are the jail's
+/// [`JailOps`](crate::jail::JailOps): done here when the daemon is root,
+/// by banger-helper when it is not. `bin` is then only what a root daemon
+/// jails; the helper uses its own configured binary.
 #[derive(Debug, Clone)]
 pub struct FirecrackerVmm {
     pub bin: PathBuf,
-    pub jail: Option<JailConfig>,
+    pub jail: Option<Jail>,
 }
 
 /// Where Firecracker finds a VM's files: host paths when run directly,
@@ -228,11 +231,11 @@ impl Vmm for FirecrackerVmm {
     }
 
     fn tap_owner(&self) -> Option<(u32, u32)> {
-        self.jail.as_ref().map(|j| (j.uid, j.gid))
+        self.jail.as_ref().map(|j| (j.config.uid, j.config.gid))
     }
 
     fn jail_root(&self, vm_id: &str) -> Option<PathBuf> {
-        self.jail.as_ref().map(|j| j.jail_dir(vm_id))
+        self.jail.as_ref().map(|j| j.config.jail_dir(vm_id))
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
@@ -246,65 +249,73 @@ impl Vmm for FirecrackerVmm {
             .append(true)
             .open(&spec.console_log)
             .map_err(|e| err(format!("opening {}: {e}", spec.console_log.display())))?;
-        let console2 = console.try_clone().map_err(|e| err(e.to_string()))?;
-        let mut cmd = match &self.jail {
+        let (pid, mut child) = match &self.jail {
             Some(j) => {
-                jail::stage(
-                    j,
-                    &spec.vm_id,
-                    &spec.kernel,
-                    spec.initrd.as_deref(),
-                    &spec.disks,
-                )?;
+                j.ops
+                    .stage(&JailStage {
+                        vm_id: spec.vm_id.clone(),
+                        kernel: spec.kernel.clone(),
+                        initrd: spec.initrd.clone(),
+                        disks: spec.disks.clone(),
+                    })
+                    .await?;
                 // Short names in our runtime dir for the sockets the jailed
                 // process makes inside its chroot (sun_path is 108 bytes).
+                let c = &j.config;
                 let mut links = vec![(
                     spec.control_socket.clone(),
-                    j.host_path(&spec.vm_id, jail::API_SOCKET),
+                    c.host_path(&spec.vm_id, jail::API_SOCKET),
                 )];
                 if let Some(v) = &spec.vsock {
-                    links.push((v.clone(), j.host_path(&spec.vm_id, jail::VSOCK)));
+                    links.push((v.clone(), c.host_path(&spec.vm_id, jail::VSOCK)));
                 }
                 for (short, long) in links {
                     let _ = std::fs::remove_file(&short);
                     std::os::unix::fs::symlink(&long, &short)
                         .map_err(|e| err(format!("linking {}: {e}", short.display())))?;
                 }
-                let mut c = tokio::process::Command::new(&j.jailer);
-                c.args(j.args(&self.bin, &spec.vm_id));
-                c
+                drop(console);
+                (j.ops.spawn(&spec.vm_id, &spec.console_log).await?, None)
             }
             None => {
-                let mut c = tokio::process::Command::new(&self.bin);
-                c.arg("--api-sock")
+                let mut cmd = tokio::process::Command::new(&self.bin);
+                cmd.arg("--api-sock")
                     .arg(&spec.control_socket)
                     .arg("--id")
                     .arg(format!("banger-{}", spec.vm_id));
-                c
+                let child = banger_host::tools::spawn_detached(cmd, console)
+                    .map_err(|e| err(e.to_string()))?;
+                let pid = child.id().ok_or_else(|| err("exited at once".into()))?;
+                (pid, Some(child))
             }
         };
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(console)
-            .stderr(console2)
-            // Not in the daemon's group: it must outlive the daemon.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| err(e.to_string()))?;
-        let pid = child.id().ok_or_else(|| err("exited at once".into()))?;
         let api = FcApi::new(&spec.control_socket);
         let deadline = Instant::now() + SOCKET_WAIT;
         while UnixStream::connect(&spec.control_socket).await.is_err() {
-            // try_wait, not /proc: right after fork the child's command line
-            // is still ours.
-            let exited = child.try_wait().map_err(|e| err(e.to_string()))?;
+            // Not by command line: right after fork it is still its
+            // parent's. Our own child by try_wait; a jailer the helper
+            // started (and reaps) by its pid.
+            let exited = match child.as_mut() {
+                Some(c) => c
+                    .try_wait()
+                    .map_err(|e| err(e.to_string()))?
+                    .map(|s| s.to_string()),
+                None => (!process::running(pid)).then(|| "exited".to_owned()),
+            };
             if exited.is_some() || Instant::now() > deadline {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
+                match child.as_mut() {
+                    Some(c) => {
+                        let _ = c.start_kill();
+                        let _ = c.wait().await;
+                    }
+                    None => {
+                        let _ = self.kill(pid, &spec.control_socket).await;
+                    }
+                }
                 return Err(err(format!(
                     "API socket {} did not come up ({}); see {}",
                     spec.control_socket.display(),
-                    exited.map_or_else(|| "timed out".to_owned(), |s| s.to_string()),
+                    exited.unwrap_or_else(|| "timed out".to_owned()),
                     spec.console_log.display()
                 )));
             }
@@ -312,9 +323,11 @@ impl Vmm for FirecrackerVmm {
         }
         // Reap it while this daemon lives; after a daemon restart it is
         // init's child and identified through /proc.
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
+        if let Some(mut c) = child {
+            tokio::spawn(async move {
+                let _ = c.wait().await;
+            });
+        }
         if let Err(e) = self.configure(&api, spec, &self.paths(spec)).await {
             let _ = self.kill(pid, &spec.control_socket).await;
             return Err(err(e.to_string()));
@@ -345,25 +358,11 @@ impl Vmm for FirecrackerVmm {
 
     /// Removes the jail (chroot and cgroups) once the process is gone.
     async fn release(&self, vm_id: &str, jail_root: Option<&Path>) -> Result<(), VmmError> {
-        let Some(j) = &self.jail else {
-            return match jail_root {
-                // A VM jailed by an earlier configuration: its recorded root.
-                Some(root) => jail::remove_tree(root),
-                None => Ok(()),
-            };
-        };
-        let root = jail_root.map_or_else(|| j.jail_dir(vm_id), Path::to_path_buf);
-        let tree = jail::remove_tree(&root);
-        // A cgroup stays busy until its last task is reaped, which may lag
-        // the kill by a moment.
-        let mut cgroups = jail::remove_cgroups(j, vm_id);
-        for _ in 0..40 {
-            if cgroups.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            cgroups = jail::remove_cgroups(j, vm_id);
+        match (&self.jail, jail_root) {
+            (Some(j), root) => Ok(j.ops.release(vm_id, root).await?),
+            // A VM jailed by an earlier configuration: its recorded root.
+            (None, Some(root)) => Ok(jail::remove_tree(root)?),
+            (None, None) => Ok(()),
         }
-        tree.and(cgroups)
     }
 }

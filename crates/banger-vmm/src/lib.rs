@@ -12,7 +12,8 @@
 
 pub mod driver;
 pub mod firecracker;
-pub mod jail;
+/// Jailing lives with the other privileged host operations.
+pub use banger_host::jail;
 pub use driver::{FakeVmm, QemuVmm, Vmm};
 pub mod process;
 pub mod qemu;
@@ -31,8 +32,8 @@ pub enum VmmError {
     Control { path: PathBuf, message: String },
     #[error("vmm pid {pid} did not exit within {secs}s")]
     ExitTimeout { pid: u32, secs: u64 },
-    #[error("jail {path}: {message}")]
-    Jail { path: PathBuf, message: String },
+    #[error(transparent)]
+    Jail(#[from] banger_host::jail::JailError),
 }
 
 /// The tap a VM's virtio-net device is backed by.

@@ -24,6 +24,11 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
+/// Whether `pid` is a live process, whatever it runs.
+pub fn running(pid: u32) -> bool {
+    !is_zombie(pid)
+}
+
 /// Whether `pid` is a live process whose command line names `socket`: the
 /// one check of "is this VM's VMM running" (a recycled pid fails it).
 pub fn vmm_alive(pid: u32, socket: &Path) -> bool {

@@ -13,7 +13,7 @@ use banger_api::doctor::Accel;
 use std::os::unix::fs::MetadataExt;
 
 use banger_vmm::firecracker::{FcApi, FirecrackerVmm};
-use banger_vmm::jail::{CgroupVersion, JailConfig};
+use banger_vmm::jail::{CgroupVersion, Jail, JailConfig, LocalJail};
 use banger_vmm::{LaunchSpec, Vmm, process};
 use common::{Env, cached_default_assets, guest_prereqs, skip_or_fail};
 
@@ -218,8 +218,15 @@ async fn firecracker_runs_jailed_in_its_chroot_uid_and_cgroup_and_leaves_nothing
         cgroup_root,
     };
     let fc = FirecrackerVmm {
-        bin,
-        jail: Some(jail.clone()),
+        bin: bin.clone(),
+        jail: Some(Jail {
+            config: jail.clone(),
+            ops: std::sync::Arc::new(LocalJail {
+                config: jail.clone(),
+                firecracker: bin,
+                confine: None,
+            }),
+        }),
     };
     assert_eq!(
         fc.tap_owner(),
