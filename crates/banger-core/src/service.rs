@@ -113,6 +113,7 @@ impl Core {
             helper_socket: self.config.helper_socket.clone(),
             euid: nix::unistd::geteuid().as_raw(),
             jailer_enabled: self.config.jailer.enabled,
+            chroot_base: self.config.jailer.chroot_base.clone(),
             vsock_backend: self.config.vmm.vsock_backend.clone(),
             guest_agent: self.config.guest.agent.clone(),
             firecracker: self.config.vmm.firecracker.clone(),

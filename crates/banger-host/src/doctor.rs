@@ -22,6 +22,8 @@ pub struct DoctorInputs {
     pub euid: u32,
     /// Whether Firecracker VMs are jailed (`jailer.enabled`).
     pub jailer_enabled: bool,
+    /// `jailer.chroot_base`.
+    pub chroot_base: PathBuf,
     pub vsock_backend: PathBuf,
     pub guest_agent: PathBuf,
     pub firecracker: PathBuf,
@@ -190,10 +192,8 @@ pub fn run_doctor(probe: &dyn HostProbe, inputs: &DoctorInputs) -> DoctorReport 
 fn privileges(probe: &dyn HostProbe, inputs: &DoctorInputs) -> Check {
     const ID: CheckId = CheckId::Privileges;
     match (&inputs.helper_socket, inputs.euid) {
-        (Some(sock), uid) if probe.exists(sock) => check(
-            ID,
-            CheckStatus::Ok,
-            format!(
+        (Some(sock), uid) if probe.exists(sock) => {
+            let mut detail = format!(
                 "bangerd runs as uid {uid}; bridge, taps and nftables{} go through banger-helper at {}",
                 if inputs.jailer_enabled {
                     format!(", and staging and starting firecracker jails (as uid {uid})")
@@ -201,9 +201,33 @@ fn privileges(probe: &dyn HostProbe, inputs: &DoctorInputs) -> Check {
                     String::new()
                 },
                 sock.display()
-            ),
-            None,
-        ),
+            );
+            // The helper refuses to stage jails anywhere but a directory
+            // only root can change.
+            let unsafe_base = inputs
+                .jailer_enabled
+                .then(|| {
+                    crate::jail::untrusted_ancestor(&inputs.chroot_base, 0, |p| probe.owner(p))
+                })
+                .flatten();
+            match unsafe_base {
+                None => check(ID, CheckStatus::Ok, detail, None),
+                Some(why) => {
+                    detail.push_str(&format!(
+                        "; but it will refuse firecracker jails: chroot base {}: {why}",
+                        inputs.chroot_base.display()
+                    ));
+                    check(
+                        ID,
+                        CheckStatus::Warn,
+                        detail,
+                        Some(
+                            "set jailer.chroot_base to a root-owned directory on the state dir's filesystem, outside the state dir (README: least privilege)",
+                        ),
+                    )
+                }
+            }
+        }
         (Some(sock), _) => check(
             ID,
             CheckStatus::Fail,
@@ -498,6 +522,7 @@ mod tests {
             helper_socket: None,
             euid: 0,
             jailer_enabled: true,
+            chroot_base: "/var/lib/banger/jail".into(),
             vsock_backend: "vhost-device-vsock".into(),
             guest_agent: "/usr/local/lib/banger/banger-agent".into(),
             firecracker: "firecracker".into(),
@@ -709,11 +734,45 @@ mod tests {
         let r = run_doctor(&nested_host(), &i);
         let c = r.check(CheckId::Privileges).expect("p");
         assert_eq!(c.status, CheckStatus::Fail, "{}", c.detail);
-        let r = run_doctor(&nested_host().with_path("/run/banger/helper.sock"), &i);
+        let helper = || {
+            nested_host()
+                .with_path("/run/banger/helper.sock")
+                .with_dirs_of("/var/lib/banger/jail", 0, 0o755)
+        };
+        let r = run_doctor(&helper(), &i);
         let c = r.check(CheckId::Privileges).expect("p");
-        assert_eq!(c.status, CheckStatus::Ok);
+        assert_eq!(c.status, CheckStatus::Ok, "{}", c.detail);
         assert!(c.detail.contains("uid 1000") && c.detail.contains("banger-helper"));
         assert!(c.detail.contains("firecracker jails"), "{}", c.detail);
+
+        // A chroot base the daemon's user could swap: the helper would
+        // refuse every jail, and doctor says so before a VM does.
+        i.chroot_base = "/var/lib/banger/state/jail".into();
+        let r = run_doctor(
+            &helper().with_owner("/var/lib/banger/state", 1000, 0o700, true),
+            &i,
+        );
+        let c = r.check(CheckId::Privileges).expect("p");
+        assert_eq!(c.status, CheckStatus::Warn, "{}", c.detail);
+        assert!(
+            c.detail
+                .contains("/var/lib/banger/state is a directory owned by uid 1000"),
+            "{}",
+            c.detail
+        );
+        assert!(
+            c.hint
+                .as_deref()
+                .unwrap_or("")
+                .contains("jailer.chroot_base")
+        );
+        // Jailing off: nothing to warn about.
+        i.jailer_enabled = false;
+        let r = run_doctor(&helper(), &i);
+        assert_eq!(
+            r.check(CheckId::Privileges).expect("p").status,
+            CheckStatus::Ok
+        );
     }
 
     #[test]

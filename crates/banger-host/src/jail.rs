@@ -326,43 +326,74 @@ impl Confinement {
     }
 }
 
-/// Refuses a chroot base that someone other than root (or this process's
-/// user) could change: every directory from `/` down to it is theirs and
-/// not writable by others, unless sticky (like `/tmp`).
-pub fn check_trusted_dir(dir: &Path) -> Result<(), JailError> {
-    let me = nix::unistd::geteuid().as_raw();
+/// What [`untrusted_ancestor`] needs to know of a path (not following a
+/// final symlink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathOwner {
+    pub uid: u32,
+    /// Permission bits, sticky bit included.
+    pub mode: u32,
+    pub is_dir: bool,
+}
+
+impl PathOwner {
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(Self {
+            uid: meta.uid(),
+            mode: meta.permissions().mode() & 0o7777,
+            is_dir: meta.is_dir(),
+        })
+    }
+}
+
+/// Why `dir` is not a place only `trusted` can change, if it is not:
+/// every directory from `/` down to it must be a real directory (not a
+/// symlink) owned by `trusted` and not writable by others, unless sticky
+/// (like `/tmp`). A missing component is reported too.
+pub fn untrusted_ancestor(
+    dir: &Path,
+    trusted: u32,
+    stat: impl Fn(&Path) -> Option<PathOwner>,
+) -> Option<String> {
     let mut p = PathBuf::new();
     for c in dir.components() {
         match c {
             Component::RootDir | Component::Normal(_) => p.push(c),
-            _ => {
-                return Err(JailError::Refused(format!(
-                    "chroot base {} is not a plain absolute path",
-                    dir.display()
-                )));
-            }
+            _ => return Some(format!("{} is not a plain absolute path", dir.display())),
         }
-        let meta = std::fs::symlink_metadata(&p).map_err(|e| io_err(&p, e))?;
-        let mode = meta.permissions().mode();
-        let safe = meta.is_dir()
-            && (meta.uid() == 0 || meta.uid() == me)
-            && (mode & 0o022 == 0 || mode & 0o1000 != 0);
+        let Some(o) = stat(&p) else {
+            return Some(format!("{} does not exist", p.display()));
+        };
+        let safe = o.is_dir && o.uid == trusted && (o.mode & 0o022 == 0 || o.mode & 0o1000 != 0);
         if !safe {
-            return Err(JailError::Refused(format!(
-                "chroot base {}: {} is {} by uid {} (mode {:o}); jails must live where only root can change them, e.g. /var/lib/banger/jail beside a state dir of /var/lib/banger/state (jailer.chroot_base)",
-                dir.display(),
+            return Some(format!(
+                "{} is {} by uid {} (mode {:o})",
                 p.display(),
-                if meta.is_dir() {
+                if o.is_dir {
                     "a directory owned"
                 } else {
                     "not a directory: owned"
                 },
-                meta.uid(),
-                mode & 0o7777
-            )));
+                o.uid,
+                o.mode
+            ));
         }
     }
-    Ok(())
+    None
+}
+
+/// Refuses a chroot base that someone other than this process's user
+/// (root, in the helper) could change; see [`untrusted_ancestor`].
+pub fn check_trusted_dir(dir: &Path) -> Result<(), JailError> {
+    let me = nix::unistd::geteuid().as_raw();
+    match untrusted_ancestor(dir, me, |p| PathOwner::of(p).ok()) {
+        None => Ok(()),
+        Some(why) => Err(JailError::Refused(format!(
+            "chroot base {}: {why}; jails must live where only root can change them, e.g. /var/lib/banger/jail beside a state dir of /var/lib/banger/state (jailer.chroot_base)",
+            dir.display()
+        ))),
+    }
 }
 
 /// Hard-links the open file `src` (any path, already opened safely) to

@@ -68,6 +68,8 @@ pub trait HostProbe: Send + Sync + std::fmt::Debug {
     fn run(&self, bin: &Path, args: &[&str]) -> Result<ToolOutput, ProbeError>;
     /// Tries a real reflink clone in `dir` (or its nearest existing ancestor).
     fn reflink(&self, dir: &Path) -> Result<ReflinkReport, ProbeError>;
+    /// Owner, mode and kind of a path (a final symlink not followed).
+    fn owner(&self, path: &Path) -> Option<crate::jail::PathOwner>;
 }
 
 /// The real host.
@@ -145,6 +147,10 @@ impl HostProbe for SystemProbe {
             tested_in,
         })
     }
+
+    fn owner(&self, path: &Path) -> Option<crate::jail::PathOwner> {
+        crate::jail::PathOwner::of(path).ok()
+    }
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -186,6 +192,7 @@ pub struct FakeProbe {
     /// Binary name or path → (resolved path, outputs keyed by joined args).
     pub bins: HashMap<PathBuf, (PathBuf, HashMap<String, ToolOutput>)>,
     pub reflink: Option<ReflinkReport>,
+    pub owners: HashMap<PathBuf, crate::jail::PathOwner>,
     pub calls: Mutex<Vec<String>>,
 }
 
@@ -197,6 +204,28 @@ impl FakeProbe {
     pub fn with_file(mut self, path: &str, text: &str) -> Self {
         self.files.insert(path.into(), text.into());
         self.paths.insert(path.into());
+        self
+    }
+
+    /// `path` and every ancestor: directories of `uid` with `mode`.
+    pub fn with_dirs_of(mut self, path: &str, uid: u32, mode: u32) -> Self {
+        for p in Path::new(path).ancestors() {
+            self.owners.insert(
+                p.to_owned(),
+                crate::jail::PathOwner {
+                    uid,
+                    mode,
+                    is_dir: true,
+                },
+            );
+        }
+        self
+    }
+
+    /// One path's owner and mode.
+    pub fn with_owner(mut self, path: &str, uid: u32, mode: u32, is_dir: bool) -> Self {
+        self.owners
+            .insert(path.into(), crate::jail::PathOwner { uid, mode, is_dir });
         self
     }
 
@@ -278,6 +307,11 @@ impl HostProbe for FakeProbe {
             dir: dir.to_owned(),
             source: std::io::Error::other("fake: no reflink answer scripted"),
         })
+    }
+
+    fn owner(&self, path: &Path) -> Option<crate::jail::PathOwner> {
+        self.record(format!("owner {}", path.display()));
+        self.owners.get(path).copied()
     }
 }
 

@@ -167,6 +167,11 @@ fn an_unprivileged_daemon_runs_vms_through_the_helper() {
         doctor.contains("banger-helper"),
         "doctor says the helper is in use: {doctor}"
     );
+    assert!(
+        doctor.contains("staging and starting firecracker jails")
+            && !doctor.contains("refuse firecracker jails"),
+        "doctor says the helper jails, with a chroot base it accepts: {doctor}"
+    );
 
     let out = ok(&[
         "vm",
