@@ -13,7 +13,7 @@ use banger_host::dns::DnsServer;
 use banger_host::firewall::Nft;
 use banger_host::helper::{HelperClient, HelperServer, Policy};
 use banger_host::jail::{
-    CgroupVersion, Confinement, Jail, JailConfig, JailOps, LocalJail, check_trusted_dir,
+    CgroupVersion, Confinement, Jail, JailConfig, JailOps, LocalJail, ensure_chroot_base,
     resolve_user,
 };
 use banger_host::net::Netlink;
@@ -152,10 +152,7 @@ fn helper_jail(config: &Config, daemon_uid: u32) -> Option<Arc<dyn JailOps>> {
         .flatten()
         .map_or(daemon_uid, |u| u.gid.as_raw());
     let base = &config.jailer.chroot_base;
-    if let Err(e) = std::fs::create_dir_all(base)
-        .map_err(|e| e.to_string())
-        .and_then(|()| check_trusted_dir(base).map_err(|e| e.to_string()))
-    {
+    if let Err(e) = ensure_chroot_base(base) {
         // Refused again at every stage, with the same words.
         tracing::error!(error = %e, "firecracker jails cannot be staged until this is fixed");
     }

@@ -396,6 +396,26 @@ pub fn check_trusted_dir(dir: &Path) -> Result<(), JailError> {
     }
 }
 
+/// Makes the chroot base if it is missing (only under a trusted parent:
+/// root must not create directories through someone else's symlink),
+/// then requires it trusted.
+pub fn ensure_chroot_base(dir: &Path) -> Result<(), JailError> {
+    if std::fs::symlink_metadata(dir).is_err() {
+        if let Some(parent) = dir.parent() {
+            check_trusted_dir(parent)?;
+        }
+        match std::fs::create_dir(dir) {
+            Ok(()) => {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| io_err(dir, e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(dir, e)),
+        }
+    }
+    check_trusted_dir(dir)
+}
+
 /// Hard-links the open file `src` (any path, already opened safely) to
 /// `dst`, replacing `dst`.
 fn link_fd(src: &OwnedFd, what: &Path, dst: &Path) -> Result<(), JailError> {
@@ -442,8 +462,7 @@ impl LocalJail {
                 // A VM's disks are its own: never another VM's or an image.
                 beneath(&c.state_dir.join("vms").join(&s.vm_id), d)?;
             }
-            std::fs::create_dir_all(&cfg.chroot_base).map_err(|e| io_err(&cfg.chroot_base, e))?;
-            check_trusted_dir(&cfg.chroot_base)?;
+            ensure_chroot_base(&cfg.chroot_base)?;
         }
         // Every source is open before anything is written.
         let kernel = self.open_source(&s.kernel)?;
@@ -878,6 +897,10 @@ mod tests {
         );
     }
 
+    fn path_mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
+    }
+
     #[test]
     fn a_chroot_base_others_can_change_is_refused() {
         let d = tempfile::tempdir().expect("tmp");
@@ -891,6 +914,12 @@ mod tests {
         let err = check_trusted_dir(&link).expect_err("symlink");
         assert!(err.to_string().contains("not a directory"), "{err}");
         check_trusted_dir(d.path()).expect("a dir of ours, under sticky /tmp");
+        // Never created under an untrusted parent, not even empty.
+        let err = ensure_chroot_base(&open.join("jail")).expect_err("untrusted parent");
+        assert!(err.to_string().contains("only root can change"), "{err}");
+        assert!(!open.join("jail").exists());
+        ensure_chroot_base(&d.path().join("jail")).expect("made under a trusted parent");
+        assert_eq!(path_mode(&d.path().join("jail")), 0o755);
     }
 
     #[test]
