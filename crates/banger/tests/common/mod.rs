@@ -67,10 +67,13 @@ echo 'vhost-device-vsock 0.3.0 (fake)'
         self.with_env(Command::new(bin))
     }
 
-    /// `bin` run inside network namespace `ns`.
+    /// `bin` run inside network namespace `ns`. Through `nsenter`, not
+    /// `ip netns exec`: that one also makes a mount namespace with a fresh
+    /// sysfs, in which `/sys/fs/cgroup` is missing and the jailer finds no
+    /// cgroup hierarchy.
     pub fn command_in(&self, ns: &str, bin: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, bin]);
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(bin);
         self.with_env(c)
     }
 
