@@ -52,6 +52,13 @@ async fn collect(s: &mut DuplexStream) -> Outcome {
     o
 }
 
+/// One exec on a fresh session, to its end.
+async fn run(req: ExecRequest) -> Outcome {
+    let mut s = connect().await;
+    send(&mut s, &Message::Exec(req)).await.expect("exec");
+    collect(&mut s).await
+}
+
 fn sh(script: &str) -> ExecRequest {
     ExecRequest {
         argv: vec!["sh".into(), "-c".into(), script.into()],
@@ -69,11 +76,7 @@ fn exit(code: i32) -> Option<Message> {
 
 #[tokio::test]
 async fn exec_separates_streams_and_returns_the_exit_code() {
-    let mut s = connect().await;
-    send(&mut s, &Message::Exec(sh("echo out; echo err >&2; exit 7")))
-        .await
-        .expect("exec");
-    let o = collect(&mut s).await;
+    let o = run(sh("echo out; echo err >&2; exit 7")).await;
     assert_eq!(o.stdout, b"out\n");
     assert_eq!(o.stderr, b"err\n");
     assert_eq!(o.exit, exit(7));
@@ -131,24 +134,20 @@ async fn a_signal_reaches_the_whole_group() {
 
 #[tokio::test]
 async fn a_missing_program_exits_127_with_the_reason() {
-    let mut s = connect().await;
-    let req = ExecRequest {
+    let o = run(ExecRequest {
         argv: vec!["/no/such/program".into()],
         ..Default::default()
-    };
-    send(&mut s, &Message::Exec(req)).await.expect("exec");
-    let o = collect(&mut s).await;
+    })
+    .await;
     assert_eq!(o.exit, exit(127));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such/program"));
 }
 
 #[tokio::test]
 async fn an_unknown_user_is_an_error() {
-    let mut s = connect().await;
     let mut req = sh("true");
     req.user = Some("no-such-user-xyz".into());
-    send(&mut s, &Message::Exec(req)).await.expect("exec");
-    let o = collect(&mut s).await;
+    let o = run(req).await;
     assert!(
         matches!(&o.exit, Some(Message::Error { message }) if message.contains("no-such-user-xyz")),
         "{o:?}"
@@ -157,12 +156,10 @@ async fn an_unknown_user_is_an_error() {
 
 #[tokio::test]
 async fn env_and_cwd_are_applied() {
-    let mut s = connect().await;
     let mut req = sh("echo $GREETING; pwd");
     req.env = vec![("GREETING".into(), "hi".into())];
     req.cwd = Some("/tmp".into());
-    send(&mut s, &Message::Exec(req)).await.expect("exec");
-    let o = collect(&mut s).await;
+    let o = run(req).await;
     assert_eq!(o.stdout, b"hi\n/tmp\n");
 }
 
@@ -229,12 +226,8 @@ async fn a_vanished_client_kills_the_command() {
 
 #[tokio::test]
 async fn background_output_holders_do_not_hang_the_exit() {
-    let mut s = connect().await;
     // The background sleep keeps stdout open; the Exit must still come.
-    send(&mut s, &Message::Exec(sh("echo $$; sleep 30 & echo hi")))
-        .await
-        .expect("exec");
-    let o = collect(&mut s).await;
+    let o = run(sh("echo $$; sleep 30 & echo hi")).await;
     assert_eq!(o.exit, exit(0));
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(text.ends_with("hi\n"), "{text:?}");
