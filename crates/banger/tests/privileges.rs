@@ -139,16 +139,7 @@ fn an_unprivileged_daemon_runs_vms_through_the_helper() {
         .env("BANGER_VSOCK_BACKEND_BIN", "vhost-device-vsock");
         c.output().expect("banger as nobody")
     };
-    let ok = |args: &[&str]| -> String {
-        let o = banger(args);
-        assert!(
-            o.status.success(),
-            "banger {args:?}: {}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let ok = |args: &[&str]| -> String { common::succeeded(args, banger(args)) };
     let s = |p: &str| src.join(p).display().to_string();
     ok(&[
         "kernel",

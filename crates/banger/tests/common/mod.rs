@@ -117,15 +117,7 @@ echo 'vhost-device-vsock 0.3.0 (fake)'
 
     /// Runs banger and insists on success.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.banger(args);
-        assert!(
-            out.status.success(),
-            "banger {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(args, self.banger(args))
     }
 
     /// Runs banger and insists on failure; returns stderr.
@@ -255,6 +247,18 @@ pub fn path_mode(p: &Path) -> u32 {
     std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
 }
 
+/// `banger args` finished: insists it succeeded, returns its stdout.
+pub fn succeeded(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "banger {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Fails under `CI=true`, otherwise prints why a test is skipped.
 pub fn skip_or_fail(what: &str, reason: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -381,13 +385,7 @@ pub fn cached_default_assets(init: &Path) -> CachedAssets {
             .args(args)
             .output()
             .expect("banger");
-        assert!(
-            out.status.success(),
-            "banger {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(args, out)
     };
     if complete.exists() {
         println!("assets: using the cache in {}", entry.display());
@@ -531,14 +529,7 @@ impl Lab {
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.banger(args);
-        assert!(
-            out.status.success(),
-            "banger {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(args, self.banger(args))
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
