@@ -32,7 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::firewall::{Firewall, FirewallError, NatRule};
-use crate::jail::{JailError, JailOps, JailStage, check_vm_id};
+use crate::jail::{JailError, JailOps, JailStage, check_vm_id, lexically_beneath};
 use crate::net::{NetError, NetOps};
 
 #[derive(Debug, thiserror::Error)]
@@ -194,24 +194,14 @@ impl Policy {
         }
     }
 
-    /// Lexically beneath `dir`: absolute, no `.`/`..`. (Symlinks are
-    /// refused when the file is opened.)
     fn path_in(&self, what: &str, path: &Path, dir: &Path) -> Result<(), HelperError> {
-        let plain = path.is_absolute()
-            && path.components().all(|c| {
-                matches!(
-                    c,
-                    std::path::Component::RootDir | std::path::Component::Normal(_)
-                )
-            });
-        if plain && path.starts_with(dir) && path != dir {
-            Ok(())
-        } else {
-            refuse(format!(
+        match lexically_beneath(dir, path) {
+            Some(_) => Ok(()),
+            None => refuse(format!(
                 "{what} {} is outside {}",
                 path.display(),
                 dir.display()
-            ))
+            )),
         }
     }
 

@@ -245,21 +245,28 @@ pub fn resolve_user(user: &str) -> Result<(u32, u32), String> {
     }
 }
 
-/// `path` relative to `base`, if it is lexically beneath it: absolute,
-/// no `.`/`..` anywhere.
-fn beneath<'a>(base: &Path, path: &'a Path) -> Result<&'a Path, JailError> {
+/// `path` relative to `base`, if it lies lexically beneath it: absolute,
+/// no `.`/`..` anywhere, not `base` itself. (Symlinks are a matter for
+/// opening.)
+pub fn lexically_beneath<'a>(base: &Path, path: &'a Path) -> Option<&'a Path> {
     let plain = path.is_absolute()
         && path
             .components()
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
     match path.strip_prefix(base) {
-        Ok(rel) if plain && !rel.as_os_str().is_empty() => Ok(rel),
-        _ => Err(JailError::Refused(format!(
+        Ok(rel) if plain && !rel.as_os_str().is_empty() => Some(rel),
+        _ => None,
+    }
+}
+
+fn beneath<'a>(base: &Path, path: &'a Path) -> Result<&'a Path, JailError> {
+    lexically_beneath(base, path).ok_or_else(|| {
+        JailError::Refused(format!(
             "{} is outside the state dir {}",
             path.display(),
             base.display()
-        ))),
-    }
+        ))
+    })
 }
 
 impl Confinement {

@@ -274,6 +274,8 @@ impl Vmm for FirecrackerVmm {
                     std::os::unix::fs::symlink(&long, &short)
                         .map_err(|e| err(format!("linking {}: {e}", short.display())))?;
                 }
+                // Opened above so that it exists as ours: the helper only
+                // appends to a console the daemon owns.
                 drop(console);
                 (j.ops.spawn(&spec.vm_id, &spec.console_log).await?, None)
             }
