@@ -18,6 +18,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 52;
+/// The host port the agent calls once it listens: the daemon waits for
+/// that call instead of knocking on the guest while it boots (QEMU's
+/// vsock backend can wedge on connections made before the guest's driver
+/// is up). Both VMMs hand a guest-initiated connection to port P to the
+/// host unix socket `<vsock uds>_P`.
+pub const READY_PORT: u32 = 1052;
+/// What the agent writes on that call, followed by its software string
+/// and a newline.
+pub const READY_GREETING: &str = "banger-agent-ready";
+/// Longest ready line the daemon reads.
+pub const MAX_READY_LINE: usize = 256;
 /// Largest payload of one frame; output is chunked below this.
 pub const MAX_FRAME: usize = 1 << 20;
 /// Chunk size writers use for process output.

@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use banger_agent::{SOFTWARE, SystemPower, session};
-use banger_agent_proto::AGENT_PORT;
-use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
+use banger_agent_proto::{AGENT_PORT, READY_GREETING, READY_PORT};
+use tokio::io::AsyncWriteExt;
+use tokio_vsock::{VMADDR_CID_ANY, VMADDR_CID_HOST, VsockAddr, VsockListener, VsockStream};
 
 fn main() -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
             }
         };
         eprintln!("{SOFTWARE}: listening on vsock port {AGENT_PORT}");
+        tokio::spawn(report_ready());
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
@@ -43,4 +45,28 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Tells the host the agent listens: one connection to the host's
+/// [`READY_PORT`] carrying a line. A host that is not waiting (a daemon
+/// that adopted this VM, or an agent restarted by its unit) refuses it;
+/// that is fine, it asks the agent directly then.
+async fn report_ready() {
+    let line = format!("{READY_GREETING} {SOFTWARE}\n");
+    for attempt in 0..3 {
+        match VsockStream::connect(VsockAddr::new(VMADDR_CID_HOST, READY_PORT)).await {
+            Ok(mut s) => {
+                match s.write_all(line.as_bytes()).await {
+                    Ok(()) => eprintln!("banger-agent: reported ready to the host"),
+                    Err(e) => eprintln!("banger-agent: reporting ready: {e}"),
+                }
+                let _ = AsyncWriteExt::shutdown(&mut s).await;
+                return;
+            }
+            Err(e) if attempt == 2 => {
+                eprintln!("banger-agent: no host waiting for the ready report ({e}); it will ask");
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
 }

@@ -71,6 +71,14 @@ struct FileConfig {
     jailer: FileJailer,
     #[serde(default)]
     privileges: FilePrivileges,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    concurrent_boots: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +200,15 @@ pub struct GuestConfig {
     pub ready_timeout_secs: Option<u32>,
 }
 
+/// How much the daemon runs at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LimitsConfig {
+    /// Guest boots in flight at once (VMM launch to agent ready);
+    /// `None` picks from the host (CPUs, and whether it has hardware
+    /// KVM), `Some(0)` admits every boot at once.
+    pub concurrent_boots: Option<u32>,
+}
+
 /// External host tools; a bare name is looked up on `PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolPaths {
@@ -218,6 +235,7 @@ pub struct Config {
     pub guest: GuestConfig,
     pub tools: ToolPaths,
     pub jailer: JailerConfig,
+    pub limits: LimitsConfig,
     /// Where banger-helper listens; when set, bangerd asks it for every
     /// network and firewall change instead of making them itself.
     pub helper_socket: Option<PathBuf>,
@@ -538,6 +556,16 @@ impl Config {
             },
         };
 
+        let limits = LimitsConfig {
+            concurrent_boots: match pick(
+                "BANGER_CONCURRENT_BOOTS",
+                file.limits.concurrent_boots.map(|v| v.to_string()),
+            ) {
+                Some((v, src)) => Some(bounded_int("limits.concurrent_boots", src, v, 0, 4096)?),
+                None => None,
+            },
+        };
+
         let helper_socket = pick(
             "BANGER_HELPER_SOCKET",
             path_of(file.privileges.helper_socket),
@@ -548,6 +576,7 @@ impl Config {
         Ok(Self {
             helper_socket,
             jailer,
+            limits,
             assets,
             guest,
             tools,
@@ -744,6 +773,24 @@ mod tests {
         assert_eq!(cfg.socket, PathBuf::from("/tmp/rt/bangerd.sock"));
         assert_eq!(cfg.network.bridge, "br-test");
         assert_eq!(cfg.defaults.root_disk_bytes, 2 << 30);
+    }
+
+    #[test]
+    fn concurrent_boots_is_unset_by_default_and_bounded() {
+        let cfg = Config::resolve(FileConfig::default(), &|_| None).expect("defaults");
+        assert_eq!(cfg.limits.concurrent_boots, None, "picked from the host");
+        let cfg = Config::from_toml("[limits]\nconcurrent_boots = 3\n").expect("file");
+        assert_eq!(cfg.limits.concurrent_boots, Some(3));
+        let cfg = Config::from_toml("[limits]\nconcurrent_boots = 0\n").expect("unlimited");
+        assert_eq!(cfg.limits.concurrent_boots, Some(0));
+        let cfg = Config::load_with(env(&[
+            (CONFIG_ENV, "/dev/null"),
+            ("BANGER_CONCURRENT_BOOTS", "5"),
+        ]))
+        .expect("env");
+        assert_eq!(cfg.limits.concurrent_boots, Some(5));
+        let err = Config::from_toml("[limits]\nconcurrent_boots = 100000\n").expect_err("bound");
+        assert!(err.to_string().contains("limits.concurrent_boots"), "{err}");
     }
 
     #[test]

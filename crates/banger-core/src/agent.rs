@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::error::CoreError;
 use crate::lifecycle::{VmAction, check_action};
 use crate::progress::ProgressSink;
+use crate::ready::{ReadyCall, ReadyListener};
 use crate::service::Core;
 
 /// Identifies the daemon in the hello.
@@ -98,6 +99,69 @@ fn agent_err(vm: &VmRecord, e: impl std::fmt::Display) -> CoreError {
     CoreError::Unavailable(format!("guest agent of vm {:?}: {e}", vm.name))
 }
 
+/// How one readiness probe went.
+enum Attempt {
+    /// No answer at all within [`ATTEMPT`]: the vsock backend took the
+    /// connection but the guest never took it up (no driver yet).
+    Silent,
+    /// The guest's vsock answered that nothing listens on the agent port.
+    Refused,
+    /// Anything else, kept for the error.
+    Other(String),
+    /// Not worth another try.
+    Fatal(CoreError),
+}
+
+/// The readiness probes of one start, for its error and the log.
+#[derive(Default)]
+struct Attempts {
+    silent: u32,
+    refused: u32,
+    other: u32,
+    last: Option<String>,
+}
+
+impl Attempts {
+    fn add(&mut self, a: Attempt) {
+        let what = match a {
+            Attempt::Silent => {
+                self.silent += 1;
+                format!("no answer within {}s", ATTEMPT.as_secs())
+            }
+            Attempt::Refused => {
+                self.refused += 1;
+                format!("nothing listens on guest port {AGENT_PORT} yet")
+            }
+            Attempt::Other(e) => {
+                self.other += 1;
+                e
+            }
+            Attempt::Fatal(_) => return,
+        };
+        self.last = Some(what);
+    }
+}
+
+impl std::fmt::Display for Attempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.silent + self.refused + self.other == 0 {
+            return f.write_str("no failed attempts");
+        }
+        write!(
+            f,
+            "{} attempts: {} unanswered (no guest vsock driver yet), {} refused (guest up, agent not listening), {} other",
+            self.silent + self.refused + self.other,
+            self.silent,
+            self.refused,
+            self.other
+        )?;
+        if let Some(last) = &self.last {
+            write!(f, "; last: {last}")?;
+        }
+        Ok(())
+    }
+}
+
 impl Core {
     /// The start's readiness bound: configured, or by acceleration.
     pub(crate) fn ready_timeout(&self, accel: Accel) -> Duration {
@@ -126,38 +190,123 @@ impl Core {
     }
 
     /// Polls until the agent answers a ping; fails early when the VMM
-    /// died or the agent speaks another protocol version.
+    /// died or the agent speaks another protocol version. A failure says
+    /// how the attempts went, so "the guest never got a vsock device" and
+    /// "the guest is up but nothing listens" read apart.
     pub(crate) async fn wait_for_agent(
         &self,
         vm: &VmRecord,
         timeout: Duration,
         progress: &ProgressSink,
+        ready: Option<&ReadyListener>,
     ) -> Result<(), CoreError> {
         progress.stage(
             "agent",
             format!("waiting up to {}s for the guest agent", timeout.as_secs()),
         );
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut last;
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let mut tally = Attempts::default();
+        if let Some(ready) = ready {
+            self.await_ready_call(vm, ready, timeout, deadline, &mut tally)
+                .await?;
+        }
         loop {
             if !self.vm_alive(vm) {
                 return Err(CoreError::Host(format!(
-                    "the {} process exited before the guest agent answered",
+                    "the {} process exited before the guest agent answered ({tally})",
                     vm.spec.vmm
                 )));
             }
-            match self.ping(vm).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.to_string().contains("speaks protocol") => return Err(e),
-                Err(e) => last = e.to_string(),
+            match self.ready_attempt(vm).await {
+                Ok(()) => {
+                    tracing::info!(vm_id = %vm.id, waited_ms = started.elapsed().as_millis() as u64, before = %tally, "guest agent answered");
+                    return Ok(());
+                }
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(failed) => tally.add(failed),
             }
             if tokio::time::Instant::now() + POLL > deadline {
                 return Err(CoreError::Host(format!(
-                    "the guest agent did not answer within {}s (last attempt: {last}); raise guest.ready_timeout_secs for slow hosts",
+                    "the guest agent did not answer within {}s ({tally}); raise guest.ready_timeout_secs for slow hosts",
                     timeout.as_secs()
                 )));
             }
             tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits for the agent's call on `ready`; the ping that follows
+    /// confirms the ordinary path. Ends early when the VMM dies.
+    async fn await_ready_call(
+        &self,
+        vm: &VmRecord,
+        ready: &ReadyListener,
+        timeout: Duration,
+        deadline: tokio::time::Instant,
+        tally: &mut Attempts,
+    ) -> Result<(), CoreError> {
+        let vmm_gone = async {
+            while self.vm_alive(vm) {
+                tokio::time::sleep(POLL).await;
+            }
+        };
+        tokio::pin!(vmm_gone);
+        loop {
+            tokio::select! {
+                call = ready.next(ATTEMPT) => match call {
+                    Ok(ReadyCall::Agent(software)) => {
+                        tracing::debug!(vm_id = %vm.id, agent = %software, "the guest agent reported ready");
+                        return Ok(());
+                    }
+                    Ok(ReadyCall::Garbled(line)) => {
+                        tally.add(Attempt::Other(format!("a ready call that said {line:?}")));
+                    }
+                    Err(e) => return Err(CoreError::Host(e.to_string())),
+                },
+                () = &mut vmm_gone => {
+                    return Err(CoreError::Host(format!(
+                        "the {} process exited before the guest agent reported ready ({tally})",
+                        vm.spec.vmm
+                    )));
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(CoreError::Host(format!(
+                        "the guest agent did not report ready within {}s (nothing called {}; {tally}); raise guest.ready_timeout_secs for slow hosts",
+                        timeout.as_secs(),
+                        ready.path().display()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// One readiness probe: connect, hello, ping, pong.
+    async fn ready_attempt(&self, vm: &VmRecord) -> Result<(), Attempt> {
+        let vsock = vm.runtime.vsock_path.as_deref().ok_or_else(|| {
+            Attempt::Fatal(agent_err(
+                vm,
+                "the vm has no vsock; restart it with this banger version",
+            ))
+        })?;
+        let probe = async {
+            let mut s = self.deps.agent.connect(Path::new(vsock)).await?;
+            send(&mut s, &Message::Ping).await?;
+            read_frame(&mut s).await
+        };
+        match tokio::time::timeout(ATTEMPT, probe).await {
+            Err(_) => Err(Attempt::Silent),
+            Ok(Ok(Some(Frame::Control(Message::Pong)))) => Ok(()),
+            Ok(Ok(other)) => Err(Attempt::Other(format!("ping answered with {other:?}"))),
+            Ok(Err(e @ ProtoError::VersionMismatch { .. })) => Err(Attempt::Fatal(
+                CoreError::Unavailable(format!("vm {:?}: {e}", vm.name)),
+            )),
+            Ok(Err(ProtoError::Unexpected { got, .. }))
+                if got.starts_with("the connection closed") =>
+            {
+                Err(Attempt::Refused)
+            }
+            Ok(Err(e)) => Err(Attempt::Other(e.to_string())),
         }
     }
 
@@ -175,10 +324,6 @@ impl Core {
             Some(Frame::Control(Message::Pong)) => Ok(()),
             other => Err(agent_err(vm, format!("{what} answered with {other:?}"))),
         }
-    }
-
-    async fn ping(&self, vm: &VmRecord) -> Result<(), CoreError> {
-        self.acknowledged(vm, Message::Ping, "ping").await
     }
 
     /// Asks the guest to shut itself down; `Ok` once the agent took it.

@@ -5,6 +5,7 @@
 //! ([`lifecycle`]), acts through the store and the host traits, and answers
 //! with a [`Reply`] or a [`CoreError`] that says why not.
 
+pub mod admission;
 pub mod agent;
 pub mod assets;
 pub mod capability;
@@ -15,6 +16,7 @@ pub mod lifecycle;
 pub mod locks;
 pub mod names;
 pub mod progress;
+pub mod ready;
 pub mod runtime;
 pub mod service;
 pub mod testing;

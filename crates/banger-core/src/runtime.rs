@@ -15,17 +15,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use banger_api::asset::{ImageRecord, KernelRecord};
-use banger_api::doctor::Accel;
+use banger_api::doctor::{Accel, DoctorReport};
 use banger_api::vm::{VmRecord, VmState, VmmKind};
 use banger_host::disk::GuestEntry;
 use banger_store::Store;
 use banger_vmm::{LaunchSpec, NetSpec, Vmm, mac_for};
 use chrono::Utc;
 
+use crate::admission::{Admission, default_boot_limit};
 use crate::error::CoreError;
 use crate::handles::{VmHandles, read_scratch};
 use crate::lifecycle::{VmAction, check_action, check_transition};
 use crate::progress::ProgressSink;
+use crate::ready::{ReadyListener, ready_socket_path};
 use crate::service::Core;
 
 /// banger's DNS listens here on the bridge address.
@@ -195,7 +197,7 @@ impl Core {
             contents: contents.into_bytes(),
         };
         let unit = format!(
-            "[Unit]\nDescription=banger guest network\nDefaultDependencies=no\nBindsTo=sys-subsystem-net-devices-eth0.device\nAfter=sys-subsystem-net-devices-eth0.device\nBefore=network.target\nWants=network.target\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/sbin/ip link set lo up\nExecStart=/sbin/ip link set eth0 up\nExecStart=/sbin/ip addr replace {ip}/{prefix} dev eth0\nExecStart=/sbin/ip route replace default via {gw}\n\n[Install]\nWantedBy=multi-user.target\n",
+            "[Unit]\nDescription=banger guest network\nDefaultDependencies=no\nBindsTo=sys-subsystem-net-devices-eth0.device\nAfter=sys-subsystem-net-devices-eth0.device\nBefore=network.target\nWants=network.target\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nStandardOutput=journal+console\nStandardError=journal+console\nExecStart=/sbin/ip link set lo up\nExecStart=/sbin/ip link set eth0 up\nExecStart=/sbin/ip addr replace {ip}/{prefix} dev eth0\nExecStart=/sbin/ip route replace default via {gw}\n\n[Install]\nWantedBy=multi-user.target\n",
             prefix = net.prefix_len,
             gw = net.bridge_ip,
         );
@@ -355,9 +357,7 @@ impl Core {
                 if let Err(c) = cleanup {
                     msg.push_str(&format!("; cleanup: {c}"));
                 }
-                if let Some(tail) = console_tail(&paths.console, 15) {
-                    msg.push_str(&format!("\nlast console lines:\n{tail}"));
-                }
+                msg.push_str(&failure_context(&paths.console, &paths.dir));
                 vm.runtime.last_error = Some(msg.clone());
                 let _ = self.transition(&mut vm, VmState::Error).await;
                 tracing::warn!(vm_id = %vm.id, error = %msg, "start failed");
@@ -446,7 +446,6 @@ impl Core {
         } else {
             None
         };
-        progress.stage("boot", format!("launching {}", vm.spec.vmm));
         std::fs::create_dir_all(paths.socket.parent().unwrap_or(Path::new("/")))
             .map_err(|e| CoreError::Internal(format!("creating socket dir: {e}")))?;
         let host = self.host_report().await?;
@@ -482,6 +481,20 @@ impl Core {
             handles.jail_root = Some(root.display().to_string());
             self.record_handles(vm, handles.clone()).await?;
         }
+        // Held until the agent answers: the readiness bound below counts
+        // from the launch, never from the time spent queued here.
+        let _slot = self.boot_admission(&host).acquire(progress).await;
+        timer.lap("boot-queue");
+        // Bound before launch: the agent's call cannot come too early.
+        let ready = if vmm.ready_call() {
+            Some(
+                ReadyListener::bind(ready_socket_path(&paths.vsock))
+                    .map_err(|e| CoreError::Host(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        progress.stage("boot", format!("launching {}", vm.spec.vmm));
         let pid = vmm
             .launch(&spec)
             .await
@@ -491,11 +504,36 @@ impl Core {
         timer.lap("vmm-launch");
         // Running means usable: the guest booted and its agent answers.
         let waited = self
-            .wait_for_agent(vm, self.ready_timeout(accel), progress)
+            .wait_for_agent(vm, self.ready_timeout(accel), progress, ready.as_ref())
             .await;
         timer.lap("agent");
         timer.log();
         waited
+    }
+
+    /// The boot queue, sized on first use: `limits.concurrent_boots`, or
+    /// one per CPU under software emulation (more with hardware KVM).
+    pub(crate) fn boot_admission(&self, host: &DoctorReport) -> &Admission {
+        self.boots.get_or_init(|| {
+            let limit = match self.config().limits.concurrent_boots {
+                Some(n) => n as usize,
+                None => {
+                    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+                    let kvm = host.default_vmm.is_some_and(|c| c.accel == Accel::Kvm);
+                    default_boot_limit(cpus, kvm)
+                }
+            };
+            tracing::info!(
+                limit = limit,
+                "guest boots admitted {}",
+                if limit == 0 {
+                    "without a limit".to_owned()
+                } else {
+                    format!("{limit} at a time")
+                }
+            );
+            Admission::new("boot", Some(limit))
+        })
     }
 
     /// Tears down everything a VM holds on the host. Every step runs; the
@@ -544,7 +582,14 @@ impl Core {
         let sockets = socket
             .iter()
             .flat_map(|s| [s.clone(), banger_vmm::vhost_user_socket(s)])
-            .chain(vm.runtime.vsock_path.as_deref().map(PathBuf::from));
+            .chain(
+                vm.runtime
+                    .vsock_path
+                    .as_deref()
+                    .map(PathBuf::from)
+                    .into_iter()
+                    .flat_map(|v| [ready_socket_path(&v), v]),
+            );
         for sock in sockets {
             if let Err(e) = std::fs::remove_file(&sock) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -781,11 +826,57 @@ fn disk_err(e: banger_host::disk::DiskError) -> CoreError {
     CoreError::Host(e.to_string())
 }
 
-fn console_tail(path: &Path, lines: usize) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
+/// The last `lines` lines of a guest-written log, at most [`TAIL_BYTES`]
+/// of it read (the guest decides how long the log is).
+fn log_tail(path: &Path, lines: usize) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
+        .ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
     let all: Vec<&str> = text.lines().collect();
     let tail = all[all.len().saturating_sub(lines)..].join("\n");
     (!tail.trim().is_empty()).then_some(tail)
+}
+
+/// How much of a log's end a failed start looks at.
+const TAIL_BYTES: u64 = 256 << 10;
+
+/// What a failed start's error carries besides its cause, so it can be
+/// diagnosed from `last_error` alone: banger's own lines from the guest
+/// (its units and the agent log to the console), the console's tail, the
+/// vsock backend's words, and how busy the host was.
+fn failure_context(console: &Path, vm_dir: &Path) -> String {
+    let mut out = String::new();
+    if let Some(text) = log_tail(console, 2000) {
+        let ours: Vec<&str> = text.lines().filter(|l| l.contains("banger")).collect();
+        if !ours.is_empty() {
+            let from = ours.len().saturating_sub(10);
+            out.push_str(&format!(
+                "\nbanger's lines on the console:\n{}",
+                ours[from..].join("\n")
+            ));
+        }
+    }
+    if let Some(tail) = log_tail(console, 15) {
+        out.push_str(&format!("\nlast console lines:\n{tail}"));
+    }
+    if let Some(tail) = log_tail(&vm_dir.join("vsock-backend.log"), 5) {
+        out.push_str(&format!("\nvsock backend:\n{tail}"));
+    }
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        out.push_str(&format!(
+            "\nhost load (1/5/15 min): {}",
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    out
 }
 
 /// Where the guest agent lives in every VM's root disk.
@@ -803,6 +894,10 @@ Wants=banger-net.service
 
 [Service]
 ExecStart=/usr/local/sbin/banger-agent
+# Its words reach the serial console too: a start that times out shows
+# them in last_error without a way into the guest.
+StandardOutput=journal+console
+StandardError=journal+console
 Restart=always
 RestartSec=200ms
 
@@ -1120,6 +1215,151 @@ mod tests {
         assert_eq!(v.state, VmState::Error);
         assert!(f.vmm.running.lock().expect("lock").is_empty(), "vmm killed");
         assert!(!f.net.has(&tap_name(&v.id)), "tap removed");
+    }
+
+    /// Plays the guest that calls home once the daemon listens.
+    fn guest_calls_ready(vsock: PathBuf, line: &'static [u8]) -> tokio::task::JoinHandle<()> {
+        use tokio::io::AsyncWriteExt;
+        tokio::spawn(async move {
+            let path = ready_socket_path(&vsock);
+            loop {
+                if let Ok(mut s) = tokio::net::UnixStream::connect(&path).await {
+                    let _ = s.write_all(line).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_vmm_with_ready_calls_starts_on_the_agents_call_and_removes_the_socket() {
+        let f = fixture();
+        *f.vmm.ready_calls.lock().expect("lock") = true;
+        vm(
+            &f.core,
+            Command::VmCreate(CreateVmRequest {
+                name: Some("caller".into()),
+                ..Default::default()
+            }),
+        )
+        .await;
+        let id = f.core.find_vm("caller").await.expect("find").id;
+        let vsock = f.core.vm_paths(&id).vsock;
+        // Garbage first (a guest may write anything), then the agent.
+        let guest = {
+            let vsock = vsock.clone();
+            tokio::spawn(async move {
+                guest_calls_ready(vsock.clone(), b"\x1b[2J not the agent\n")
+                    .await
+                    .expect("junk call");
+                guest_calls_ready(vsock, b"banger-agent-ready banger-agent 0.1.0\n")
+                    .await
+                    .expect("agent call");
+            })
+        };
+        let v = vm(
+            &f.core,
+            Command::VmStart {
+                vm: "caller".into(),
+            },
+        )
+        .await;
+        guest.await.expect("guest");
+        assert_eq!(v.state, VmState::Running);
+        assert!(
+            !ready_socket_path(&vsock).exists(),
+            "ready socket removed once ready"
+        );
+        run(
+            &f.core,
+            Command::VmKill {
+                vm: "caller".into(),
+            },
+        )
+        .await
+        .expect("kill");
+    }
+
+    #[tokio::test]
+    async fn a_ready_call_that_never_comes_fails_the_start_and_says_where_it_waited() {
+        let f = fixture();
+        *f.vmm.ready_calls.lock().expect("lock") = true;
+        vm(
+            &f.core,
+            Command::VmCreate(CreateVmRequest {
+                name: Some("silent".into()),
+                ..Default::default()
+            }),
+        )
+        .await;
+        let id = f.core.find_vm("silent").await.expect("find").id;
+        let vsock = f.core.vm_paths(&id).vsock;
+        let junk = guest_calls_ready(vsock.clone(), b"hello\n");
+        let err = run(
+            &f.core,
+            Command::VmStart {
+                vm: "silent".into(),
+            },
+        )
+        .await
+        .expect_err("no agent call");
+        junk.await.expect("junk call");
+        let msg = err.to_string();
+        assert!(msg.contains("did not report ready within 1s"), "{msg}");
+        assert!(
+            msg.contains(&format!("_{}", banger_agent_proto::READY_PORT)),
+            "{msg}"
+        );
+        assert!(msg.contains("a ready call that said \"hello\""), "{msg}");
+        assert!(msg.contains("host load"), "{msg}");
+        assert_eq!(
+            f.core.find_vm("silent").await.expect("find").state,
+            VmState::Error
+        );
+        assert!(!ready_socket_path(&vsock).exists(), "no socket left behind");
+        assert!(f.vmm.running.lock().expect("lock").is_empty(), "vmm killed");
+    }
+
+    #[tokio::test]
+    async fn starts_beyond_the_boot_limit_wait_for_a_slot() {
+        let f = fixture();
+        let admission = f
+            .core
+            .boot_admission(&f.core.host_report().await.expect("host"));
+        // Under TCG the default is one slot per CPU; hold them all.
+        let limit = admission.limit().expect("a limit under TCG");
+        let mut held = Vec::new();
+        for _ in 0..limit {
+            held.push(admission.acquire(&ProgressSink::discard()).await);
+        }
+        vm(
+            &f.core,
+            Command::VmCreate(CreateVmRequest {
+                name: Some("queued".into()),
+                ..Default::default()
+            }),
+        )
+        .await;
+        let (sink, mut rx) = ProgressSink::channel();
+        let core = Arc::clone(&f.core);
+        let start = tokio::spawn(async move { core.start_vm("queued", &sink).await });
+        // It queues behind the held slots without launching anything.
+        loop {
+            let p = rx.recv().await.expect("progress");
+            if format!("{p:?}").contains("waiting for a boot slot (0 ahead") {
+                break;
+            }
+        }
+        assert!(
+            !f.vmm.recorded().iter().any(|c| c.starts_with("launch")),
+            "no launch while queued: {:?}",
+            f.vmm.recorded()
+        );
+        drop(held);
+        let v = start.await.expect("task").expect("start once admitted");
+        assert_eq!(v.state, VmState::Running);
+        assert_eq!(admission.load(), (0, 0), "the slot is released once ready");
     }
 
     #[tokio::test]

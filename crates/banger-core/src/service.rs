@@ -67,6 +67,8 @@ pub struct Core {
     /// Asset files whose digest matched, by path, size, mtime and digest.
     pub(crate) verified: std::sync::Mutex<std::collections::HashSet<String>>,
     pub(crate) asset_locks: KeyedLocks,
+    /// Guest boots in flight; sized from the host on first use.
+    pub(crate) boots: std::sync::OnceLock<crate::admission::Admission>,
     handles: HandleCache,
     started_at: chrono::DateTime<Utc>,
     pid: u32,
@@ -86,6 +88,7 @@ impl Core {
             stop_timeout: crate::runtime::GRACEFUL_STOP,
             verified: std::sync::Mutex::default(),
             asset_locks: KeyedLocks::new(),
+            boots: std::sync::OnceLock::new(),
             handles: HandleCache::new(),
             started_at: Utc::now(),
             pid: std::process::id(),

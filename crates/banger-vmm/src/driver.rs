@@ -37,6 +37,12 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
         process::signal(pid, socket, Signal::SIGKILL);
         process::kill_all(socket, Duration::from_secs(10)).await
     }
+    /// Whether a guest's connection to a host vsock port P reaches a unix
+    /// socket `<vsock uds>_P` that the daemon can bind before launch, so
+    /// the agent can report ready instead of being polled.
+    fn ready_call(&self) -> bool {
+        false
+    }
     /// Who must own the VM's tap: the jail's uid/gid, `None` for root.
     fn tap_owner(&self) -> Option<(u32, u32)> {
         None
@@ -95,6 +101,9 @@ impl QemuVmm {
             .arg(&vhu)
             .arg("--uds-path")
             .arg(uds)
+            // Its errors (a worker that stopped serving) land in the log
+            // a failed start quotes.
+            .env("RUST_LOG", "error")
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -133,6 +142,12 @@ impl QemuVmm {
 impl Vmm for QemuVmm {
     fn kind(&self) -> VmmKind {
         VmmKind::Qemu
+    }
+
+    /// `vhost-device-vsock` connects guest-initiated streams to
+    /// `<uds-path>_<port>`; polling it while the guest boots can wedge it.
+    fn ready_call(&self) -> bool {
+        true
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
@@ -186,6 +201,9 @@ pub struct FakeVmm {
     /// When set, VMs are "jailed" under `<base>/<vm id>` and `release`
     /// is recorded.
     pub jail_base: Mutex<Option<PathBuf>>,
+    /// Whether the daemon should wait for a ready call (the test plays
+    /// the guest that makes it).
+    pub ready_calls: Mutex<bool>,
     next_pid: Mutex<u32>,
 }
 
@@ -211,6 +229,10 @@ impl FakeVmm {
 impl Vmm for FakeVmm {
     fn kind(&self) -> VmmKind {
         VmmKind::Qemu
+    }
+
+    fn ready_call(&self) -> bool {
+        *self.ready_calls.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
