@@ -269,3 +269,45 @@ fn ten_vms_started_and_deleted_concurrently_leave_nothing_behind() {
     lab.assert_no_leaks();
     lab.ok(&["daemon", "stop"]);
 }
+
+/// Each VM is created the moment the last one was deleted, so it takes
+/// over the freed address (and the slot in every table) at once.
+#[test]
+fn twenty_vm_runs_back_to_back_each_reusing_the_freed_address() {
+    let Some(lab) = lab() else { return };
+    let mut took = Vec::new();
+    for i in 0..20 {
+        let t = Instant::now();
+        let out = lab.banger(&[
+            "vm",
+            "run",
+            "--rm",
+            "--memory",
+            "256",
+            "--",
+            "cat",
+            "/etc/hostname",
+        ]);
+        assert!(
+            out.status.success(),
+            "run {i} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            lab.diagnostics()
+        );
+        took.push(t.elapsed().as_secs_f64());
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+            "run {i}: the command ran in the guest"
+        );
+        assert_eq!(lab.json(&["vm", "list", "--json"]), serde_json::json!([]));
+    }
+    took.sort_by(f64::total_cmp);
+    println!(
+        "figure: 20 back-to-back vm run --rm: median {:.2}s, max {:.2}s",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    lab.assert_no_leaks();
+    lab.ok(&["daemon", "stop"]);
+}

@@ -528,12 +528,49 @@ impl Lab {
         self.command().args(args).output().expect("banger")
     }
 
+    /// Runs banger and insists on success; a failure also says how busy
+    /// the host was and what the daemon and the guests last said.
     pub fn ok(&self, args: &[&str]) -> String {
-        succeeded(args, self.banger(args))
+        let out = self.banger(args);
+        if !out.status.success() {
+            eprintln!("{}", self.diagnostics());
+        }
+        succeeded(args, out)
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         serde_json::from_str(&self.ok(args)).expect("json")
+    }
+
+    /// The host's load, the daemon log's tail and each VM's console tail:
+    /// printed with a failure, so a slow or stuck boot explains itself.
+    pub fn diagnostics(&self) -> String {
+        let tail = |p: &Path, n: usize| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        };
+        let mut out = format!(
+            "--- host load (1, 5, 15 min; runnable/total): {}",
+            std::fs::read_to_string("/proc/loadavg").unwrap_or_default()
+        );
+        out.push_str(&format!(
+            "--- daemon log tail:\n{}\n",
+            tail(&self.env.state_dir().join("bangerd.log"), 30)
+        ));
+        for vm in dir_entries(&self.env.state_dir().join("vms")) {
+            let console = self
+                .env
+                .state_dir()
+                .join("vms")
+                .join(&vm)
+                .join("console.log");
+            out.push_str(&format!(
+                "--- console of vm {vm}:\n{}\n",
+                tail(&console, 20)
+            ));
+        }
+        out
     }
 
     pub fn wait_ping(&self, ip: &str, within: Duration) -> Duration {
