@@ -16,27 +16,15 @@ cargo build --release --locked -q -p banger
 guest_dir=$(scripts/build-guest.sh)
 B="$(pwd)/target/release/banger"
 
-work=$(mktemp -d /tmp/banger-bench-XXXXXX)
-ns="banger-bench-$$"
-cleanup() {
-  set +e
-  [ -n "${ns:-}" ] && ip netns exec "$ns" env "${envs[@]}" "$B" daemon stop >/dev/null 2>&1
-  pkill -9 -f "$work" 2>/dev/null
-  ip netns del "$ns" 2>/dev/null
-  umount "$work/xfs" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. bench/lab.sh
+lab_cleanup_hook() { umount "$work/xfs" 2>/dev/null; }
 
 truncate -s 40G "$work/xfs.img"
 mkfs.xfs -q -m reflink=1 "$work/xfs.img"
 mkdir -p "$work/xfs"
 mount -o loop "$work/xfs.img" "$work/xfs"
-ip netns add "$ns"
-ip -n "$ns" link set lo up
 envs=(BANGER_CONFIG=/dev/null BANGER_STATE_DIR="$work/xfs/state" BANGER_RUNTIME_DIR="$work/run"
       BANGER_AUTO_PROVISION=false BANGER_GUEST_INIT="$guest_dir/banger-init" BANGER_GUEST_AGENT="$guest_dir/banger-agent" BANGER_DAEMON_BIN="$(pwd)/target/release/bangerd")
-b() { ip netns exec "$ns" env "${envs[@]}" "$B" "$@"; }
 
 b kernel import default --vmlinux "$kernel_dir/vmlinux" --initrd "$kernel_dir/initrd.img" >/dev/null
 mkdir -p "$work/xfs/src"

@@ -20,24 +20,10 @@ guest_dir=$(scripts/build-guest.sh)
 B="$(pwd)/target/release/banger"
 PING="$(pwd)/target/release/examples/agent_ping"
 
-work=$(mktemp -d /tmp/banger-bench-XXXXXX)
-ns="banger-bench-$$"
-cleanup() {
-  set +e
-  ip netns exec "$ns" env "${envs[@]}" "$B" daemon stop >/dev/null 2>&1
-  pkill -9 -f "$work" 2>/dev/null
-  ip netns del "$ns" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
-ip -n "$ns" link set lo up
+. bench/lab.sh
 envs=(BANGER_CONFIG=/dev/null BANGER_STATE_DIR="$work/state" BANGER_RUNTIME_DIR="$work/run"
       BANGER_AUTO_PROVISION=false BANGER_GUEST_INIT="$guest_dir/banger-init"
       BANGER_GUEST_AGENT="$guest_dir/banger-agent" BANGER_DAEMON_BIN="$(pwd)/target/release/bangerd")
-b() { ip netns exec "$ns" env "${envs[@]}" "$B" "$@"; }
-ms() { echo $(( ($2 - $1) / 1000000 )); }
-now() { date +%s%N; }
 
 b kernel import default --vmlinux "$kernel_dir/vmlinux" --initrd "$kernel_dir/initrd.img" >/dev/null
 b image import default --rootfs "$rootfs" >/dev/null

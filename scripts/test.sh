@@ -22,5 +22,11 @@ cargo test --workspace --locked --all-targets -- --nocapture 2>&1 | tee target/t
 status=${PIPESTATUS[0]}
 set -e
 grep -E '^figure:' target/test-output.log || true
+# Where the time went: each test binary's own duration, slowest first.
+echo "==> time per test binary (seconds)"
+awk '/^ *Running /{name=$0; sub(/^ *Running /, "", name)}
+     /^ *Doc-tests /{name=$0; sub(/^ *Doc-tests /, "doc-tests ", name)}
+     /^test result:/{t=$0; sub(/.*finished in /, "", t); sub(/s$/, "", t); printf "%9.2f  %s\n", t, name}' \
+  target/test-output.log | sort -rn
 scripts/leak-check.sh
 exit "$status"
