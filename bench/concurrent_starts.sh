@@ -24,7 +24,8 @@ B="$(pwd)/target/release/banger"
 # One round: a fresh daemon with `limit` ("" = the host default), N VMs
 # created, then all started at once; prints the total and per-VM spread.
 round() {
-  local label=$1 limit=$2 dir="$work/$label"
+  local label=$1 limit=$2
+  local dir="$work/$label"
   mkdir -p "$dir"
   envs=(BANGER_CONFIG=/dev/null BANGER_STATE_DIR="$dir/state" BANGER_RUNTIME_DIR="$dir/run"
         BANGER_AUTO_PROVISION=false BANGER_GUEST_INIT="$guest_dir/banger-init"
