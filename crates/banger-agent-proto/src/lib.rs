@@ -52,6 +52,10 @@ pub enum ProtoError {
     VersionMismatch { daemon: u32, agent: u32 },
     #[error("expected {expected}, got {got}")]
     Unexpected { expected: &'static str, got: String },
+    /// The vsock backend closed at once: the guest has nothing listening
+    /// on that port (yet).
+    #[error("the connection closed (nothing listens on guest port {port} yet)")]
+    NothingListening { port: u32 },
 }
 
 /// Frame kinds.

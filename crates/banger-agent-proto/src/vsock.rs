@@ -37,13 +37,13 @@ pub async fn connect(uds: &Path, port: u32) -> Result<UnixStream, ProtoError> {
             Err(e) => refused(e)?,
         };
         if n == 0 {
-            return Err(ProtoError::Unexpected {
-                expected: "an OK from the vsock backend",
-                got: if line.is_empty() {
-                    format!("the connection closed (nothing listens on guest port {port} yet)")
-                } else {
-                    format!("{:?} then a close", String::from_utf8_lossy(&line))
-                },
+            return Err(if line.is_empty() {
+                ProtoError::NothingListening { port }
+            } else {
+                ProtoError::Unexpected {
+                    expected: "an OK from the vsock backend",
+                    got: format!("{:?} then a close", String::from_utf8_lossy(&line)),
+                }
             });
         }
         if b[0] == b'\n' {
@@ -119,6 +119,9 @@ mod tests {
             drop(s);
         });
         let err = connect(&path, 52).await.expect_err("closed");
-        assert!(err.to_string().contains("nothing listens"), "{err}");
+        assert!(
+            matches!(err, ProtoError::NothingListening { port: 52 }),
+            "{err}"
+        );
     }
 }

@@ -301,11 +301,7 @@ impl Core {
             Ok(Err(e @ ProtoError::VersionMismatch { .. })) => Err(Attempt::Fatal(
                 CoreError::Unavailable(format!("vm {:?}: {e}", vm.name)),
             )),
-            Ok(Err(ProtoError::Unexpected { got, .. }))
-                if got.starts_with("the connection closed") =>
-            {
-                Err(Attempt::Refused)
-            }
+            Ok(Err(ProtoError::NothingListening { .. })) => Err(Attempt::Refused),
             Ok(Err(e)) => Err(Attempt::Other(e.to_string())),
         }
     }
@@ -555,10 +551,7 @@ impl FakeAgent {
 impl AgentConnector for FakeAgent {
     async fn connect(&self, vsock: &Path) -> Result<AgentStream, ProtoError> {
         if !self.ready.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(ProtoError::Unexpected {
-                expected: "an OK from the vsock backend",
-                got: "the connection closed (nothing listens on guest port 52 yet)".into(),
-            });
+            return Err(ProtoError::NothingListening { port: AGENT_PORT });
         }
         let (ours, mut theirs) = tokio::io::duplex(64 << 10);
         let (power_offs, hook) = (Arc::clone(&self.power_offs), Arc::clone(&self.on_power_off));
