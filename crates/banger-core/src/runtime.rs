@@ -851,8 +851,14 @@ const TAIL_BYTES: u64 = 256 << 10;
 /// vsock backend's words, and how busy the host was.
 fn failure_context(console: &Path, vm_dir: &Path) -> String {
     let mut out = String::new();
+    // One read of the console serves both excerpts.
     if let Some(text) = log_tail(console, 2000) {
-        let ours: Vec<&str> = text.lines().filter(|l| l.contains("banger")).collect();
+        let lines: Vec<&str> = text.lines().collect();
+        let ours: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.contains("banger"))
+            .collect();
         if !ours.is_empty() {
             let from = ours.len().saturating_sub(10);
             out.push_str(&format!(
@@ -860,9 +866,10 @@ fn failure_context(console: &Path, vm_dir: &Path) -> String {
                 ours[from..].join("\n")
             ));
         }
-    }
-    if let Some(tail) = log_tail(console, 15) {
-        out.push_str(&format!("\nlast console lines:\n{tail}"));
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        if !tail.trim().is_empty() {
+            out.push_str(&format!("\nlast console lines:\n{tail}"));
+        }
     }
     if let Some(tail) = log_tail(&vm_dir.join("vsock-backend.log"), 5) {
         out.push_str(&format!("\nvsock backend:\n{tail}"));
@@ -1008,7 +1015,8 @@ mod tests {
         }
     }
 
-    async fn create_and_start(f: &Fixture, name: &str) -> VmRecord {
+    /// Creates a VM named `name` with the defaults; returns its id.
+    async fn create(f: &Fixture, name: &str) -> String {
         vm(
             &f.core,
             Command::VmCreate(CreateVmRequest {
@@ -1016,7 +1024,12 @@ mod tests {
                 ..Default::default()
             }),
         )
-        .await;
+        .await
+        .id
+    }
+
+    async fn create_and_start(f: &Fixture, name: &str) -> VmRecord {
+        create(f, name).await;
         vm(&f.core, Command::VmStart { vm: name.into() }).await
     }
 
@@ -1236,15 +1249,7 @@ mod tests {
     async fn a_vmm_with_ready_calls_starts_on_the_agents_call_and_removes_the_socket() {
         let f = fixture();
         *f.vmm.ready_calls.lock().expect("lock") = true;
-        vm(
-            &f.core,
-            Command::VmCreate(CreateVmRequest {
-                name: Some("caller".into()),
-                ..Default::default()
-            }),
-        )
-        .await;
-        let id = f.core.find_vm("caller").await.expect("find").id;
+        let id = create(&f, "caller").await;
         let vsock = f.core.vm_paths(&id).vsock;
         // Garbage first (a guest may write anything), then the agent.
         let guest = {
@@ -1285,15 +1290,7 @@ mod tests {
     async fn a_ready_call_that_never_comes_fails_the_start_and_says_where_it_waited() {
         let f = fixture();
         *f.vmm.ready_calls.lock().expect("lock") = true;
-        vm(
-            &f.core,
-            Command::VmCreate(CreateVmRequest {
-                name: Some("silent".into()),
-                ..Default::default()
-            }),
-        )
-        .await;
-        let id = f.core.find_vm("silent").await.expect("find").id;
+        let id = create(&f, "silent").await;
         let vsock = f.core.vm_paths(&id).vsock;
         let junk = guest_calls_ready(vsock.clone(), b"hello\n");
         let err = run(
@@ -1333,14 +1330,7 @@ mod tests {
         for _ in 0..limit {
             held.push(admission.acquire(&ProgressSink::discard()).await);
         }
-        vm(
-            &f.core,
-            Command::VmCreate(CreateVmRequest {
-                name: Some("queued".into()),
-                ..Default::default()
-            }),
-        )
-        .await;
+        create(&f, "queued").await;
         let (sink, mut rx) = ProgressSink::channel();
         let core = Arc::clone(&f.core);
         let start = tokio::spawn(async move { core.start_vm("queued", &sink).await });
