@@ -1,9 +1,21 @@
-//! Why the core refused or failed a command.
+//! Why the core refused or failed a command. Every variant that wraps a
+//! lower layer keeps it as a `#[source]`, so the API layer and the log
+//! see the whole chain and nothing decides by reading a message.
 
+use std::path::PathBuf;
+
+use banger_agent_proto::ProtoError;
+use banger_assets::kernel::KernelError;
+use banger_host::disk::DiskError;
+use banger_host::firewall::FirewallError;
+use banger_host::net::NetError;
+use banger_host::tools::ToolError;
 use banger_store::{AssetKind, StoreError};
+use banger_vmm::VmmError;
 
 use crate::handles::HandlesError;
 use crate::lifecycle::LifecycleError;
+use crate::ready::ReadyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
@@ -27,16 +39,30 @@ pub enum CoreError {
         name: String,
         vms: Vec<String>,
     },
-    #[error("{0}")]
-    AssetBuild(String),
+    #[error(transparent)]
+    AssetBuild(#[from] AssetBuildError),
     #[error("asset corrupt: {0}")]
     AssetCorrupt(String),
-    #[error("vm {vm:?} failed to start: {message}")]
-    StartFailed { vm: String, message: String },
-    #[error("{0}")]
-    Host(String),
-    #[error("cleanup incomplete: {}", .0.join("; "))]
-    Cleanup(Vec<String>),
+    /// The cause stays typed; `context` is what the console and the host
+    /// said, for a `last_error` that can be read on its own.
+    #[error("vm {vm:?} failed to start: {cause}{}{context}", cleanup.as_ref().map(|c| format!("; cleanup: {c}")).unwrap_or_default())]
+    StartFailed {
+        vm: String,
+        #[source]
+        cause: Box<CoreError>,
+        cleanup: Option<Box<CoreError>>,
+        context: String,
+    },
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error("{}", agent_message(vm, source))]
+    Agent {
+        vm: String,
+        #[source]
+        source: AgentError,
+    },
+    #[error("cleanup incomplete: {0}")]
+    Cleanup(CleanupErrors),
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
     #[error("{0}")]
@@ -48,7 +74,7 @@ pub enum CoreError {
     #[error(transparent)]
     Store(StoreError),
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[from] InternalError),
 }
 
 impl From<StoreError> for CoreError {
@@ -59,6 +85,219 @@ impl From<StoreError> for CoreError {
             StoreError::AssetNameTaken { kind, name } => Self::AssetNameTaken { kind, name },
             other => Self::Store(other),
         }
+    }
+}
+
+impl From<ToolError> for CoreError {
+    /// A missing tool is the host's to fix; any other tool failure failed
+    /// the build.
+    fn from(e: ToolError) -> Self {
+        match e {
+            ToolError::NotFound { .. } => Self::Unavailable(e.to_string()),
+            other => Self::AssetBuild(AssetBuildError::Tool(other)),
+        }
+    }
+}
+
+impl From<KernelError> for CoreError {
+    /// A kernel package that cannot be read is the build's failure; one
+    /// that lacks what banger needs is the user's argument.
+    fn from(e: KernelError) -> Self {
+        match e {
+            KernelError::Io { .. } => Self::AssetBuild(AssetBuildError::Kernel(e)),
+            other => Self::InvalidArgument(other.to_string()),
+        }
+    }
+}
+
+/// A host side effect that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("nat for vm {vm:?}: {source}")]
+    Nat {
+        vm: String,
+        #[source]
+        source: FirewallError,
+    },
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    #[error(transparent)]
+    Ready(#[from] ReadyError),
+    #[error(transparent)]
+    Readiness(#[from] ReadinessError),
+    #[error("{what}: {source}")]
+    Tool {
+        what: String,
+        #[source]
+        source: ToolError,
+    },
+}
+
+/// Why a started guest never became usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadinessError {
+    #[error("the {vmm} process exited before the guest agent {stage} ({attempts})")]
+    VmmExited {
+        vmm: banger_api::vm::VmmKind,
+        /// "answered" or "reported ready".
+        stage: &'static str,
+        attempts: String,
+    },
+    #[error(
+        "the guest agent did not answer within {secs}s ({attempts}); raise guest.ready_timeout_secs for slow hosts"
+    )]
+    NoAnswer { secs: u64, attempts: String },
+    #[error("the guest agent did not report ready within {secs}s (nothing called {}; {attempts}); raise guest.ready_timeout_secs for slow hosts", path.display())]
+    NoReadyCall {
+        secs: u64,
+        path: PathBuf,
+        attempts: String,
+    },
+}
+
+/// A conversation with a guest agent that went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the vm has no vsock; restart it with this banger version")]
+    NoVsock,
+    /// The agent runs another protocol version: not worth another try.
+    #[error(transparent)]
+    VersionMismatch(ProtoError),
+    #[error(transparent)]
+    Proto(ProtoError),
+    #[error("{what} within {secs}s")]
+    Timeout { what: String, secs: u64 },
+    #[error("{what} answered with {answer}")]
+    Unexpected { what: String, answer: String },
+    /// The agent's own error message (guest data, shown as is).
+    #[error("{0}")]
+    Guest(String),
+    #[error("connection closed before the exit")]
+    ClosedEarly,
+    #[error("the guest has no /etc/ssh/ssh_host_ed25519_key.pub (is openssh-server in the image?)")]
+    NoHostKey,
+}
+
+impl From<ProtoError> for AgentError {
+    fn from(e: ProtoError) -> Self {
+        match e {
+            e @ ProtoError::VersionMismatch { .. } => Self::VersionMismatch(e),
+            other => Self::Proto(other),
+        }
+    }
+}
+
+fn agent_message(vm: &str, e: &AgentError) -> String {
+    match e {
+        AgentError::VersionMismatch(p) => format!("vm {vm:?}: {p}"),
+        other => format!("guest agent of vm {vm:?}: {other}"),
+    }
+}
+
+/// Building or importing an asset failed on the host.
+#[derive(Debug, thiserror::Error)]
+pub enum AssetBuildError {
+    #[error(transparent)]
+    Tool(ToolError),
+    #[error(transparent)]
+    Kernel(KernelError),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Refused(String),
+    #[error("building the default {kind} on first use failed: {source}\n{hint}")]
+    FirstUse {
+        kind: String,
+        hint: String,
+        #[source]
+        source: Box<CoreError>,
+    },
+}
+
+/// What went wrong inside the daemon rather than on the host or in the
+/// request.
+#[derive(Debug, thiserror::Error)]
+pub enum InternalError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} task: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("refusing to remove {}: not a vm directory under {}", dir.display(), root.display())]
+    NotAVmDir { dir: PathBuf, root: PathBuf },
+    #[error("vm {0:?} has no address")]
+    NoAddress(String),
+    #[error("could not find a free generated name")]
+    NoFreeName,
+}
+
+impl InternalError {
+    /// For `map_err`: an I/O failure on `path`.
+    pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { what, path, source }
+    }
+}
+
+/// One teardown step that failed; cleanup runs every step regardless.
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error("killing vmm {pid}: {source}")]
+    KillVmm {
+        pid: u32,
+        #[source]
+        source: VmmError,
+    },
+    #[error(transparent)]
+    Release(VmmError),
+    #[error("{capability}: {source}")]
+    Capability {
+        capability: &'static str,
+        #[source]
+        source: Box<CoreError>,
+    },
+    #[error(transparent)]
+    Tap(NetError),
+    #[error("removing {}: {source}", path.display())]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Core(Box<CoreError>),
+}
+
+/// Every failed step of one cleanup, in order.
+#[derive(Debug)]
+pub struct CleanupErrors(pub Vec<CleanupError>);
+
+impl std::fmt::Display for CleanupErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
     }
 }
 

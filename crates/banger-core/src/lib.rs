@@ -1,27 +1,37 @@
 //! The daemon core: commands in, replies out.
 //!
 //! The core knows nothing of HTTP. The API layer parses a request into a
-//! [`Command`], [`Core::execute`] checks it against the VM state machine
-//! ([`lifecycle`]), acts through the store and the host traits, and answers
-//! with a [`Reply`] or a [`CoreError`] that says why not.
+//! [`Command`], [`Core::execute`] dispatches it to its room (`vm`,
+//! `assets`), which checks it against the VM state machine ([`lifecycle`]),
+//! acts through the store and the host traits, and answers with a
+//! [`Reply`] or a [`CoreError`] that says why not.
+//!
+//! Rooms reach the shared state through `Core`'s accessors; the pieces
+//! below them (agent, capability, guest, ipam, admission, ready, handles,
+//! locks) never import the core.
 
 pub mod admission;
 pub mod agent;
 pub mod assets;
 pub mod capability;
 pub mod command;
+mod core;
 pub mod error;
+pub mod guest;
 pub mod handles;
+pub mod ipam;
 pub mod lifecycle;
 pub mod locks;
 pub mod names;
 pub mod progress;
 pub mod ready;
-pub mod runtime;
-pub mod service;
+mod ssh_keys;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod timer;
+pub mod vm;
 
 pub use command::{Command, Reply};
+pub use core::{Core, GRACEFUL_STOP, HostDeps};
 pub use error::CoreError;
 pub use progress::ProgressSink;
-pub use service::{Core, HostDeps};

@@ -12,7 +12,7 @@ use banger_store::Store;
 use banger_vmm::FakeVmm;
 
 use crate::agent::FakeAgent;
-use crate::service::HostDeps;
+use crate::core::HostDeps;
 use chrono::Utc;
 
 use crate::assets::DEFAULT_ASSET;

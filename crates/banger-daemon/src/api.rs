@@ -106,7 +106,9 @@ pub fn to_api_error(e: &CoreError) -> ApiError {
         CoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
         CoreError::Lifecycle(LifecycleError::ActionRefused { .. }) => ErrorCode::InvalidState,
         CoreError::Lifecycle(LifecycleError::IllegalTransition { .. }) => ErrorCode::Internal,
-        CoreError::Unavailable(_) | CoreError::ShuttingDown => ErrorCode::Unavailable,
+        CoreError::Unavailable(_) | CoreError::ShuttingDown | CoreError::Agent { .. } => {
+            ErrorCode::Unavailable
+        }
         CoreError::AssetNotFound { .. } => ErrorCode::NotFound,
         CoreError::AssetNameTaken { .. } => ErrorCode::Conflict,
         CoreError::AssetInUse { .. } => ErrorCode::InvalidState,

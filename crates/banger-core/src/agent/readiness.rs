@@ -1,0 +1,220 @@
+//! Waiting for a started guest's agent: the agent's ready call where the
+//! VMM forwards it, then (or otherwise) pings until one is answered.
+
+use std::path::Path;
+use std::time::Duration;
+
+use banger_agent_proto::{AGENT_PORT, Frame, Message, ProtoError, read_frame, send};
+use banger_api::doctor::Accel;
+use banger_api::vm::VmRecord;
+
+use super::connector::AgentConnector;
+use super::session::ATTEMPT;
+use crate::error::{AgentError, CoreError, HostError, ReadinessError};
+use crate::progress::ProgressSink;
+use crate::ready::{ReadyCall, ReadyListener};
+
+/// Readiness defaults: a KVM guest answers in about a second; software
+/// emulation boots many times slower, more so on a busy host.
+pub const READY_TIMEOUT_KVM: Duration = Duration::from_secs(30);
+pub const READY_TIMEOUT_TCG: Duration = Duration::from_secs(180);
+
+/// Between readiness attempts, and between looks at the VMM process.
+const POLL: Duration = Duration::from_millis(200);
+
+/// The start's readiness bound: configured, or by acceleration.
+pub fn ready_timeout(configured_secs: Option<u32>, accel: Accel) -> Duration {
+    match configured_secs {
+        Some(s) => Duration::from_secs(u64::from(s)),
+        None if accel == Accel::Kvm => READY_TIMEOUT_KVM,
+        None => READY_TIMEOUT_TCG,
+    }
+}
+
+/// How one readiness probe went.
+enum Attempt {
+    /// No answer at all within [`ATTEMPT`]: the vsock backend took the
+    /// connection but the guest never took it up (no driver yet).
+    Silent,
+    /// The guest's vsock answered that nothing listens on the agent port.
+    Refused,
+    /// Anything else, kept for the error.
+    Other(String),
+    /// Not worth another try.
+    Fatal(AgentError),
+}
+
+/// The readiness probes of one start, for its error and the log.
+#[derive(Default)]
+struct Attempts {
+    silent: u32,
+    refused: u32,
+    other: u32,
+    last: Option<String>,
+}
+
+impl Attempts {
+    fn add(&mut self, a: Attempt) {
+        let what = match a {
+            Attempt::Silent => {
+                self.silent += 1;
+                format!("no answer within {}s", ATTEMPT.as_secs())
+            }
+            Attempt::Refused => {
+                self.refused += 1;
+                format!("nothing listens on guest port {AGENT_PORT} yet")
+            }
+            Attempt::Other(e) => {
+                self.other += 1;
+                e
+            }
+            Attempt::Fatal(_) => return,
+        };
+        self.last = Some(what);
+    }
+}
+
+impl std::fmt::Display for Attempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.silent + self.refused + self.other == 0 {
+            return f.write_str("no failed attempts");
+        }
+        write!(
+            f,
+            "{} attempts: {} unanswered (no guest vsock driver yet), {} refused (guest up, agent not listening), {} other",
+            self.silent + self.refused + self.other,
+            self.silent,
+            self.refused,
+            self.other
+        )?;
+        if let Some(last) = &self.last {
+            write!(f, "; last: {last}")?;
+        }
+        Ok(())
+    }
+}
+
+fn exited(vm: &VmRecord, stage: &'static str, tally: &Attempts) -> CoreError {
+    HostError::from(ReadinessError::VmmExited {
+        vmm: vm.spec.vmm,
+        stage,
+        attempts: tally.to_string(),
+    })
+    .into()
+}
+
+/// Waits until the agent answers a ping; fails early when the VMM died
+/// (`alive` says so) or the agent speaks another protocol version. A
+/// failure says how the attempts went, so "the guest never got a vsock
+/// device" and "the guest is up but nothing listens" read apart.
+pub(crate) async fn wait_ready(
+    connector: &dyn AgentConnector,
+    vm: &VmRecord,
+    alive: &(dyn Fn() -> bool + Sync),
+    timeout: Duration,
+    progress: &ProgressSink,
+    ready: Option<&ReadyListener>,
+) -> Result<(), CoreError> {
+    progress.stage(
+        "agent",
+        format!("waiting up to {}s for the guest agent", timeout.as_secs()),
+    );
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    let mut tally = Attempts::default();
+    if let Some(ready) = ready {
+        await_ready_call(vm, alive, ready, timeout, deadline, &mut tally).await?;
+    }
+    let fatal = |source| CoreError::Agent {
+        vm: vm.name.clone(),
+        source,
+    };
+    let vsock = vm
+        .runtime
+        .vsock_path
+        .as_deref()
+        .ok_or_else(|| fatal(AgentError::NoVsock))?;
+    loop {
+        if !alive() {
+            return Err(exited(vm, "answered", &tally));
+        }
+        match attempt(connector, vsock).await {
+            Ok(()) => {
+                tracing::info!(vm_id = %vm.id, waited_ms = started.elapsed().as_millis() as u64, before = %tally, "guest agent answered");
+                return Ok(());
+            }
+            Err(Attempt::Fatal(e)) => return Err(fatal(e)),
+            Err(failed) => tally.add(failed),
+        }
+        if tokio::time::Instant::now() + POLL > deadline {
+            return Err(HostError::from(ReadinessError::NoAnswer {
+                secs: timeout.as_secs(),
+                attempts: tally.to_string(),
+            })
+            .into());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits for the agent's call on `ready`; the ping that follows
+/// confirms the ordinary path. Ends early when the VMM dies.
+async fn await_ready_call(
+    vm: &VmRecord,
+    alive: &(dyn Fn() -> bool + Sync),
+    ready: &ReadyListener,
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+    tally: &mut Attempts,
+) -> Result<(), CoreError> {
+    // The VMM is not necessarily our child (an adopted or jailed one), so
+    // there is no exit event to wait on here; a cheap look every POLL.
+    let vmm_gone = async {
+        while alive() {
+            tokio::time::sleep(POLL).await;
+        }
+    };
+    tokio::pin!(vmm_gone);
+    loop {
+        tokio::select! {
+            call = ready.next(ATTEMPT) => match call {
+                Ok(ReadyCall::Agent(software)) => {
+                    tracing::debug!(vm_id = %vm.id, agent = %software, "the guest agent reported ready");
+                    return Ok(());
+                }
+                Ok(ReadyCall::Garbled(line)) => {
+                    tally.add(Attempt::Other(format!("a ready call that said {line:?}")));
+                }
+                Err(e) => return Err(HostError::from(e).into()),
+            },
+            () = &mut vmm_gone => return Err(exited(vm, "reported ready", tally)),
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(HostError::from(ReadinessError::NoReadyCall {
+                    secs: timeout.as_secs(),
+                    path: ready.path().to_owned(),
+                    attempts: tally.to_string(),
+                })
+                .into());
+            }
+        }
+    }
+}
+
+/// One readiness probe: connect, hello, ping, pong.
+async fn attempt(connector: &dyn AgentConnector, vsock: &str) -> Result<(), Attempt> {
+    let probe = async {
+        let mut s = connector.connect(Path::new(vsock)).await?;
+        send(&mut s, &Message::Ping).await?;
+        read_frame(&mut s).await
+    };
+    match tokio::time::timeout(ATTEMPT, probe).await {
+        Err(_) => Err(Attempt::Silent),
+        Ok(Ok(Some(Frame::Control(Message::Pong)))) => Ok(()),
+        Ok(Ok(other)) => Err(Attempt::Other(format!("ping answered with {other:?}"))),
+        Ok(Err(e @ ProtoError::VersionMismatch { .. })) => {
+            Err(Attempt::Fatal(AgentError::VersionMismatch(e)))
+        }
+        Ok(Err(ProtoError::NothingListening { .. })) => Err(Attempt::Refused),
+        Ok(Err(e)) => Err(Attempt::Other(e.to_string())),
+    }
+}

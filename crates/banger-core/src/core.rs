@@ -1,0 +1,288 @@
+//! [`Core`]: the state every room shares, and [`Core::execute`], which
+//! dispatches each [`Command`] to its room (`vm/`, `assets/`). The rooms
+//! reach this state only through the accessors below.
+
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use banger_api::asset::{ImageRecord, KernelRecord};
+use banger_api::daemon::DaemonStatus;
+use banger_api::doctor::DoctorReport;
+use banger_api::vm::VmRecord;
+use banger_config::Config;
+use banger_host::disk::DiskOps;
+use banger_host::dns::Dns;
+use banger_host::firewall::Firewall;
+use banger_host::layout::VmLayout;
+use banger_host::net::NetOps;
+use banger_host::{DoctorInputs, HostProbe, run_doctor};
+use banger_store::{Store, StoreError};
+use banger_vmm::Vmm;
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::admission::Admission;
+use crate::agent::AgentConnector;
+use crate::capability::CapContext;
+use crate::command::{Command, Reply};
+use crate::error::{CoreError, InternalError};
+use crate::handles::HandleCache;
+use crate::locks::KeyedLocks;
+use crate::progress::ProgressSink;
+use crate::ssh_keys::SshKeys;
+
+/// How long a graceful stop waits before killing.
+pub const GRACEFUL_STOP: Duration = Duration::from_secs(10);
+
+/// The host side effects the core drives, real or fake.
+#[derive(Debug, Clone)]
+pub struct HostDeps {
+    pub probe: Arc<dyn HostProbe>,
+    pub net: Arc<dyn NetOps>,
+    pub disks: Arc<dyn DiskOps>,
+    pub dns: Arc<dyn Dns>,
+    pub qemu: Arc<dyn Vmm>,
+    pub firecracker: Option<Arc<dyn Vmm>>,
+    pub agent: Arc<dyn AgentConnector>,
+    pub firewall: Arc<dyn Firewall>,
+}
+
+/// The daemon core. Shared by every request handler.
+#[derive(Debug)]
+pub struct Core {
+    config: Config,
+    layout: VmLayout,
+    store: Arc<Store>,
+    deps: HostDeps,
+    host: RwLock<Option<DoctorReport>>,
+    vm_locks: KeyedLocks,
+    /// Serialises address allocation and bridge creation.
+    net_lock: tokio::sync::Mutex<()>,
+    ssh_keys: SshKeys,
+    stop_timeout: Duration,
+    /// Asset files whose digest matched, by path, size, mtime and digest.
+    verified: std::sync::Mutex<std::collections::HashSet<String>>,
+    asset_locks: KeyedLocks,
+    /// Guest boots in flight; sized from the host on first use.
+    boots: OnceLock<Admission>,
+    handles: HandleCache,
+    started_at: chrono::DateTime<Utc>,
+    pid: u32,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Core {
+    pub fn new(config: Config, store: Arc<Store>, deps: HostDeps) -> Self {
+        Self {
+            layout: VmLayout::new(&config.state_dir, &config.runtime_dir),
+            ssh_keys: SshKeys::new(
+                config.state_dir.join("ssh"),
+                config.tools.ssh_keygen.clone(),
+            ),
+            config,
+            store,
+            deps,
+            host: RwLock::new(None),
+            vm_locks: KeyedLocks::new(),
+            net_lock: tokio::sync::Mutex::new(()),
+            stop_timeout: GRACEFUL_STOP,
+            verified: std::sync::Mutex::default(),
+            asset_locks: KeyedLocks::new(),
+            boots: OnceLock::new(),
+            handles: HandleCache::new(),
+            started_at: Utc::now(),
+            pid: std::process::id(),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn handles(&self) -> &HandleCache {
+        &self.handles
+    }
+
+    /// Where each VM's files live.
+    pub fn layout(&self) -> &VmLayout {
+        &self.layout
+    }
+
+    pub(crate) fn deps(&self) -> &HostDeps {
+        &self.deps
+    }
+
+    pub(crate) fn vm_locks(&self) -> &KeyedLocks {
+        &self.vm_locks
+    }
+
+    pub(crate) fn asset_locks(&self) -> &KeyedLocks {
+        &self.asset_locks
+    }
+
+    pub(crate) fn net_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.net_lock
+    }
+
+    pub(crate) fn ssh_keys(&self) -> &SshKeys {
+        &self.ssh_keys
+    }
+
+    pub(crate) fn stop_timeout(&self) -> Duration {
+        self.stop_timeout
+    }
+
+    pub(crate) fn verified(&self) -> &std::sync::Mutex<std::collections::HashSet<String>> {
+        &self.verified
+    }
+
+    pub(crate) fn boots(&self) -> &OnceLock<Admission> {
+        &self.boots
+    }
+
+    /// What capability hooks may use.
+    pub(crate) fn cap_context(&self) -> CapContext<'_> {
+        CapContext {
+            firewall: self.deps.firewall.as_ref(),
+            network: &self.config.network,
+        }
+    }
+
+    /// Tests shorten the graceful stop and fix the host report.
+    #[cfg(test)]
+    pub(crate) fn for_tests(mut self, stop_timeout: Duration, host: DoctorReport) -> Self {
+        self.stop_timeout = stop_timeout;
+        *self.host.write().unwrap_or_else(|p| p.into_inner()) = Some(host);
+        self
+    }
+
+    /// Resolves when a shutdown was requested through the API.
+    pub fn shutdown_requested(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Probes the host again and caches the report for VMM/storage choices.
+    pub async fn refresh_host(&self) -> Result<DoctorReport, CoreError> {
+        let probe = Arc::clone(&self.deps.probe);
+        let inputs = DoctorInputs {
+            helper_socket: self.config.helper_socket.clone(),
+            euid: nix::unistd::geteuid().as_raw(),
+            jailer_enabled: self.config.jailer.enabled,
+            chroot_base: self.config.jailer.chroot_base.clone(),
+            vsock_backend: self.config.vmm.vsock_backend.clone(),
+            guest_agent: self.config.guest.agent.clone(),
+            firecracker: self.config.vmm.firecracker.clone(),
+            jailer: self.config.vmm.jailer.clone(),
+            qemu: self.config.vmm.qemu.clone(),
+            state_dir: self.config.state_dir.clone(),
+        };
+        let report = tokio::task::spawn_blocking(move || run_doctor(probe.as_ref(), &inputs))
+            .await
+            .map_err(|source| InternalError::Task {
+                what: "doctor",
+                source,
+            })?;
+        *self.host.write().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+        Ok(report)
+    }
+
+    pub(crate) async fn host_report(&self) -> Result<DoctorReport, CoreError> {
+        let cached = self.host.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match cached {
+            Some(r) => Ok(r),
+            None => self.refresh_host().await,
+        }
+    }
+
+    /// Runs a store operation off the async threads.
+    pub(crate) async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, CoreError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|source| InternalError::Task {
+                what: "database",
+                source,
+            })?
+            .map_err(CoreError::from)
+    }
+
+    pub(crate) async fn find_vm(&self, vm: &str) -> Result<VmRecord, CoreError> {
+        let key = vm.to_owned();
+        self.db(move |s| s.find_vm(&key))
+            .await?
+            .ok_or_else(|| CoreError::VmNotFound(vm.to_owned()))
+    }
+
+    /// Executes one command.
+    pub async fn execute(&self, cmd: Command, progress: &ProgressSink) -> Result<Reply, CoreError> {
+        if *self.shutdown.borrow() && !matches!(cmd, Command::DaemonStatus) {
+            return Err(CoreError::ShuttingDown);
+        }
+        match cmd {
+            Command::DaemonStatus => self.status().await.map(Reply::Status),
+            Command::Shutdown => {
+                tracing::info!("shutdown requested over the API");
+                self.shutdown.send_replace(true);
+                Ok(Reply::ShuttingDown)
+            }
+            Command::Doctor => self.refresh_host().await.map(Reply::Doctor),
+            Command::VmList => self.db(Store::list_vms).await.map(Reply::Vms),
+            Command::VmShow { vm } => self.find_vm(&vm).await.map(Reply::Vm),
+            Command::VmCreate(req) => self.create_vm(req, progress).await.map(Reply::Vm),
+            Command::VmSet { vm, changes } => self.set_vm(&vm, changes).await.map(Reply::Vm),
+            Command::VmDelete { vm } => self.delete_vm(&vm).await.map(Reply::Deleted),
+            Command::VmStart { vm } => self.start_vm(&vm, progress).await.map(Reply::Vm),
+            Command::VmStop { vm } => self.stop_vm(&vm, true).await.map(Reply::Vm),
+            Command::VmKill { vm } => self.stop_vm(&vm, false).await.map(Reply::Vm),
+            Command::VmLogs { vm } => self.vm_logs(&vm).await.map(Reply::Logs),
+            Command::VmAttach { vm, request } => {
+                self.attach(&vm, request).await.map(Reply::Attached)
+            }
+            Command::VmSsh { vm } => self.ssh_info(&vm).await.map(Reply::Ssh),
+            Command::KernelList => self.list_assets().await.map(Reply::Kernels),
+            Command::KernelShow { name, verify } => {
+                let k: KernelRecord = self.find_asset(&name).await?;
+                if verify {
+                    self.verify_kernel(&k).await?;
+                }
+                Ok(Reply::Kernel(k))
+            }
+            Command::KernelImport(req) => {
+                self.kernel_import(req, progress).await.map(Reply::Kernel)
+            }
+            Command::KernelAdd(req) => self.kernel_add(req, progress).await.map(Reply::Kernel),
+            Command::KernelRm { name, force } => {
+                self.asset_rm(&name, force).await.map(Reply::Kernel)
+            }
+            Command::ImageList => self.list_assets().await.map(Reply::Images),
+            Command::ImageShow { name, verify } => {
+                let i: ImageRecord = self.find_asset(&name).await?;
+                if verify {
+                    self.verify_image(&i).await?;
+                }
+                Ok(Reply::Image(i))
+            }
+            Command::ImageBuild(req) => self.image_build(req, progress).await.map(Reply::Image),
+            Command::ImageImport(req) => self.image_import(req, progress).await.map(Reply::Image),
+            Command::ImageRm { name, force } => self.asset_rm(&name, force).await.map(Reply::Image),
+        }
+    }
+
+    async fn status(&self) -> Result<DaemonStatus, CoreError> {
+        let vm_count = self.db(Store::count_vms).await?;
+        Ok(DaemonStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: self.pid,
+            started_at: self.started_at,
+            state_dir: self.config.state_dir.display().to_string(),
+            runtime_dir: self.config.runtime_dir.display().to_string(),
+            socket: self.config.socket.display().to_string(),
+            log_file: self.config.log_path().display().to_string(),
+            vm_count,
+        })
+    }
+}

@@ -1,0 +1,164 @@
+//! `vm create`: validate, pick the VMM, make sure the assets exist, and
+//! record the VM under a name that is free.
+
+use banger_api::doctor::CheckId;
+use banger_api::name::validate_name;
+use banger_api::size::format_size;
+use banger_api::vm::{CreateVmRequest, VmRecord, VmRuntime, VmSpec, VmState, VmmKind};
+use chrono::Utc;
+
+use super::new_vm_id;
+use crate::core::Core;
+use crate::error::{CoreError, InternalError};
+use crate::names;
+use crate::progress::ProgressSink;
+
+/// Bounds on what a VM may ask for. Generous, but they turn typos such as
+/// `--memory 10000000` into a clear error instead of a failed boot.
+pub const MAX_VCPUS: u32 = 64;
+pub const MIN_MEMORY_MIB: u32 = 128;
+pub const MAX_MEMORY_MIB: u32 = 1 << 20;
+pub const MIN_DISK_BYTES: u64 = 64 << 20;
+pub const MAX_DISK_BYTES: u64 = 16 << 40;
+
+impl Core {
+    pub(crate) async fn create_vm(
+        &self,
+        req: CreateVmRequest,
+        progress: &ProgressSink,
+    ) -> Result<VmRecord, CoreError> {
+        progress.stage("validate", "checking the request");
+        let d = &self.config().defaults;
+        let vcpus = check_vcpus(req.vcpus.unwrap_or(d.vcpus))?;
+        let memory_mib = check_memory(req.memory_mib.unwrap_or(d.memory_mib))?;
+        let root_disk_bytes = check_disk(
+            "root disk",
+            req.root_disk_bytes.unwrap_or(d.root_disk_bytes),
+        )?;
+        let work_disk_bytes = check_disk(
+            "work disk",
+            req.work_disk_bytes.unwrap_or(d.work_disk_bytes),
+        )?;
+        let image = asset_name("image", req.image)?;
+        let kernel = asset_name("kernel", req.kernel)?;
+        if let Some(name) = &req.name {
+            validate_name(name).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        }
+        let vmm = self.choose_vmm(req.vmm).await?;
+        self.ensure_assets(&kernel, &image, progress).await?;
+
+        let now = Utc::now();
+        let mut vm = VmRecord {
+            id: new_vm_id(),
+            name: String::new(),
+            state: VmState::Created,
+            spec: VmSpec {
+                vcpus,
+                memory_mib,
+                root_disk_bytes,
+                work_disk_bytes,
+                image,
+                kernel,
+                nat: req.nat,
+                vmm,
+            },
+            runtime: VmRuntime::default(),
+            created_at: now,
+            updated_at: now,
+        };
+        progress.stage("persist", "recording the vm");
+        // A user-given name that clashes is the user's error. A generated
+        // one can lose a race with a concurrent create: pick another.
+        for _ in 0..8 {
+            vm.name = match &req.name {
+                Some(n) => n.clone(),
+                None => {
+                    self.db(|s| names::generate_unique(&mut rand::rng(), |n| s.vm_name_exists(n)))
+                        .await?
+                }
+            };
+            let rec = vm.clone();
+            match self.db(move |s| s.insert_vm(&rec)).await {
+                Err(CoreError::NameTaken(_)) if req.name.is_none() => continue,
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    tracing::info!(vm_id = %vm.id, name = %vm.name, vmm = %vm.spec.vmm, "vm created");
+                    return Ok(vm);
+                }
+            }
+        }
+        Err(InternalError::NoFreeName.into())
+    }
+
+    async fn choose_vmm(&self, requested: Option<VmmKind>) -> Result<VmmKind, CoreError> {
+        let host = self.host_report().await?;
+        match requested {
+            None => host.default_vmm.map(|c| c.vmm).ok_or_else(|| {
+                CoreError::Unavailable(
+                    "no usable VMM on this host: install QEMU (apt-get install qemu-system-x86) or Firecracker; `banger doctor` shows what is missing".into(),
+                )
+            }),
+            Some(kind) => {
+                let id = match kind {
+                    VmmKind::Firecracker => CheckId::Firecracker,
+                    VmmKind::Qemu => CheckId::Qemu,
+                };
+                if kind == VmmKind::Firecracker && !host.is_ok(CheckId::HardwareKvm) {
+                    // Firecracker has no software fallback: without VT-x/AMD-V
+                    // its guests crawl and then die in early boot.
+                    Err(CoreError::Unavailable(
+                        "--vmm firecracker needs hardware KVM, which this host lacks (`banger doctor`: hardware_kvm); use --vmm qemu, which falls back to TCG".into(),
+                    ))
+                } else if host.is_ok(id) {
+                    Ok(kind)
+                } else {
+                    let detail = host
+                        .check(id)
+                        .map_or_else(|| "the doctor ran no check for it".to_owned(), |c| c.detail.clone());
+                    Err(CoreError::Unavailable(format!(
+                        "--vmm {kind} is not usable here ({detail}); `banger doctor` says how to fix it"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn check_vcpus(v: u32) -> Result<u32, CoreError> {
+    if (1..=MAX_VCPUS).contains(&v) {
+        Ok(v)
+    } else {
+        Err(CoreError::InvalidArgument(format!(
+            "vcpus must be between 1 and {MAX_VCPUS}, got {v}"
+        )))
+    }
+}
+
+pub(super) fn check_memory(m: u32) -> Result<u32, CoreError> {
+    if (MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&m) {
+        Ok(m)
+    } else {
+        Err(CoreError::InvalidArgument(format!(
+            "memory must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB, got {m} MiB"
+        )))
+    }
+}
+
+pub(super) fn check_disk(what: &str, b: u64) -> Result<u64, CoreError> {
+    if (MIN_DISK_BYTES..=MAX_DISK_BYTES).contains(&b) {
+        Ok(b)
+    } else {
+        Err(CoreError::InvalidArgument(format!(
+            "{what} size must be between {} and {}, got {}",
+            format_size(MIN_DISK_BYTES),
+            format_size(MAX_DISK_BYTES),
+            format_size(b)
+        )))
+    }
+}
+
+pub(super) fn asset_name(kind: &str, name: Option<String>) -> Result<String, CoreError> {
+    let name = name.unwrap_or_else(|| "default".into());
+    validate_name(&name).map_err(|e| CoreError::InvalidArgument(format!("{kind} name: {e}")))?;
+    Ok(name)
+}

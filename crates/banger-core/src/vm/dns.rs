@@ -1,0 +1,53 @@
+//! banger's DNS zone: `<name>.vm` for every live VM, and nothing else.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use banger_store::Store;
+
+use crate::core::Core;
+
+/// banger's DNS listens here on the bridge address.
+pub const DNS_PORT: u16 = 53;
+
+impl Core {
+    /// Publishes `<name>.vm` for every live VM, and nothing else. Called
+    /// after every transition, so the zone never names a dead VM.
+    pub(crate) async fn rebuild_dns(&self) {
+        let vms = match self.db(Store::list_vms).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "dns: cannot list vms");
+                return;
+            }
+        };
+        // Each liveness check reads /proc: all of them off the async workers.
+        let candidates: Vec<_> = vms
+            .into_iter()
+            .filter_map(|v| {
+                let ip: Ipv4Addr = v.runtime.guest_ip.as_deref()?.parse().ok()?;
+                let pid = self.handles().get(&v.id)?.pid?;
+                let socket = PathBuf::from(v.runtime.api_socket.as_deref()?);
+                let vmm = self.vmm_arc(v.spec.vmm).ok()?;
+                Some((v.name, ip, pid, socket, vmm))
+            })
+            .collect();
+        let records = match tokio::task::spawn_blocking(move || {
+            candidates
+                .into_iter()
+                .filter(|(_, _, pid, socket, vmm)| vmm.alive(*pid, socket))
+                .map(|(name, ip, ..)| (name, ip))
+                .collect()
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "dns: liveness checks failed");
+                return;
+            }
+        };
+        let bind = std::net::SocketAddr::new(self.config().network.bridge_ip.into(), DNS_PORT);
+        self.deps().dns.publish(bind, records).await;
+    }
+}

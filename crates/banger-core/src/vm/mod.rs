@@ -1,0 +1,146 @@
+//! The VM room: one file per action (create, set, delete, start, stop,
+//! cleanup, reconcile, logs, attach/ssh), and here what they share: the
+//! per-VM lock, persistence, the VMM for a record, and one way to recover
+//! a VM's handles.
+
+mod attach;
+mod cleanup;
+mod create;
+mod delete;
+mod disks;
+mod dns;
+mod logs;
+mod reconcile;
+mod set;
+mod start;
+mod stop;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+
+use banger_api::vm::{VmRecord, VmState, VmmKind};
+use banger_host::layout::{TapName, VmFiles};
+use banger_vmm::Vmm;
+use chrono::Utc;
+
+use crate::core::Core;
+use crate::error::CoreError;
+use crate::handles::{VmHandles, read_scratch};
+use crate::lifecycle::check_transition;
+use crate::locks::KeyGuard;
+
+pub use create::{MAX_DISK_BYTES, MAX_MEMORY_MIB, MAX_VCPUS, MIN_DISK_BYTES, MIN_MEMORY_MIB};
+pub use dns::DNS_PORT;
+
+/// 16 hex digits: short enough to derive tap (`bg-` + 12) and jail names
+/// from, long enough never to collide on one host.
+pub fn new_vm_id() -> String {
+    use rand::Rng;
+    format!("{:016x}", rand::rng().random::<u64>())
+}
+
+impl Core {
+    /// Finds `name` (a name or an id), takes its lock, and reads it again
+    /// under the lock: it may have changed while we waited.
+    pub(crate) async fn lock_vm(&self, name: &str) -> Result<(VmRecord, KeyGuard<'_>), CoreError> {
+        let found = self.find_vm(name).await?;
+        let guard = self.vm_locks().lock(&found.id).await;
+        let vm = self.find_vm(&found.id).await?;
+        Ok((vm, guard))
+    }
+
+    /// The files of VM `vm_id`.
+    pub fn vm_files(&self, vm_id: &str) -> VmFiles {
+        self.layout().files(vm_id)
+    }
+
+    fn vmm_for(&self, kind: VmmKind) -> Result<&dyn Vmm, CoreError> {
+        match kind {
+            VmmKind::Qemu => Ok(self.deps().qemu.as_ref()),
+            VmmKind::Firecracker => self
+                .deps()
+                .firecracker
+                .as_deref()
+                .ok_or_else(no_firecracker),
+        }
+    }
+
+    /// The driver as a shared handle, for work moved off the async workers.
+    fn vmm_arc(&self, kind: VmmKind) -> Result<std::sync::Arc<dyn Vmm>, CoreError> {
+        match kind {
+            VmmKind::Qemu => Ok(std::sync::Arc::clone(&self.deps().qemu)),
+            VmmKind::Firecracker => self.deps().firecracker.clone().ok_or_else(no_firecracker),
+        }
+    }
+
+    pub(crate) async fn save(&self, vm: &mut VmRecord) -> Result<(), CoreError> {
+        vm.updated_at = Utc::now();
+        let rec = vm.clone();
+        self.db(move |s| s.update_vm(&rec)).await
+    }
+
+    async fn transition(&self, vm: &mut VmRecord, to: VmState) -> Result<(), CoreError> {
+        check_transition(vm.state, to)?;
+        vm.state = to;
+        self.save(vm).await
+    }
+
+    /// Records handles (scratch file, mirror, memory) and persists the
+    /// mirror, before the objects they name are created.
+    async fn record_handles(&self, vm: &mut VmRecord, h: VmHandles) -> Result<(), CoreError> {
+        self.handles().set(vm, h)?;
+        self.save(vm).await
+    }
+
+    /// Whether the VM's VMM runs right now: pid from the cache, verified
+    /// against the control socket in its command line.
+    pub fn vm_alive(&self, vm: &VmRecord) -> bool {
+        let Some(pid) = self.handles().get(&vm.id).and_then(|h| h.pid) else {
+            return false;
+        };
+        let Ok(vmm) = self.vmm_for(vm.spec.vmm) else {
+            return false;
+        };
+        vm.runtime
+            .api_socket
+            .as_deref()
+            .is_some_and(|s| vmm.alive(pid, Path::new(s)))
+    }
+
+    /// The VM's handles from the best source left: memory first; the
+    /// scratch file when memory was lost; the runtime mirror for whatever
+    /// both miss. A corrupt scratch file is not a failure: the mirror and
+    /// the derivable names cover it.
+    fn recovered_handles(&self, vm: &VmRecord) -> VmHandles {
+        match self.handles().get(&vm.id) {
+            Some(h) => h,
+            None => vm
+                .runtime
+                .vm_dir
+                .as_deref()
+                .and_then(|d| {
+                    read_scratch(Path::new(d)).unwrap_or_else(|e| {
+                        tracing::warn!(vm_id = %vm.id, error = %e, "unreadable handles; using the runtime mirror");
+                        None
+                    })
+                })
+                .unwrap_or_default(),
+        }
+        .or_mirror(&vm.runtime.teardown)
+    }
+
+    /// The VM's tap as cleanup finds it: recovered handles, else the name
+    /// derived from the id.
+    pub(crate) fn vm_tap(&self, vm: &VmRecord) -> String {
+        self.recovered_handles(vm)
+            .tap
+            .unwrap_or_else(|| TapName::for_vm(&vm.id).to_string())
+    }
+}
+
+fn no_firecracker() -> CoreError {
+    CoreError::Unavailable(
+        "this daemon has no Firecracker driver configured; recreate the vm with --vmm qemu".into(),
+    )
+}

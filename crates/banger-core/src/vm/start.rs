@@ -1,0 +1,320 @@
+//! `vm start`: storage, guest files, network, capabilities, a boot slot,
+//! the VMM, and the agent's answer; on failure everything is cleaned up
+//! and the error says what the console and the host said.
+
+use std::net::Ipv4Addr;
+
+use banger_api::asset::{ImageRecord, KernelRecord};
+use banger_api::doctor::{Accel, DoctorReport};
+use banger_api::vm::{VmRecord, VmState, VmmKind};
+use banger_host::layout::{TapName, VmFiles};
+use banger_store::Store;
+use banger_vmm::{LaunchSpec, NetSpec, Vmm, mac_for};
+
+use super::logs::failure_context;
+use crate::admission::{Admission, default_boot_limit};
+use crate::agent::{self, ready_timeout};
+use crate::capability;
+use crate::core::Core;
+use crate::error::{CoreError, HostError, InternalError};
+use crate::guest::{self, GuestConfig};
+use crate::handles::VmHandles;
+use crate::ipam;
+use crate::lifecycle::{VmAction, check_action};
+use crate::progress::ProgressSink;
+use crate::ready::{ReadyListener, ready_socket_path};
+use crate::timer::StageTimer;
+
+impl Core {
+    pub(crate) async fn start_vm(
+        &self,
+        name: &str,
+        progress: &ProgressSink,
+    ) -> Result<VmRecord, CoreError> {
+        let (mut vm, _lock) = self.lock_vm(name).await?;
+        check_action(&vm.name, vm.state, VmAction::Start)?;
+        let kernel: KernelRecord = self.find_asset(&vm.spec.kernel).await?;
+        let image: ImageRecord = self.find_asset(&vm.spec.image).await?;
+        let kernel_files = std::iter::once(kernel.vmlinux.clone()).chain(kernel.initrd.clone());
+        self.verify_files(kernel_files.collect()).await?;
+        let vmm = self.vmm_for(vm.spec.vmm)?;
+        let paths = self.vm_files(&vm.id);
+        vm.runtime.last_error = None;
+        vm.runtime.vm_dir = Some(paths.dir.display().to_string());
+        vm.runtime.api_socket = Some(paths.socket.display().to_string());
+        vm.runtime.vsock_path = Some(paths.vsock.display().to_string());
+        vm.runtime.vsock_cid = Some(banger_vmm::GUEST_CID);
+        vm.runtime.console_log = Some(paths.console.display().to_string());
+        vm.runtime.root_disk_path = Some(paths.root_disk.display().to_string());
+        vm.runtime.work_disk_path = Some(paths.work_disk.display().to_string());
+        self.transition(&mut vm, VmState::Starting).await?;
+        progress.stage("starting", format!("{} on {}", vm.name, vm.spec.vmm));
+
+        match self
+            .bring_up(&mut vm, vmm, &kernel, &image, &paths, progress)
+            .await
+        {
+            Ok(()) => {
+                self.transition(&mut vm, VmState::Running).await?;
+                tracing::info!(vm_id = %vm.id, name = %vm.name, "vm running");
+                self.note_booted_on(&kernel, vm.spec.vmm).await;
+                self.rebuild_dns().await;
+                Ok(vm)
+            }
+            Err(cause) => {
+                let cleanup = self.cleanup(&mut vm, true).await.err().map(Box::new);
+                let (console, dir) = (paths.console.clone(), paths.dir.clone());
+                // Reads the guest's logs: off the async workers.
+                let context = tokio::task::spawn_blocking(move || failure_context(&console, &dir))
+                    .await
+                    .unwrap_or_else(|e| format!("\n(no console excerpt: {e})"));
+                let err = CoreError::StartFailed {
+                    vm: vm.name.clone(),
+                    cause: Box::new(cause),
+                    cleanup,
+                    context,
+                };
+                let msg = start_failure_message(&err);
+                vm.runtime.last_error = Some(msg.clone());
+                if let Err(e) = self.transition(&mut vm, VmState::Error).await {
+                    tracing::warn!(vm_id = %vm.id, error = %e, "recording the failed start");
+                }
+                tracing::warn!(vm_id = %vm.id, error = %msg, "start failed");
+                Err(err)
+            }
+        }
+    }
+    async fn bring_up(
+        &self,
+        vm: &mut VmRecord,
+        vmm: &dyn Vmm,
+        kernel: &KernelRecord,
+        image: &ImageRecord,
+        paths: &VmFiles,
+        progress: &ProgressSink,
+    ) -> Result<(), CoreError> {
+        let mut timer = StageTimer::new(&vm.id);
+        let ip = self.allocate_ip(vm).await?;
+        self.prepare_disks(vm, paths, image, progress).await?;
+        timer.lap("storage");
+        progress.stage(
+            "guest-config",
+            "writing hostname, network, ssh config and the agent into the root disk",
+        );
+        let agent_bin = &self.config().guest.agent;
+        let agent = tokio::fs::read(agent_bin).await.map_err(|e| {
+            CoreError::Unavailable(format!(
+                "guest agent binary {}: {e}; build it with scripts/build-guest.sh (scripts/setup.sh installs it) or set guest.agent",
+                agent_bin.display()
+            ))
+        })?;
+        let (_, authorized_key) = self.ssh_keys().ensure().await?;
+        let net = &self.config().network;
+        let entries = guest::entries(GuestConfig {
+            hostname: &vm.name,
+            ip,
+            prefix_len: net.prefix_len,
+            gateway: net.bridge_ip,
+            agent,
+            authorized_key: &authorized_key,
+        });
+        self.deps()
+            .disks
+            .write_entries(&paths.root_disk, &entries)
+            .await
+            .map_err(HostError::from)?;
+        timer.lap("guest-config");
+
+        progress.stage(
+            "network",
+            format!("tap on {}", self.config().network.bridge),
+        );
+        // Serialised: concurrent starts must not race to create the bridge.
+        let bridge_guard = self.net_lock().lock().await;
+        let bridge = self
+            .deps()
+            .net
+            .ensure_bridge(&net.bridge, net.bridge_ip, net.prefix_len)
+            .await
+            .map_err(HostError::from);
+        drop(bridge_guard);
+        bridge?;
+        let tap = TapName::for_vm(&vm.id).to_string();
+        let mut handles = VmHandles {
+            tap: Some(tap.clone()),
+            ..VmHandles::default()
+        };
+        self.record_handles(vm, handles.clone()).await?;
+        self.deps()
+            .net
+            .create_tap(&tap, &net.bridge, vmm.tap_owner())
+            .await
+            .map_err(HostError::from)?;
+        for cap in capability::all() {
+            cap.start(self.cap_context(), vm, &tap).await?;
+        }
+        timer.lap("network");
+
+        // QEMU gets the tap as a descriptor (from the helper when bangerd is
+        // unprivileged); Firecracker opens it by name as the jail's owner.
+        let tap_fd = if vm.spec.vmm == VmmKind::Qemu {
+            self.deps()
+                .net
+                .open_tap(&tap)
+                .await
+                .map_err(HostError::from)?
+        } else {
+            None
+        };
+        let socket_dir = self.layout().runtime_dir().join("vms");
+        tokio::fs::create_dir_all(&socket_dir)
+            .await
+            .map_err(InternalError::io("creating", socket_dir))?;
+        let host = self.host_report().await?;
+        let accel = host.default_vmm.map_or(Accel::Tcg, |c| c.accel);
+        let mut cmdline =
+            String::from("console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1 quiet");
+        if !kernel.cmdline.is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(&kernel.cmdline);
+        }
+        let spec = LaunchSpec {
+            vm_id: vm.id.clone(),
+            vcpus: vm.spec.vcpus,
+            memory_mib: vm.spec.memory_mib,
+            kernel: kernel.vmlinux.path.clone().into(),
+            initrd: kernel.initrd.as_ref().map(|i| i.path.clone().into()),
+            cmdline,
+            disks: vec![paths.root_disk.clone(), paths.work_disk.clone()],
+            net: Some(NetSpec {
+                tap,
+                mac: mac_for(&vm.id),
+                fd: tap_fd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+            }),
+            console_log: paths.console.clone(),
+            control_socket: paths.socket.clone(),
+            pid_file: paths.pid_file.clone(),
+            accel,
+            vsock: Some(paths.vsock.clone()),
+        };
+        if let Some(root) = vmm.jail_root(&vm.id) {
+            // Write-ahead, like the tap: a crash mid-launch leaves cleanup
+            // the jail to remove.
+            handles.jail_root = Some(root.display().to_string());
+            self.record_handles(vm, handles.clone()).await?;
+        }
+        // Held until the agent answers: the readiness bound below counts
+        // from the launch, never from the time spent queued here.
+        let _slot = self.boot_admission(&host).acquire(progress).await;
+        timer.lap("boot-queue");
+        // Bound before launch: the agent's call cannot come too early.
+        let ready = if vmm.ready_call() {
+            Some(ReadyListener::bind(ready_socket_path(&paths.vsock)).map_err(HostError::from)?)
+        } else {
+            None
+        };
+        progress.stage("boot", format!("launching {}", vm.spec.vmm));
+        let pid = vmm.launch(&spec).await.map_err(HostError::from)?;
+        handles.pid = Some(pid);
+        self.record_handles(vm, handles).await?;
+        timer.lap("vmm-launch");
+        // Running means usable: the guest booted and its agent answers.
+        let timeout = ready_timeout(self.config().guest.ready_timeout_secs, accel);
+        let alive = || self.vm_alive(vm);
+        let waited = agent::wait_ready(
+            self.deps().agent.as_ref(),
+            vm,
+            &alive,
+            timeout,
+            progress,
+            ready.as_ref(),
+        )
+        .await;
+        timer.lap("agent");
+        timer.log();
+        waited
+    }
+    /// The boot queue, sized on first use: `limits.concurrent_boots`, or
+    /// one per CPU under software emulation (more with hardware KVM).
+    pub(crate) fn boot_admission(&self, host: &DoctorReport) -> &Admission {
+        self.boots().get_or_init(|| {
+            let limit = match self.config().limits.concurrent_boots {
+                Some(n) => n as usize,
+                None => {
+                    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+                    let kvm = host.default_vmm.is_some_and(|c| c.accel == Accel::Kvm);
+                    default_boot_limit(cpus, kvm)
+                }
+            };
+            tracing::info!(
+                limit = limit,
+                "guest boots admitted {}",
+                if limit == 0 {
+                    "without a limit".to_owned()
+                } else {
+                    format!("{limit} at a time")
+                }
+            );
+            Admission::new("boot", Some(limit))
+        })
+    }
+    async fn allocate_ip(&self, vm: &mut VmRecord) -> Result<Ipv4Addr, CoreError> {
+        if let Some(ip) = vm.runtime.guest_ip.as_deref().and_then(|s| s.parse().ok()) {
+            return Ok(ip);
+        }
+        let _g = self.net_lock().lock().await;
+        let used: Vec<Ipv4Addr> = self
+            .db(Store::list_vms)
+            .await?
+            .iter()
+            .filter_map(|v| v.runtime.guest_ip.as_deref()?.parse().ok())
+            .collect();
+        let net = &self.config().network;
+        let ip = ipam::subnet(net.bridge_ip, net.prefix_len)
+            .and_then(|subnet| ipam::first_free(subnet, net.bridge_ip, &used))
+            .ok_or_else(|| {
+                CoreError::Unavailable(format!(
+                    "no free address left in {}/{}; delete unused vms or widen network.bridge_cidr",
+                    net.bridge_ip, net.prefix_len
+                ))
+            })?;
+        vm.runtime.guest_ip = Some(ip.to_string());
+        // Persisted under the lock: never handed out twice.
+        self.save(vm).await?;
+        Ok(ip)
+    }
+
+    /// Records on the kernel that it ran on this VMM (once per VMM).
+    async fn note_booted_on(&self, kernel: &KernelRecord, vmm: VmmKind) {
+        if kernel.booted_on.contains(&vmm) {
+            return;
+        }
+        let mut k = kernel.clone();
+        k.booted_on.push(vmm);
+        if let Err(e) = self.db(move |s| s.update_asset(&k)).await {
+            tracing::warn!(kernel = %kernel.name, error = %e, "recording booted_on");
+        }
+    }
+}
+
+/// What `last_error` keeps of a failed start: the cause, the cleanup's
+/// errors and the excerpts, without the "vm X failed to start" frame the
+/// API error adds.
+fn start_failure_message(e: &CoreError) -> String {
+    match e {
+        CoreError::StartFailed {
+            cause,
+            cleanup,
+            context,
+            ..
+        } => {
+            let mut msg = cause.to_string();
+            if let Some(c) = cleanup {
+                msg.push_str(&format!("; cleanup: {c}"));
+            }
+            msg.push_str(context);
+            msg
+        }
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,862 @@
+//! Start, stop, cleanup, reconcile and NAT against recording fakes.
+
+use std::sync::Arc;
+
+use banger_api::doctor::{Accel, DoctorReport, StorageStrategy, VmmChoice};
+use banger_api::vm::CreateVmRequest;
+use banger_config::Config;
+use banger_host::disk::FakeDisks;
+use banger_host::net::FakeNet;
+use banger_vmm::FakeVmm;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use banger_api::vm::{VmRecord, VmState, VmmKind};
+use banger_host::disk::GuestEntry;
+use banger_store::Store;
+use banger_vmm::Vmm;
+
+use banger_api::asset::KernelRecord;
+use banger_host::layout::TapName;
+
+use crate::core::Core;
+use crate::error::CleanupError;
+use crate::guest::{AGENT_PATH, AUTHORIZED_KEYS};
+use crate::handles::{VmHandles, read_scratch, scratch_path};
+use crate::ready::ready_socket_path;
+
+fn tap_name(vm_id: &str) -> String {
+    TapName::for_vm(vm_id).to_string()
+}
+use crate::{Command, CoreError, ProgressSink, Reply};
+
+struct Fixture {
+    core: Arc<Core>,
+    net: Arc<FakeNet>,
+    disks: Arc<FakeDisks>,
+    vmm: Arc<FakeVmm>,
+    dns: Arc<banger_host::dns::FakeDns>,
+    agent: Arc<crate::agent::FakeAgent>,
+    firewall: Arc<banger_host::firewall::FakeFirewall>,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let run = dir.path().join("run");
+    let agent_bin = dir.path().join("banger-agent");
+    std::fs::write(&agent_bin, b"\x7fELF agent").expect("agent");
+    let cfg = Config::load_with(|k| match k {
+        "BANGER_GUEST_AGENT" => Some(agent_bin.display().to_string()),
+        "BANGER_READY_TIMEOUT_SECS" => Some("1".into()),
+        "BANGER_CONFIG" => Some("/dev/null".into()),
+        "BANGER_STATE_DIR" => Some(state.display().to_string()),
+        "BANGER_RUNTIME_DIR" => Some(run.display().to_string()),
+        "BANGER_BRIDGE_CIDR" => Some("10.99.0.1/28".into()),
+        "BANGER_AUTO_PROVISION" => Some("false".into()),
+        _ => None,
+    })
+    .expect("config");
+    let store = Arc::new(Store::open_in_memory().expect("store"));
+    crate::testing::seed_real_default_assets(&store, dir.path());
+    let fakes = crate::testing::fake_deps();
+    let (net, disks, vmm, dns, agent, firewall) = (
+        fakes.net,
+        fakes.disks,
+        fakes.vmm,
+        fakes.dns,
+        fakes.agent,
+        fakes.firewall,
+    );
+    let core = Core::new(cfg, store, fakes.deps);
+    let core = core.for_tests(
+        Duration::from_millis(300),
+        DoctorReport {
+            checks: vec![],
+            default_vmm: Some(VmmChoice {
+                vmm: VmmKind::Qemu,
+                accel: Accel::Tcg,
+            }),
+            storage: StorageStrategy::SparseCopy,
+        },
+    );
+    Fixture {
+        core: Arc::new(core),
+        net,
+        disks,
+        vmm,
+        dns,
+        agent,
+        firewall,
+        _dir: dir,
+    }
+}
+
+async fn run(core: &Core, cmd: Command) -> Result<Reply, CoreError> {
+    core.execute(cmd, &ProgressSink::discard()).await
+}
+
+async fn vm(core: &Core, cmd: Command) -> VmRecord {
+    match run(core, cmd).await.expect("command") {
+        Reply::Vm(v) | Reply::Deleted(v) => v,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Creates a VM named `name` with the defaults; returns its id.
+async fn create(f: &Fixture, name: &str) -> String {
+    vm(
+        &f.core,
+        Command::VmCreate(CreateVmRequest {
+            name: Some(name.into()),
+            ..Default::default()
+        }),
+    )
+    .await
+    .id
+}
+
+async fn create_and_start(f: &Fixture, name: &str) -> VmRecord {
+    create(f, name).await;
+    vm(&f.core, Command::VmStart { vm: name.into() }).await
+}
+
+#[tokio::test]
+async fn start_records_handles_before_objects_and_configures_the_guest() {
+    let f = fixture();
+    let v = create_and_start(&f, "web").await;
+    assert_eq!(v.state, VmState::Running);
+    assert_eq!(v.runtime.guest_ip.as_deref(), Some("10.99.0.2"));
+    let tap = tap_name(&v.id);
+    assert!(f.net.has(&tap));
+    assert_eq!(f.net.recorded()[0], "ensure_bridge banger0 10.99.0.1/28");
+    assert!(f.core.vm_alive(&v));
+    // Scratch file, cache and mirror agree.
+    let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+    let scratch = read_scratch(&dir).expect("read").expect("scratch file");
+    assert_eq!(scratch.tap.as_deref(), Some(tap.as_str()));
+    assert!(scratch.pid.is_some());
+    assert_eq!(v.runtime.teardown.tap.as_deref(), Some(tap.as_str()));
+    let written = f.disks.written.lock().expect("lock").clone();
+    let hostname = written.iter().find_map(|(_, e)| match e {
+        GuestEntry::File { path, contents, .. } if path == "/etc/hostname" => {
+            Some(contents.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(hostname.as_deref(), Some(b"web\n".as_slice()));
+    let unit = written.iter().any(|(_, e)| {
+        matches!(e, GuestEntry::File { path, contents, .. } if path.ends_with("banger-net.service") && String::from_utf8_lossy(contents).contains("10.99.0.2/28"))
+    });
+    assert!(unit, "network unit carries the address");
+    // The agent and banger's public key go into the VM's own disk.
+    let file = |want: &str| {
+        written.iter().find_map(|(disk, e)| match e {
+            GuestEntry::File {
+                path,
+                contents,
+                mode,
+            } if path == want => Some((disk.clone(), contents.clone(), *mode)),
+            _ => None,
+        })
+    };
+    let (disk, agent, mode) = file(AGENT_PATH).expect("agent injected");
+    assert_eq!(
+        (agent.as_slice(), mode),
+        (b"\x7fELF agent".as_slice(), 0o755)
+    );
+    assert_eq!(
+        disk,
+        dir.join("root.ext4"),
+        "into the VM's disk, not the image"
+    );
+    let (_, key, _) = file(AUTHORIZED_KEYS).expect("authorized key");
+    assert!(String::from_utf8_lossy(&key).starts_with("ssh-ed25519 "));
+    assert_eq!(
+        v.runtime.vsock_path,
+        Some(f.core.vm_files(&v.id).vsock.display().to_string())
+    );
+    // Disks were cloned from the image (root) and its seed (work).
+    let calls = f.disks.recorded();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("clone") && c.contains("rootfs.ext4")),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("clone") && c.contains("seed.ext4")),
+        "{calls:?}"
+    );
+    // The kernel now records the VMM it ran on.
+    let k: KernelRecord = f.core.find_asset("default").await.expect("kernel");
+    assert_eq!(k.booted_on, [VmmKind::Qemu]);
+    // Published in DNS while alive.
+    assert_eq!(
+        f.dns.last().get("web").map(ToString::to_string).as_deref(),
+        Some("10.99.0.2")
+    );
+    // A second start of a running VM is refused.
+    let err = run(&f.core, Command::VmStart { vm: "web".into() })
+        .await
+        .expect_err("running");
+    assert!(err.to_string().contains("already running"), "{err}");
+}
+
+#[tokio::test]
+async fn graceful_stop_keeps_disks_and_releases_host_objects() {
+    let f = fixture();
+    let v = create_and_start(&f, "db").await;
+    let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+    let stopped = vm(&f.core, Command::VmStop { vm: "db".into() }).await;
+    assert_eq!(stopped.state, VmState::Stopped);
+    assert_eq!(
+        f.agent.power_offs(),
+        [(f.core.vm_files(&v.id).vsock, false)],
+        "the agent is asked first"
+    );
+    assert!(
+        !f.vmm
+            .recorded()
+            .iter()
+            .any(|c| c.starts_with("shutdown") || c.starts_with("kill")),
+        "the guest powered off by itself: {:?}",
+        f.vmm.recorded()
+    );
+    assert!(!f.net.has(&tap_name(&v.id)));
+    assert!(!scratch_path(&dir).exists());
+    assert!(stopped.runtime.teardown.is_empty());
+    assert!(
+        dir.join("root.ext4").exists() && dir.join("work.ext4").exists(),
+        "disks persist"
+    );
+    assert_eq!(
+        stopped.runtime.guest_ip, v.runtime.guest_ip,
+        "address kept for the next start"
+    );
+    assert!(f.dns.last().is_empty(), "a stopped VM is not in DNS");
+    // Start again reuses the disks (no new clone).
+    let clones_before = f
+        .disks
+        .recorded()
+        .iter()
+        .filter(|c| c.starts_with("clone"))
+        .count();
+    vm(&f.core, Command::VmStart { vm: "db".into() }).await;
+    let clones_after = f
+        .disks
+        .recorded()
+        .iter()
+        .filter(|c| c.starts_with("clone"))
+        .count();
+    assert_eq!(clones_before, clones_after);
+}
+
+#[tokio::test]
+async fn stop_falls_back_to_kill_when_the_guest_ignores_shutdown() {
+    let f = fixture();
+    create_and_start(&f, "stubborn").await;
+    *f.vmm.ignore_shutdown.lock().expect("lock") = true;
+    f.agent.set_ready(false);
+    let v = vm(
+        &f.core,
+        Command::VmStop {
+            vm: "stubborn".into(),
+        },
+    )
+    .await;
+    assert_eq!(v.state, VmState::Stopped);
+    assert!(f.vmm.recorded().iter().any(|c| c.starts_with("shutdown")));
+    assert!(f.vmm.recorded().iter().any(|c| c.starts_with("kill")));
+}
+
+#[tokio::test]
+async fn stop_without_an_agent_presses_the_power_button() {
+    let f = fixture();
+    create_and_start(&f, "quiet").await;
+    f.agent.set_ready(false);
+    let v = vm(&f.core, Command::VmStop { vm: "quiet".into() }).await;
+    assert_eq!(v.state, VmState::Stopped);
+    assert!(f.agent.power_offs().is_empty());
+    assert!(f.vmm.recorded().iter().any(|c| c.starts_with("shutdown")));
+    assert!(!f.vmm.recorded().iter().any(|c| c.starts_with("kill")));
+}
+
+#[tokio::test]
+async fn a_guest_whose_agent_never_answers_is_an_error_and_leaves_nothing() {
+    let f = fixture();
+    f.agent.set_ready(false);
+    vm(
+        &f.core,
+        Command::VmCreate(CreateVmRequest {
+            name: Some("mute".into()),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let id = f.core.find_vm("mute").await.expect("find").id;
+    std::fs::create_dir_all(f.core.vm_files(&id).dir).expect("dir");
+    std::fs::write(
+        f.core.vm_files(&id).console,
+        "Booting\nKernel panic - not syncing\n",
+    )
+    .expect("console");
+    let err = run(&f.core, Command::VmStart { vm: "mute".into() })
+        .await
+        .expect_err("not ready");
+    let msg = err.to_string();
+    assert!(msg.contains("did not answer within 1s"), "{msg}");
+    assert!(
+        msg.contains("Kernel panic"),
+        "console tail in the message: {msg}"
+    );
+    let v = f.core.find_vm("mute").await.expect("find");
+    assert_eq!(v.state, VmState::Error);
+    assert!(f.vmm.running.lock().expect("lock").is_empty(), "vmm killed");
+    assert!(!f.net.has(&tap_name(&v.id)), "tap removed");
+}
+
+/// Plays the guest that calls home once the daemon listens.
+fn guest_calls_ready(vsock: PathBuf, line: &'static [u8]) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncWriteExt;
+    tokio::spawn(async move {
+        let path = ready_socket_path(&vsock);
+        loop {
+            if let Ok(mut s) = tokio::net::UnixStream::connect(&path).await {
+                let _ = s.write_all(line).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_vmm_with_ready_calls_starts_on_the_agents_call_and_removes_the_socket() {
+    let f = fixture();
+    *f.vmm.ready_calls.lock().expect("lock") = true;
+    let id = create(&f, "caller").await;
+    let vsock = f.core.vm_files(&id).vsock;
+    // Garbage first (a guest may write anything), then the agent.
+    let guest = {
+        let vsock = vsock.clone();
+        tokio::spawn(async move {
+            guest_calls_ready(vsock.clone(), b"\x1b[2J not the agent\n")
+                .await
+                .expect("junk call");
+            guest_calls_ready(vsock, b"banger-agent-ready banger-agent 0.1.0\n")
+                .await
+                .expect("agent call");
+        })
+    };
+    let v = vm(
+        &f.core,
+        Command::VmStart {
+            vm: "caller".into(),
+        },
+    )
+    .await;
+    guest.await.expect("guest");
+    assert_eq!(v.state, VmState::Running);
+    assert!(
+        !ready_socket_path(&vsock).exists(),
+        "ready socket removed once ready"
+    );
+    run(
+        &f.core,
+        Command::VmKill {
+            vm: "caller".into(),
+        },
+    )
+    .await
+    .expect("kill");
+}
+
+#[tokio::test]
+async fn a_ready_call_that_never_comes_fails_the_start_and_says_where_it_waited() {
+    let f = fixture();
+    *f.vmm.ready_calls.lock().expect("lock") = true;
+    let id = create(&f, "silent").await;
+    let vsock = f.core.vm_files(&id).vsock;
+    let junk = guest_calls_ready(vsock.clone(), b"hello\n");
+    let err = run(
+        &f.core,
+        Command::VmStart {
+            vm: "silent".into(),
+        },
+    )
+    .await
+    .expect_err("no agent call");
+    junk.await.expect("junk call");
+    let msg = err.to_string();
+    assert!(msg.contains("did not report ready within 1s"), "{msg}");
+    assert!(
+        msg.contains(&format!("_{}", banger_agent_proto::READY_PORT)),
+        "{msg}"
+    );
+    assert!(msg.contains("a ready call that said \"hello\""), "{msg}");
+    assert!(msg.contains("host load"), "{msg}");
+    assert_eq!(
+        f.core.find_vm("silent").await.expect("find").state,
+        VmState::Error
+    );
+    assert!(!ready_socket_path(&vsock).exists(), "no socket left behind");
+    assert!(f.vmm.running.lock().expect("lock").is_empty(), "vmm killed");
+}
+
+#[tokio::test]
+async fn starts_beyond_the_boot_limit_wait_for_a_slot() {
+    let f = fixture();
+    let admission = f
+        .core
+        .boot_admission(&f.core.host_report().await.expect("host"));
+    // Under TCG the default is one slot per CPU; hold them all.
+    let limit = admission.limit().expect("a limit under TCG");
+    let mut held = Vec::new();
+    for _ in 0..limit {
+        held.push(admission.acquire(&ProgressSink::discard()).await);
+    }
+    create(&f, "queued").await;
+    let (sink, mut rx) = ProgressSink::channel();
+    let core = Arc::clone(&f.core);
+    let start = tokio::spawn(async move { core.start_vm("queued", &sink).await });
+    // It queues behind the held slots without launching anything.
+    loop {
+        let p = rx.recv().await.expect("progress");
+        if format!("{p:?}").contains("waiting for a boot slot (0 ahead") {
+            break;
+        }
+    }
+    assert!(
+        !f.vmm.recorded().iter().any(|c| c.starts_with("launch")),
+        "no launch while queued: {:?}",
+        f.vmm.recorded()
+    );
+    drop(held);
+    let v = start.await.expect("task").expect("start once admitted");
+    assert_eq!(v.state, VmState::Running);
+    assert_eq!(admission.load(), (0, 0), "the slot is released once ready");
+}
+
+#[tokio::test]
+async fn failed_launch_cleans_up_and_marks_error_with_the_reason() {
+    let f = fixture();
+    vm(
+        &f.core,
+        Command::VmCreate(CreateVmRequest {
+            name: Some("bad".into()),
+            ..Default::default()
+        }),
+    )
+    .await;
+    *f.vmm.fail_launch.lock().expect("lock") = Some("qemu: could not open tap".into());
+    let err = run(&f.core, Command::VmStart { vm: "bad".into() })
+        .await
+        .expect_err("fails");
+    assert!(err.to_string().contains("could not open tap"), "{err}");
+    let v = f.core.find_vm("bad").await.expect("find");
+    assert_eq!(v.state, VmState::Error);
+    assert!(
+        v.runtime
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("could not open tap")
+    );
+    assert!(!f.net.has(&tap_name(&v.id)), "tap removed by cleanup");
+    assert!(v.runtime.teardown.is_empty());
+    // Error allows a retry, which works once the cause is gone.
+    *f.vmm.fail_launch.lock().expect("lock") = None;
+    assert_eq!(
+        vm(&f.core, Command::VmStart { vm: "bad".into() })
+            .await
+            .state,
+        VmState::Running
+    );
+}
+
+#[tokio::test]
+async fn cleanup_runs_every_step_and_joins_errors() {
+    let f = fixture();
+    let mut v = create_and_start(&f, "leaky").await;
+    let tap = tap_name(&v.id);
+    f.net.failing.lock().expect("lock").insert(tap.clone());
+    let err = f
+        .core
+        .cleanup(&mut v, true)
+        .await
+        .expect_err("tap deletion fails");
+    let CoreError::Cleanup(errors) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(errors.0.len(), 1, "{errors:?}");
+    assert!(matches!(errors.0[0], CleanupError::Tap(_)), "{errors:?}");
+    assert!(errors.0[0].to_string().contains(&tap));
+    // The other steps still ran.
+    assert!(!f.core.vm_alive(&v));
+    assert!(f.core.handles().get(&v.id).is_none());
+    assert!(f.vmm.recorded().iter().any(|c| c.starts_with("kill")));
+    // Idempotent: once the cause is fixed a second pass is clean.
+    f.net.failing.lock().expect("lock").clear();
+    f.core.cleanup(&mut v, true).await.expect("second cleanup");
+    assert!(!f.net.has(&tap));
+}
+
+async fn set_nat(f: &Fixture, name: &str, on: bool) -> VmRecord {
+    vm(
+        &f.core,
+        Command::VmSet {
+            vm: name.into(),
+            changes: banger_api::vm::SetVmRequest {
+                nat: Some(on),
+                ..Default::default()
+            },
+        },
+    )
+    .await
+}
+
+fn nat_calls(f: &Fixture) -> Vec<String> {
+    f.firewall
+        .recorded()
+        .into_iter()
+        .filter(|c| c.starts_with("add_nat"))
+        .collect()
+}
+
+#[tokio::test]
+async fn nat_rules_live_exactly_as_long_as_the_vm_runs() {
+    let f = fixture();
+    vm(
+        &f.core,
+        Command::VmCreate(CreateVmRequest {
+            name: Some("out".into()),
+            nat: true,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let v = vm(&f.core, Command::VmStart { vm: "out".into() }).await;
+    let tap = tap_name(&v.id);
+    assert!(f.firewall.has(&tap));
+    assert_eq!(nat_calls(&f), [format!("add_nat {tap} 10.99.0.2 via eth0")]);
+    vm(&f.core, Command::VmStop { vm: "out".into() }).await;
+    assert!(!f.firewall.has(&tap), "stop removes the rules");
+    assert!(!*f.firewall.forwarding.lock().expect("lock"));
+}
+
+#[tokio::test]
+async fn set_nat_applies_live_and_is_a_noop_when_unchanged_or_not_alive() {
+    let f = fixture();
+    // Not running: only the spec changes; the host is not touched.
+    vm(
+        &f.core,
+        Command::VmCreate(CreateVmRequest {
+            name: Some("live".into()),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let v = set_nat(&f, "live", true).await;
+    assert!(v.spec.nat);
+    assert!(
+        f.firewall.recorded().is_empty(),
+        "{:?}",
+        f.firewall.recorded()
+    );
+    set_nat(&f, "live", false).await;
+    let v = vm(&f.core, Command::VmStart { vm: "live".into() }).await;
+    let tap = tap_name(&v.id);
+    assert!(!f.firewall.has(&tap));
+    // Running: on, on again (no-op), off.
+    set_nat(&f, "live", true).await;
+    assert!(f.firewall.has(&tap));
+    set_nat(&f, "live", true).await;
+    assert_eq!(nat_calls(&f).len(), 1, "unchanged flag: no second add");
+    let v = set_nat(&f, "live", false).await;
+    assert!(!v.spec.nat);
+    assert!(!f.firewall.has(&tap));
+    // A VM whose VMM died is not alive: no-op, whatever the record says.
+    set_nat(&f, "live", true).await;
+    let pid = f
+        .core
+        .handles()
+        .get(&v.id)
+        .and_then(|h| h.pid)
+        .expect("pid");
+    f.vmm.crash(pid);
+    let before = f.firewall.recorded().len();
+    set_nat(&f, "live", false).await;
+    assert_eq!(
+        f.firewall.recorded().len(),
+        before,
+        "dead vm: host untouched"
+    );
+}
+
+#[tokio::test]
+async fn nat_teardown_falls_back_to_the_runtime_tap_and_joins_errors() {
+    let f = fixture();
+    vm(
+        &f.core,
+        Command::VmCreate(CreateVmRequest {
+            name: Some("lost".into()),
+            nat: true,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let mut v = vm(&f.core, Command::VmStart { vm: "lost".into() }).await;
+    let tap = tap_name(&v.id);
+    // A restarted daemon with a corrupt handles.json: memory empty,
+    // scratch unreadable; the runtime record's tap remains.
+    let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+    f.core.handles().adopt(&v.id, VmHandles::default());
+    let mirror = v.runtime.teardown.clone();
+    f.core.handles().clear(&mut v);
+    v.runtime.teardown = mirror;
+    std::fs::write(scratch_path(&dir), b"{corrupt").expect("corrupt");
+    // The tap's own deletion fails too: both errors come back.
+    f.net.failing.lock().expect("lock").insert(tap.clone());
+    *f.firewall.fail_remove.lock().expect("lock") = Some("nft exploded".into());
+    let err = f
+        .core
+        .cleanup(&mut v, true)
+        .await
+        .expect_err("two failures");
+    let CoreError::Cleanup(errors) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(errors.0.len(), 2, "{errors:?}");
+    assert!(
+        errors.0.iter().any(|e| matches!(
+            e,
+            CleanupError::Capability {
+                capability: "nat",
+                ..
+            }
+        ) && e.to_string().contains("nft exploded")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .0
+            .iter()
+            .any(|e| matches!(e, CleanupError::Tap(_)) && e.to_string().contains(&tap)),
+        "{errors:?}"
+    );
+    assert!(
+        f.firewall.recorded().contains(&format!("remove_nat {tap}")),
+        "the runtime tap was used"
+    );
+    // Fixed: a second pass removes the rules.
+    f.net.failing.lock().expect("lock").clear();
+    *f.firewall.fail_remove.lock().expect("lock") = None;
+    f.core.cleanup(&mut v, true).await.expect("clean");
+    assert!(!f.firewall.has(&tap));
+    // The record's tap wins over the derived name when they differ.
+    v.runtime.teardown.tap = Some("bg-fromrecord".into());
+    f.core.cleanup(&mut v, true).await.expect("clean");
+    assert_eq!(
+        f.firewall.recorded().last().map(String::as_str),
+        Some("remove_nat bg-fromrecord")
+    );
+}
+
+/// Which tap cleanup deletes when memory, the scratch file and the
+/// runtime mirror disagree or are missing: the first that knows.
+#[tokio::test]
+async fn cleanup_finds_the_tap_through_every_fallback() {
+    let f = fixture();
+    let mut v = create_and_start(&f, "fallback").await;
+    let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+    let deleted = |f: &Fixture| -> Vec<String> {
+        f.net
+            .recorded()
+            .into_iter()
+            .filter_map(|c| c.strip_prefix("delete_link ").map(str::to_owned))
+            .collect()
+    };
+    // 1. Memory lost, scratch file present: the scratch file's tap.
+    f.core.handles().clear(&mut v);
+    crate::handles::write_scratch(
+        &dir,
+        &VmHandles {
+            tap: Some("bg-scratch".into()),
+            ..VmHandles::default()
+        },
+    )
+    .expect("scratch");
+    v.runtime.teardown.tap = Some("bg-mirror".into());
+    f.core.cleanup(&mut v, true).await.expect("cleanup");
+    assert_eq!(deleted(&f).last().map(String::as_str), Some("bg-scratch"));
+    // 2. Memory and scratch file lost: the runtime mirror's tap.
+    v.runtime.teardown.tap = Some("bg-mirror".into());
+    f.core.cleanup(&mut v, true).await.expect("cleanup");
+    assert_eq!(deleted(&f).last().map(String::as_str), Some("bg-mirror"));
+    // 3. Nothing recorded anywhere: the name derived from the VM id.
+    f.core.cleanup(&mut v, true).await.expect("cleanup");
+    assert_eq!(deleted(&f).last(), Some(&tap_name(&v.id)));
+    // A corrupt scratch file is skipped, not fatal.
+    std::fs::write(scratch_path(&dir), b"{nope").expect("corrupt");
+    v.runtime.teardown.tap = Some("bg-mirror2".into());
+    f.core
+        .cleanup(&mut v, true)
+        .await
+        .expect("corrupt scratch is not a failure");
+    assert_eq!(deleted(&f).last().map(String::as_str), Some("bg-mirror2"));
+}
+
+#[tokio::test]
+async fn reconcile_adopts_live_vms_and_tears_down_dead_ones() {
+    let f = fixture();
+    let alive = create_and_start(&f, "alive").await;
+    let dead = create_and_start(&f, "dead").await;
+    let corrupt = create_and_start(&f, "corrupt").await;
+    // A daemon restart: memory is gone.
+    for v in [&alive, &dead, &corrupt] {
+        f.core.handles().adopt(&v.id, VmHandles::default());
+    }
+    let pid_of = |v: &VmRecord| {
+        f.vmm
+            .find(Path::new(v.runtime.api_socket.as_deref().expect("sock")))
+            .expect("pid")
+    };
+    f.vmm.crash(pid_of(&dead));
+    f.vmm.crash(pid_of(&corrupt));
+    let corrupt_dir = PathBuf::from(corrupt.runtime.vm_dir.clone().expect("dir"));
+    std::fs::write(scratch_path(&corrupt_dir), b"{garbage").expect("corrupt scratch");
+
+    f.core.reconcile().await.expect("reconcile");
+
+    let a = f.core.find_vm("alive").await.expect("alive");
+    assert_eq!(a.state, VmState::Running);
+    assert!(f.core.vm_alive(&a), "adopted with its pid");
+    assert!(f.net.has(&tap_name(&a.id)));
+    for name in ["dead", "corrupt"] {
+        let d = f.core.find_vm(name).await.expect("vm");
+        assert_eq!(d.state, VmState::Stopped, "{name}");
+        assert!(
+            d.runtime
+                .last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("restarted"),
+            "{name}"
+        );
+        assert!(
+            !f.net.has(&tap_name(&d.id)),
+            "{name}: tap torn down (corrupt file: via the mirror)"
+        );
+        assert!(d.runtime.teardown.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn jails_are_recorded_before_launch_and_released_by_reconcile_and_delete() {
+    let f = fixture();
+    *f.vmm.jail_base.lock().expect("lock") = Some(PathBuf::from("/jails"));
+    let kept = create_and_start(&f, "kept").await;
+    let gone = create_and_start(&f, "gone").await;
+    let releases = || -> Vec<String> {
+        f.vmm
+            .recorded()
+            .into_iter()
+            .filter(|c| c.starts_with("release"))
+            .collect()
+    };
+    assert!(releases().is_empty(), "a started vm keeps its jail");
+    // The jail root is on the record, in the scratch mirror too.
+    let dir = PathBuf::from(gone.runtime.vm_dir.clone().expect("dir"));
+    let mirror = std::fs::read_to_string(scratch_path(&dir)).expect("mirror");
+    assert!(mirror.contains(&format!("/jails/{}", gone.id)), "{mirror}");
+    // Daemon (and helper) die; one VMM dies with them.
+    for v in [&kept, &gone] {
+        f.core.handles().adopt(&v.id, VmHandles::default());
+    }
+    let sock = |v: &VmRecord| PathBuf::from(v.runtime.api_socket.clone().expect("sock"));
+    f.vmm.crash(f.vmm.find(&sock(&gone)).expect("pid"));
+    f.core.reconcile().await.expect("reconcile");
+    assert_eq!(
+        releases(),
+        [format!("release {} /jails/{}", gone.id, gone.id)],
+        "the dead vm's jail goes, the live one's stays"
+    );
+    let k = f.core.find_vm("kept").await.expect("kept");
+    assert_eq!(k.state, VmState::Running);
+    vm(&f.core, Command::VmKill { vm: "kept".into() }).await;
+    vm(&f.core, Command::VmDelete { vm: "kept".into() }).await;
+    assert_eq!(
+        releases().last().map(String::as_str),
+        Some(format!("release {} /jails/{}", kept.id, kept.id).as_str())
+    );
+}
+
+#[tokio::test]
+async fn concurrent_starts_get_distinct_addresses_and_delete_releases_everything() {
+    let f = fixture();
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let core = Arc::clone(&f.core);
+        tasks.push(tokio::spawn(async move {
+            let name = format!("vm{i}");
+            core.execute(
+                Command::VmCreate(CreateVmRequest {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                &ProgressSink::discard(),
+            )
+            .await
+            .expect("create");
+            match core
+                .execute(Command::VmStart { vm: name }, &ProgressSink::discard())
+                .await
+                .expect("start")
+            {
+                Reply::Vm(v) => v,
+                other => panic!("{other:?}"),
+            }
+        }));
+    }
+    let mut ips = Vec::new();
+    for t in tasks {
+        ips.push(t.await.expect("task").runtime.guest_ip.expect("ip"));
+    }
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 10, "no address handed out twice");
+    // A /28 has 13 usable guest addresses: the 14th VM is refused clearly.
+    for i in 10..13 {
+        create_and_start(&f, &format!("vm{i}")).await;
+    }
+    vm(
+        &f.core,
+        Command::VmCreate(CreateVmRequest {
+            name: Some("full".into()),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let err = run(&f.core, Command::VmStart { vm: "full".into() })
+        .await
+        .expect_err("exhausted");
+    assert!(err.to_string().contains("no free address"), "{err}");
+
+    let v = f.core.find_vm("vm3").await.expect("vm3");
+    let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+    let err = run(&f.core, Command::VmDelete { vm: "vm3".into() })
+        .await
+        .expect_err("running");
+    assert!(err.to_string().contains("stop it first"));
+    vm(&f.core, Command::VmKill { vm: "vm3".into() }).await;
+    vm(&f.core, Command::VmDelete { vm: "vm3".into() }).await;
+    assert!(!dir.exists());
+    // Its address is free again.
+    let again = vm(&f.core, Command::VmStart { vm: "full".into() }).await;
+    assert_eq!(again.runtime.guest_ip, v.runtime.guest_ip);
+}

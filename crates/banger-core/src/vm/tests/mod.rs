@@ -1,0 +1,4 @@
+//! The VM room's tests: whole commands through `Core::execute`.
+
+mod lifecycle;
+mod requests;
