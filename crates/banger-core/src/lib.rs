@@ -19,6 +19,7 @@ mod core;
 pub mod error;
 pub mod guest;
 pub mod handles;
+pub mod ids;
 pub mod ipam;
 pub mod lifecycle;
 pub mod locks;

@@ -10,8 +10,8 @@ use chrono::Utc;
 
 use crate::core::Core;
 use crate::error::CoreError;
+use crate::ids::new_id;
 use crate::progress::ProgressSink;
-use crate::vm::new_vm_id;
 
 use super::{BASE_PACKAGES, blocking, file_record, io_err};
 
@@ -198,7 +198,7 @@ fn new_image(
         work_seed.as_ref().map(|s| s.sha256.as_str()),
     ]);
     ImageRecord {
-        id: new_vm_id(),
+        id: new_id(),
         name: name.to_owned(),
         source,
         rootfs,

@@ -13,8 +13,8 @@ use chrono::Utc;
 
 use crate::core::Core;
 use crate::error::{AssetBuildError, CoreError};
+use crate::ids::new_id;
 use crate::progress::ProgressSink;
-use crate::vm::new_vm_id;
 
 use super::{blocking, file_record, io_err};
 
@@ -224,7 +224,7 @@ fn new_kernel(p: KernelParts) -> KernelRecord {
         p.initrd.as_ref().map(|i| i.sha256.as_str()),
     ]);
     KernelRecord {
-        id: new_vm_id(),
+        id: new_id(),
         name: p.name,
         version: p.version,
         source: p.source,

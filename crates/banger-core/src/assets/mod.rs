@@ -252,15 +252,27 @@ impl Core {
         digest: &str,
         root: &Path,
     ) {
-        let all = self.db(Store::list_assets::<T>).await.unwrap_or_default();
-        let dir = root.join(digest);
-        let referenced = all.iter().any(|r| r.digest() == digest);
-        if !referenced {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(dir = %dir.display(), error = %e, "removing asset dir");
-                }
+        // Unknown references keep the files: a failed listing must never
+        // read as "nothing uses this".
+        let all = match self.db(Store::list_assets::<T>).await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!(digest, error = %e, "cannot list assets; keeping their files");
+                return;
             }
+        };
+        if all.iter().any(|r| r.digest() == digest) {
+            return;
+        }
+        let dir = root.join(digest);
+        let target = dir.clone();
+        // A content dir holds whole images: removed off the async workers.
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&target)).await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err(e)) => tracing::warn!(dir = %dir.display(), error = %e, "removing asset dir"),
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "removing asset dir"),
         }
     }
 

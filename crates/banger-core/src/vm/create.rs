@@ -7,9 +7,9 @@ use banger_api::size::format_size;
 use banger_api::vm::{CreateVmRequest, VmRecord, VmRuntime, VmSpec, VmState, VmmKind};
 use chrono::Utc;
 
-use super::new_vm_id;
 use crate::core::Core;
 use crate::error::{CoreError, InternalError};
+use crate::ids::new_id;
 use crate::names;
 use crate::progress::ProgressSink;
 
@@ -49,7 +49,7 @@ impl Core {
 
         let now = Utc::now();
         let mut vm = VmRecord {
-            id: new_vm_id(),
+            id: new_id(),
             name: String::new(),
             state: VmState::Created,
             spec: VmSpec {

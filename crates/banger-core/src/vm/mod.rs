@@ -33,13 +33,6 @@ use crate::locks::KeyGuard;
 pub use create::{MAX_DISK_BYTES, MAX_MEMORY_MIB, MAX_VCPUS, MIN_DISK_BYTES, MIN_MEMORY_MIB};
 pub use dns::DNS_PORT;
 
-/// 16 hex digits: short enough to derive tap (`bg-` + 12) and jail names
-/// from, long enough never to collide on one host.
-pub fn new_vm_id() -> String {
-    use rand::Rng;
-    format!("{:016x}", rand::rng().random::<u64>())
-}
-
 impl Core {
     /// Finds `name` (a name or an id), takes its lock, and reads it again
     /// under the lock: it may have changed while we waited.
