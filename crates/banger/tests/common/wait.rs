@@ -3,7 +3,7 @@
 //! inotify). [`until`] is the bounded poll for the few conditions nothing
 //! announces.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -75,7 +75,7 @@ pub fn until(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// The lines of a stream, read on a thread of their own so a wait can
+/// The output of a stream, read on a thread of its own so a wait can
 /// have a deadline; the thread keeps draining after the wait, so a child
 /// writing to a pipe never blocks on it.
 #[derive(Debug)]
@@ -83,31 +83,45 @@ pub struct Lines {
     rx: mpsc::Receiver<String>,
     /// Everything received so far, for failure messages and scans.
     pub seen: String,
+    /// Received text not yet handed out as a line.
+    pending: String,
 }
 
 impl Lines {
-    pub fn new(stream: impl Read + Send + 'static) -> Self {
+    pub fn new(mut stream: impl Read + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut reader = BufReader::new(stream);
-            let mut buf = Vec::new();
+            // Chunks as they come, not lines: a prompt ends without one.
+            let mut buf = [0u8; 4096];
             loop {
-                buf.clear();
-                match reader.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
                     // A receiver that went away only stops listening.
-                    Ok(_) => drop(tx.send(String::from_utf8_lossy(&buf).into_owned())),
+                    Ok(n) => drop(tx.send(String::from_utf8_lossy(&buf[..n]).into_owned())),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
                 }
             }
         });
         Self {
             rx,
             seen: String::new(),
+            pending: String::new(),
         }
     }
 
-    /// Waits for a line `matches` accepts and returns it; `None` when the
-    /// stream ends or `within` passes first.
+    /// The next chunk, appended to `seen` and `pending`; `None` when the
+    /// stream ended or `deadline` passed.
+    fn receive(&mut self, deadline: Instant) -> Option<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = self.rx.recv_timeout(left).ok()?;
+        self.seen.push_str(&chunk);
+        self.pending.push_str(&chunk);
+        Some(())
+    }
+
+    /// Waits for a whole line `matches` accepts and returns it; `None`
+    /// when the stream ends or `within` passes first.
     pub fn wait_for(
         &mut self,
         within: Duration,
@@ -115,36 +129,33 @@ impl Lines {
     ) -> Option<String> {
         let deadline = Instant::now() + within;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.rx.recv_timeout(left).ok()?;
-            self.seen.push_str(&line);
-            if matches(&line) {
-                return Some(line);
+            while let Some(end) = self.pending.find('\n') {
+                let line: String = self.pending.drain(..=end).collect();
+                if matches(&line) {
+                    return Some(line);
+                }
             }
+            self.receive(deadline)?;
         }
     }
 
-    /// Waits until everything received so far contains `needle` (output
-    /// that moves the cursor may split a line, never the needle's bytes);
-    /// returns that text, or `None` at the end or the deadline.
+    /// Waits until everything received so far contains `needle` (text
+    /// with cursor movements in it need not come in lines); returns that
+    /// text, or `None` at the end or the deadline.
     pub fn wait_for_text(&mut self, needle: &str, within: Duration) -> Option<String> {
-        if self.seen.contains(needle) {
-            return Some(self.seen.clone());
-        }
         let deadline = Instant::now() + within;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.rx.recv_timeout(left).ok()?;
-            self.seen.push_str(&line);
             if self.seen.contains(needle) {
                 return Some(self.seen.clone());
             }
+            self.receive(deadline)?;
         }
     }
 }
 
-/// A file followed as it grows, from its first byte, by `tail -F` (which
-/// waits on inotify and copes with the file appearing late).
+/// A file followed as it grows, from its first byte, by `tail -F`: on
+/// inotify when the file exists at the start (GNU tail looks for a
+/// missing one once a second).
 #[derive(Debug)]
 pub struct Follow {
     tail: Child,
