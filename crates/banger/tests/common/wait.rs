@@ -164,8 +164,10 @@ pub struct Follow {
 
 impl Follow {
     pub fn new(path: &Path) -> Self {
+        // --pid: a test killed before its drop leaves no follower behind.
         let mut tail = Command::new("tail")
             .args(["-F", "-n", "+1"])
+            .arg(format!("--pid={}", std::process::id()))
             .arg(path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
