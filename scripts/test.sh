@@ -28,5 +28,14 @@ awk '/^ *Running /{name=$0; sub(/^ *Running /, "", name)}
      /^ *Doc-tests /{name=$0; sub(/^ *Doc-tests /, "doc-tests ", name)}
      /^test result:/{t=$0; sub(/.*finished in /, "", t); sub(/s$/, "", t); printf "%9.2f  %s\n", t, name}' \
   target/test-output.log | sort -rn
+# What did not run: every `SKIPPED <reason>` a test printed, with its
+# binary. Parallel tests share the terminal, so the mark may follow
+# another test's text on the same line; it is cut from there.
+echo "==> skipped"
+awk '/^ *Running /{name=$0; sub(/^ *Running /, "", name)}
+     /SKIPPED[ :]/{line=$0; sub(/^.*SKIPPED/, "SKIPPED", line); n++; printf "  %s  [%s]\n", line, name}
+     END{printf "%d skipped\n", n}' \
+  target/test-output.log
+echo "==> cargo test exit status: $status"
 scripts/leak-check.sh
 exit "$status"

@@ -1,12 +1,31 @@
-//! Polls a guest agent behind a vsock unix socket until it answers a ping
+//! Waits for a guest agent behind a vsock unix socket to answer a ping
 //! and prints the milliseconds that took; for `bench/vm_run.sh`'s raw
 //! QEMU baseline (no daemon in the loop).
 //!
 //! `agent_ping VSOCK_SOCKET [TIMEOUT_SECS]`
+//!
+//! Like the daemon, it waits for the agent's ready call (the guest
+//! connecting to host port 1052, `<VSOCK_SOCKET>_1052`) and pings once
+//! after it: an event instead of a poll, and no connection into a guest
+//! still booting, which can stop QEMU's vsock backend for good.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use banger_agent_proto::{AGENT_PORT, Frame, Message, handshake, read_frame, send, vsock};
+use banger_agent_proto::{
+    AGENT_PORT, Frame, MAX_READY_LINE, Message, READY_GREETING, READY_PORT, handshake, read_frame,
+    send, vsock,
+};
+use tokio::io::AsyncBufReadExt;
+
+/// Removes the ready socket however the wait ends.
+struct ReadySocket(PathBuf);
+
+impl Drop for ReadySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
@@ -17,20 +36,64 @@ async fn main() -> std::process::ExitCode {
     };
     let timeout = Duration::from_secs(args.next().and_then(|s| s.parse().ok()).unwrap_or(120));
     let t = Instant::now();
-    while t.elapsed() < timeout {
-        let attempt = tokio::time::timeout(Duration::from_secs(5), async {
-            let mut s = vsock::connect(path.as_ref(), AGENT_PORT).await?;
-            handshake(&mut s, "agent_ping").await?;
-            send(&mut s, &Message::Ping).await?;
-            read_frame(&mut s).await
-        })
-        .await;
-        if let Ok(Ok(Some(Frame::Control(Message::Pong)))) = attempt {
-            println!("{}", t.elapsed().as_millis());
-            return std::process::ExitCode::SUCCESS;
+    let ready_path = PathBuf::from(format!("{path}_{READY_PORT}"));
+    match std::fs::remove_file(&ready_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            eprintln!("agent_ping: removing {}: {e}", ready_path.display());
+            return std::process::ExitCode::FAILURE;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("agent_ping: no answer on {path} within {timeout:?}");
-    std::process::ExitCode::FAILURE
+    let listener = match tokio::net::UnixListener::bind(&ready_path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("agent_ping: binding {}: {e}", ready_path.display());
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let _ready = ReadySocket(ready_path.clone());
+    let call = tokio::time::timeout(timeout, async {
+        let (s, _) = listener.accept().await?;
+        let mut line = String::new();
+        let mut reader =
+            tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(s, MAX_READY_LINE as u64));
+        reader.read_line(&mut line).await?;
+        Ok::<_, std::io::Error>(line)
+    })
+    .await;
+    match call {
+        Ok(Ok(line)) if line.starts_with(READY_GREETING) => {}
+        Ok(Ok(line)) => {
+            eprintln!("agent_ping: not the agent's ready call on {ready_path:?}: {line:?}");
+            return std::process::ExitCode::FAILURE;
+        }
+        Ok(Err(e)) => {
+            eprintln!("agent_ping: the ready call on {ready_path:?}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+        Err(_) => {
+            eprintln!("agent_ping: no ready call on {ready_path:?} within {timeout:?}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    let attempt = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut s = vsock::connect(path.as_ref(), AGENT_PORT).await?;
+        handshake(&mut s, "agent_ping").await?;
+        send(&mut s, &Message::Ping).await?;
+        read_frame(&mut s).await
+    })
+    .await;
+    match attempt {
+        Ok(Ok(Some(Frame::Control(Message::Pong)))) => {
+            println!("{}", t.elapsed().as_millis());
+            std::process::ExitCode::SUCCESS
+        }
+        other => {
+            eprintln!(
+                "agent_ping: the agent called ready but did not answer a ping on {path}: {other:?}"
+            );
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

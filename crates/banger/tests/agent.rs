@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::wait::Follow;
 use common::{Lab, dir_entries, lab};
 
 fn text(b: &[u8]) -> String {
@@ -130,9 +131,12 @@ fn interrupt_once_started(lab: &Lab, args: &[&str]) -> std::process::ExitStatus 
     child.wait().expect("wait")
 }
 
-/// tmux on a private socket, killed however the test ends.
+/// tmux on a private socket, killed however the test ends. The pane's
+/// output is piped to a file the test follows, so waits end when the
+/// text arrives.
 struct Tmux {
     socket: String,
+    output: Follow,
 }
 
 impl Tmux {
@@ -160,6 +164,12 @@ impl Tmux {
             line.push_str(&format!(" '{a}'"));
         }
         line.push_str("; echo EXITED $?; sleep 60");
+        let log = lab.env.dir.path().join(format!("tmux-{session}.log"));
+        // Made before the follower starts, which then waits on inotify.
+        std::fs::write(&log, "").expect("pane log");
+        let output = Follow::new(&log);
+        // The pipe is set in the same tmux call, before the server reads
+        // the pane's first output.
         let st = Command::new("tmux")
             .args([
                 "-L",
@@ -174,10 +184,12 @@ impl Tmux {
                 "30",
             ])
             .arg(line)
+            .args([";", "pipe-pane", "-t", session])
+            .arg(format!("cat >> '{}'", log.display()))
             .status()
             .expect("tmux (scripts/setup.sh installs it)");
         assert!(st.success());
-        Self { socket }
+        Self { socket, output }
     }
 
     fn keys(&self, keys: &[&str]) {
@@ -197,15 +209,11 @@ impl Tmux {
         text(&out.stdout)
     }
 
-    fn wait_for(&self, needle: &str, within: Duration) -> String {
-        let t = Instant::now();
-        loop {
-            let s = self.screen();
-            if s.contains(needle) {
-                return s;
-            }
-            assert!(t.elapsed() < within, "{needle:?} not on screen:\n{s}");
-            std::thread::sleep(Duration::from_millis(200));
+    /// Waits for `needle` in the pane's output; returns the output so far.
+    fn wait_for(&mut self, needle: &str, within: Duration) -> String {
+        match self.output.lines.wait_for_text(needle, within) {
+            Some(out) => out,
+            None => panic!("{needle:?} not on screen:\n{}", self.screen()),
         }
     }
 }
@@ -386,7 +394,7 @@ fn a_named_vm_runs_exec_cp_ssh_and_a_terminal() {
 
     // An interactive shell on a PTY, driven through tmux.
     {
-        let tmux = Tmux::new(&lab, "t", &["vm", "exec", "-it", "h1", "--", "bash"]);
+        let mut tmux = Tmux::new(&lab, "t", &["vm", "exec", "-it", "h1", "--", "bash"]);
         tmux.wait_for("root@h1", Duration::from_secs(60));
         tmux.keys(&["echo cols=$(tput cols) tty=$(tty)", "Enter"]);
         let screen = tmux.wait_for("cols=100 tty=/dev/pts/", Duration::from_secs(30));

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, dir_entries, fake_elf};
+use banger_api::asset::KernelAddRequest;
+use common::stream::{Outcome, Stream};
+use common::{Env, dir_entries, fake_elf, wait};
 
 /// Builds `<dir>/<pkg>.deb` with `dpkg-deb` from `files` and `depends`.
 fn build_deb(dir: &Path, pkg: &str, depends: &str, files: &[(&str, Vec<u8>)]) {
@@ -41,15 +43,17 @@ fn build_deb(dir: &Path, pkg: &str, depends: &str, files: &[(&str, Vec<u8>)]) {
 }
 
 /// A stand-in `apt-get` that "downloads" from `repo`, after sleeping for
-/// the seconds in `<dir>/apt-delay` (0 when absent).
+/// the seconds in `<dir>/apt-delay` (0 when absent). Its first line says
+/// its pid: the daemon streams it as a `download` stage, so a test knows
+/// the download runs and which process runs it.
 fn fake_apt(env: &Env, repo: &Path) -> PathBuf {
     let script = env.dir.path().join("fake-apt-get");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\n# args: -q download PKG\necho \"$$\" > \"{pids}/apt-$3.pid\"\nsleep \"$(cat {pids}/apt-delay 2>/dev/null || echo 0)\"\nif [ -f \"{repo}/$3.deb\" ]; then cp \"{repo}/$3.deb\" .; echo \"Get:1 $3\"; else echo \"E: Unable to locate package $3\" >&2; exit 100; fi\n",
+            "#!/bin/sh\n# args: -q download PKG\necho \"Get:0 $3 pid $$\"\nsleep \"$(cat {dir}/apt-delay 2>/dev/null || echo 0)\"\nif [ -f \"{repo}/$3.deb\" ]; then cp \"{repo}/$3.deb\" .; echo \"Get:1 $3\"; else echo \"E: Unable to locate package $3\" >&2; exit 100; fi\n",
             repo = repo.display(),
-            pids = env.dir.path().display(),
+            dir = env.dir.path().display(),
         ),
     )
     .expect("script");
@@ -265,6 +269,31 @@ fn imports_validate_their_input_and_rm_respects_users() {
     assert!(err.contains("changed on disk"), "{err}");
 }
 
+fn add_request(name: &str) -> serde_json::Value {
+    serde_json::to_value(KernelAddRequest {
+        name: name.to_owned(),
+        package: Some("linux-image-real".to_owned()),
+    })
+    .expect("request")
+}
+
+/// Waits for the stand-in apt-get's first line; returns its pid.
+fn apt_started(add: &mut Stream) -> i32 {
+    let p = add.wait_progress(Duration::from_secs(30), |p| {
+        p.stage == "download" && p.detail.contains(" pid ")
+    });
+    let (_, pid) = p.detail.rsplit_once(" pid ").expect("pid");
+    pid.trim().parse().expect("a pid")
+}
+
+/// `kernel add NAME` of `linux-image-real` as a stream, returned once the
+/// download runs (and so the build holds the name).
+fn add_streamed(env: &Env, name: &str) -> Stream {
+    let mut add = Stream::post(&env.socket(), "/v1/kernels/add", Some(&add_request(name)));
+    apt_started(&mut add);
+    add
+}
+
 #[test]
 fn a_second_add_of_the_same_name_waits_and_a_cancelled_add_leaves_nothing() {
     let env = Env::new();
@@ -281,7 +310,8 @@ fn a_second_add_of_the_same_name_waits_and_a_cancelled_add_leaves_nothing() {
         .expect("start");
 
     // Two adds of one name: the second waits for the first, then finds
-    // the name taken.
+    // the name taken. The first is a stream, to start the second once the
+    // first's download runs.
     let spawn = |name: &str| {
         env.command(common::BANGER)
             .args(["kernel", "add", name, "--from-debian", "linux-image-real"])
@@ -290,17 +320,12 @@ fn a_second_add_of_the_same_name_waits_and_a_cancelled_add_leaves_nothing() {
             .spawn()
             .expect("spawn")
     };
-    let first = spawn("same");
-    std::thread::sleep(Duration::from_millis(500));
+    let first = add_streamed(&env, "same");
     let t = Instant::now();
     let second = spawn("same");
-    let first = first.wait_with_output().expect("first");
+    let first = first.outcome(Duration::from_secs(60));
     let second = second.wait_with_output().expect("second");
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    assert!(matches!(first, Outcome::Result(_)), "{first:?}");
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("already exists"));
     assert!(
@@ -310,52 +335,40 @@ fn a_second_add_of_the_same_name_waits_and_a_cancelled_add_leaves_nothing() {
 
     // rm racing a build of the same name waits for it, then removes it;
     // the content dir stays because `same` holds the same bytes.
-    let racer = spawn("raced");
-    std::thread::sleep(Duration::from_millis(500));
+    let racer = add_streamed(&env, "raced");
     let t = Instant::now();
     env.ok(&["kernel", "rm", "raced"]);
     assert!(
         t.elapsed() >= Duration::from_secs(2),
         "rm did not wait for the build"
     );
-    assert!(racer.wait_with_output().expect("racer").status.success());
+    let raced = racer.outcome(Duration::from_secs(60));
+    assert!(matches!(raced, Outcome::Result(_)), "{raced:?}");
     env.ok(&["kernel", "show", "same", "--verify"]);
 
     // Cancel: the client goes away mid-download (a download that would
     // take a minute), and the daemon must stop it well before that.
     set_delay(60);
-    let mut victim = spawn("cancelled");
-    let pid_file = env.dir.path().join("apt-linux-image-real.pid");
-    let _ = std::fs::remove_file(&pid_file);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !pid_file.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let apt_pid: i32 = std::fs::read_to_string(&pid_file)
-        .expect("apt started")
-        .trim()
-        .parse()
-        .expect("pid");
-    victim.kill().expect("kill client");
-    let _ = victim.wait();
+    let mut victim = Stream::post(
+        &env.socket(),
+        "/v1/kernels/add",
+        Some(&add_request("cancelled")),
+    );
+    let apt_pid = apt_started(&mut victim);
+    drop(victim);
     // The daemon notices, kills the tool and removes its work dir.
     let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        let tool_alive = Path::new(&format!("/proc/{apt_pid}")).exists()
-            && !std::fs::read_to_string(format!("/proc/{apt_pid}/stat"))
-                .unwrap_or_default()
-                .contains(") Z");
-        let tmp_empty = dir_entries(&env.state_dir().join("tmp")).is_empty();
-        if !tool_alive && tmp_empty {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cancelled add left tool alive={tool_alive} tmp={:?}",
-            dir_entries(&env.state_dir().join("tmp"))
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let tool_gone = wait::exited(apt_pid, Duration::from_secs(8));
+    // Nothing announces the work dir's removal: a bounded poll.
+    let tmp_empty = wait::until(deadline.saturating_duration_since(Instant::now()), || {
+        dir_entries(&env.state_dir().join("tmp")).is_empty()
+    });
+    assert!(
+        tool_gone && tmp_empty,
+        "cancelled add left tool alive={} tmp={:?}",
+        !tool_gone,
+        dir_entries(&env.state_dir().join("tmp"))
+    );
     let names: Vec<String> = env
         .json(&["kernel", "list", "--json"])
         .as_array()

@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::wait::Lines;
 use common::{Env, cached_default_assets, guest_prereqs, skip_or_fail};
 
 #[test]
@@ -71,53 +70,35 @@ fn default_kernel_and_image_boot_under_qemu_tcg_to_the_root_init() {
     }
     let stdout = qemu.stdout.take().expect("stdout");
     let _qemu = KillOnDrop(qemu);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut console = Vec::new();
+    let mut console = Lines::new(stdout);
+    let within = Duration::from_secs(180);
     let mut switched = None;
-    let mut welcomed = None;
-    while welcomed.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match rx.recv_timeout(left) {
-            Ok(l) => l,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!(
-                    "no systemd banner within 180s; console:\n{}",
-                    console.join("\n")
-                )
+    let welcomed = console
+        .wait_for(within, |line| {
+            if line.contains("banger-init: switching root") {
+                switched = Some(t.elapsed());
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                panic!(
-                    "the guest stopped before systemd started; console:\n{}",
-                    console.join("\n")
-                )
-            }
-        };
-        if line.contains("banger-init: switching root") {
-            switched = Some(t.elapsed());
+            line.contains("Welcome to") && line.contains("Debian")
+        })
+        .map(|_| t.elapsed());
+    if welcomed.is_none() {
+        if t.elapsed() >= within {
+            panic!("no systemd banner within 180s; console:\n{}", console.seen)
         }
-        if line.contains("Welcome to") && line.contains("Debian") {
-            welcomed = Some(t.elapsed());
-        }
-        console.push(line);
+        panic!(
+            "the guest stopped before systemd started; console:\n{}",
+            console.seen
+        )
     }
-    let switched = switched
-        .unwrap_or_else(|| panic!("banger-init never switched root:\n{}", console.join("\n")));
+    let switched =
+        switched.unwrap_or_else(|| panic!("banger-init never switched root:\n{}", console.seen));
     println!(
         "figure: QEMU/TCG boot: banger-init switched root after {:.2}s, systemd banner after {:.2}s",
         switched.as_secs_f64(),
         welcomed.map_or(0.0, |w| w.as_secs_f64())
     );
     assert!(
-        console.iter().any(|l| l.contains("banger-init: loaded")),
+        console.seen.contains("banger-init: loaded"),
         "modules loaded"
     );
 }

@@ -15,6 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use banger_vmm::firecracker::{FcApi, FirecrackerVmm};
 use banger_vmm::jail::{CgroupVersion, Jail, JailConfig, LocalJail};
 use banger_vmm::{LaunchSpec, Vmm, process};
+use common::wait::Follow;
 use common::{Env, cached_default_assets, guest_prereqs, skip_or_fail};
 
 fn hardware_kvm() -> bool {
@@ -152,17 +153,23 @@ async fn the_real_firecracker_is_configured_started_and_stopped_through_its_api(
     );
 
     if hardware_kvm() {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !std::fs::read_to_string(&spec.console_log)
-            .unwrap_or_default()
-            .contains("banger-init: switching root")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "guest did not reach the root init under Firecracker"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // The console followed as Firecracker writes it; off the async
+        // worker, as the wait blocks.
+        let console = spec.console_log.clone();
+        let reached = tokio::task::spawn_blocking(move || {
+            Follow::new(&console)
+                .lines
+                .wait_for(Duration::from_secs(60), |l| {
+                    l.contains("banger-init: switching root")
+                })
+                .is_some()
+        })
+        .await
+        .expect("console follower");
+        assert!(
+            reached,
+            "guest did not reach the root init under Firecracker"
+        );
     } else {
         println!(
             "SKIPPED Firecracker guest boot check: no hardware KVM on this host (software nested hypervisor); the API, InstanceStart and process control were exercised"

@@ -13,7 +13,7 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use banger_host::helper::HelperClient;
 use banger_host::jail::{CgroupVersion, Jail, JailConfig, JailOps, JailStage, remove_cgroups};
 use banger_vmm::firecracker::{FcApi, FirecrackerVmm};
 use banger_vmm::{LaunchSpec, Vmm, process};
+use common::helper::Helper;
 use common::{BANGERD, Env, cached_default_assets, guest_prereqs, skip_or_fail};
 
 const NOBODY: u32 = 65534;
@@ -92,16 +93,6 @@ impl Layout {
     }
 }
 
-/// Kills the helper however the test ends.
-struct Helper(Child);
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// However the test ends: no VMM, jail or cgroup of `VM` is left.
 struct Sweep(JailConfig);
 
@@ -112,12 +103,12 @@ impl Drop for Sweep {
             common::wait_gone(pid, Duration::from_secs(5));
         }
         let _ = banger_host::jail::remove_tree(&self.0.jail_dir(VM));
-        for _ in 0..40 {
-            if remove_cgroups(&self.0, VM).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // The exits awaited above empty the cgroups; the bounded retry
+        // only covers a kernel that calls one busy a moment longer, which
+        // nothing announces.
+        common::wait::until(Duration::from_secs(2), || {
+            remove_cgroups(&self.0, VM).is_ok()
+        });
     }
 }
 
@@ -131,19 +122,8 @@ fn start_helper(env: &Env, l: &Layout, jailer: &Path, firecracker: &Path) -> Hel
         .env("BANGER_HELPER_SOCKET", &sock)
         .env("BANGER_JAILER_CHROOT_BASE", l.dir.join("jail"))
         .env("BANGER_JAILER_BIN", jailer)
-        .env("BANGER_FIRECRACKER_BIN", firecracker)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let h = Helper(c.spawn().expect("helper"));
-    let t = Instant::now();
-    while !sock.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "helper socket never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    h
+        .env("BANGER_FIRECRACKER_BIN", firecracker);
+    Helper::start(c)
 }
 
 /// Runs [`the_unprivileged_half`] as nobody; returns its stdout.

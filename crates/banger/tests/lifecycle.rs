@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::stream::Stream;
 use common::{kill, lab, vmm_pids, wait_gone};
 use nix::sys::signal::Signal;
 
@@ -186,16 +187,14 @@ fn a_killed_daemon_comes_back_adopting_live_vms_and_cleaning_dead_ones() {
     lab.ok(&["vm", "start", "live"]);
     lab.ok(&["vm", "kill", "live"]);
 
-    // (a) kill -9 in the middle of a start.
-    let mut starter = lab
-        .command()
-        .args(["vm", "start", "live"])
-        .spawn()
-        .expect("spawn");
-    std::thread::sleep(Duration::from_millis(700));
+    // (a) kill -9 in the middle of a start: once the VMM is launched and
+    // the daemon waits for the guest agent (the `agent` stage).
     let pid = lab.daemon_pid();
+    let mut starter = Stream::post(&lab.env.socket(), "/v1/vms/live/start", None);
+    starter.wait_progress(Duration::from_secs(120), |p| p.stage == "agent");
     kill(pid, Signal::SIGKILL);
-    let _ = starter.wait();
+    // Whatever the stream says last, the record must settle below.
+    let _ = starter.outcome(Duration::from_secs(10));
     assert!(wait_gone(pid, Duration::from_secs(5)));
     let after = lab.json(&["vm", "show", "live", "--json"]);
     let st = after["state"].as_str().unwrap_or("").to_owned();

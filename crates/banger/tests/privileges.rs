@@ -9,24 +9,15 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
+use common::helper::Helper;
 use common::{
     BANGER, BANGERD, Env, Netns, cached_default_assets, guest_prereqs, skip_or_fail, vmm_pids,
 };
 
 const NOBODY: u32 = 65534;
-
-/// Kills the helper however the test ends.
-struct Helper(Child);
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn hardware_kvm() -> bool {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -99,19 +90,8 @@ fn an_unprivileged_daemon_runs_vms_through_the_helper() {
             .env("BANGER_HELPER_SOCKET", &helper_socket)
             .env("BANGER_JAILER_CHROOT_BASE", &chroot_base)
             .env("BANGER_JAILER_BIN", vmm_bin("BANGER_JAILER_BIN"))
-            .env("BANGER_FIRECRACKER_BIN", vmm_bin("BANGER_FIRECRACKER_BIN"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let h = Helper(hc.spawn().expect("helper"));
-        let t = Instant::now();
-        while !helper_socket.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "helper socket never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        h
+            .env("BANGER_FIRECRACKER_BIN", vmm_bin("BANGER_FIRECRACKER_BIN"));
+        Helper::start(hc)
     };
     let mut helper = start_helper();
 

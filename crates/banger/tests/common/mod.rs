@@ -4,6 +4,10 @@
 
 #![allow(dead_code)]
 
+pub mod helper;
+pub mod stream;
+pub mod wait;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -164,15 +168,9 @@ pub fn is_bangerd(pid: i32) -> bool {
     String::from_utf8_lossy(&cmdline).contains("bangerd") && !zombie
 }
 
+/// Waits for process `pid` (a daemon, a VMM) to exit.
 pub fn wait_gone(pid: i32, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if !is_bangerd(pid) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    wait::exited(pid, within)
 }
 
 pub fn kill(pid: i32, sig: nix::sys::signal::Signal) {
@@ -227,7 +225,8 @@ impl Drop for Env {
             wait_gone(pid, Duration::from_secs(5));
         }
         // VMMs of this test's VMs (they outlive daemons by design); a
-        // QEMU that was still daemonizing may appear a moment later.
+        // QEMU that was still daemonizing may appear once its parent is
+        // gone, hence another look after each round of exits.
         let needle = self.dir.path().display().to_string();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -235,10 +234,12 @@ impl Drop for Env {
             if pids.is_empty() || Instant::now() > deadline {
                 break;
             }
-            for pid in pids {
+            for &pid in &pids {
                 kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            for pid in pids {
+                wait::exited(pid, deadline.saturating_duration_since(Instant::now()));
+            }
         }
     }
 }
@@ -456,10 +457,22 @@ impl Netns {
 
     /// One ping, inside the namespace.
     pub fn ping(&self, ip: &str) -> bool {
+        self.ping_args(&["-c", "1", "-W", "1", ip])
+    }
+
+    /// Pings every 200 ms until the first answer, for at most `within`
+    /// (whole seconds, rounded up). Nothing announces that a guest's
+    /// network is up: an answer is the event, and ping's own deadline
+    /// bounds the wait.
+    pub fn ping_within(&self, ip: &str, within: Duration) -> bool {
+        let secs = within.as_secs() + u64::from(within.subsec_nanos() > 0);
+        self.ping_args(&["-c", "1", "-i", "0.2", "-w", &secs.max(1).to_string(), ip])
+    }
+
+    fn ping_args(&self, args: &[&str]) -> bool {
         Command::new("ip")
-            .args([
-                "netns", "exec", &self.name, "ping", "-c", "1", "-W", "1", ip,
-            ])
+            .args(["netns", "exec", &self.name, "ping"])
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
@@ -575,13 +588,12 @@ impl Lab {
 
     pub fn wait_ping(&self, ip: &str, within: Duration) -> Duration {
         let t = Instant::now();
-        while !self.ns.ping(ip) {
-            assert!(
-                t.elapsed() < within,
-                "guest {ip} did not answer ping within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        // ping waits out its deadline for an answer, but gives up at once
+        // where the route is missing; that case alone comes round again.
+        let answered = wait::until(within, || {
+            self.ns.ping_within(ip, within.saturating_sub(t.elapsed()))
+        });
+        assert!(answered, "guest {ip} did not answer ping within {within:?}");
         t.elapsed()
     }
 
