@@ -23,10 +23,8 @@ pub use error::ConfigError;
 
 use file::{FileConfig, parse_file};
 
-/// Where the config file is read from unless `BANGER_CONFIG` says otherwise.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/banger/config.toml";
-/// Environment variable naming an explicit config file.
-pub const CONFIG_ENV: &str = "BANGER_CONFIG";
+pub use banger_api::defaults::{CONFIG_ENV, DEFAULT_CONFIG_PATH};
+use banger_api::defaults::{LOG_FILE, STDERR_LOG_FILE};
 
 /// Paths of external VMM binaries; a bare name is looked up on `PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,13 +163,13 @@ impl Config {
 
     /// The daemon's own log (tracing output).
     pub fn log_path(&self) -> PathBuf {
-        self.state_dir.join("bangerd.log")
+        self.state_dir.join(LOG_FILE)
     }
 
     /// Where a detached daemon's stderr goes: panics and failures that
     /// happen before logging is set up.
     pub fn stderr_log_path(&self) -> PathBuf {
-        self.state_dir.join("bangerd.stderr.log")
+        self.state_dir.join(STDERR_LOG_FILE)
     }
 
     /// Content-addressed kernels.

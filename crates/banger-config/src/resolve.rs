@@ -5,6 +5,11 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use banger_api::defaults::{
+    DEFAULT_RUNTIME_DIR, DEFAULT_SSH_BIN, DEFAULT_STATE_DIR, RUNTIME_DIR_ENV, SOCKET_ENV,
+    SOCKET_FILE, SSH_BIN_ENV, STATE_DIR_ENV, SUN_PATH_MAX,
+};
+
 use crate::env::Pick;
 use crate::error::{ConfigError, Source, invalid};
 use crate::file::{
@@ -20,8 +25,6 @@ use crate::{
     VmDefaults, VmmPaths,
 };
 
-/// `sun_path` is 108 bytes including the terminating NUL.
-const SUN_PATH_MAX: usize = 107;
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 impl Config {
@@ -72,17 +75,17 @@ struct Dirs {
 fn dirs(pick: &Pick<'_>, file: &FileConfig) -> Result<Dirs, ConfigError> {
     let state_dir = abs_path(
         "state_dir",
-        pick.path("BANGER_STATE_DIR", file.state_dir.clone()),
-        "/var/lib/banger",
+        pick.path(STATE_DIR_ENV, file.state_dir.clone()),
+        DEFAULT_STATE_DIR,
     )?;
     let runtime_dir = abs_path(
         "runtime_dir",
-        pick.path("BANGER_RUNTIME_DIR", file.runtime_dir.clone()),
-        "/run/banger",
+        pick.path(RUNTIME_DIR_ENV, file.runtime_dir.clone()),
+        DEFAULT_RUNTIME_DIR,
     )?;
-    let socket = match pick.path("BANGER_SOCKET", file.socket.clone()) {
+    let socket = match pick.path(SOCKET_ENV, file.socket.clone()) {
         Some(v) => abs_path("socket", Some(v), "")?,
-        None => runtime_dir.join("bangerd.sock"),
+        None => runtime_dir.join(SOCKET_FILE),
     };
     let sock_len = socket.as_os_str().len();
     if sock_len > SUN_PATH_MAX {
@@ -260,7 +263,7 @@ fn tools(pick: &Pick<'_>, f: FileTools) -> Result<ToolPaths, ConfigError> {
             pick.path("BANGER_MKFS_EXT4_BIN", f.mkfs_ext4),
             "mkfs.ext4",
         )?,
-        ssh: binary("tools.ssh", pick.path("BANGER_SSH_BIN", f.ssh), "ssh")?,
+        ssh: binary("tools.ssh", pick.path(SSH_BIN_ENV, f.ssh), DEFAULT_SSH_BIN)?,
         ssh_keygen: binary(
             "tools.ssh_keygen",
             pick.path("BANGER_SSH_KEYGEN_BIN", f.ssh_keygen),
