@@ -125,9 +125,10 @@ impl Store {
             .optional()
             .map_err(sql("looking up asset"))?;
         json.map(|j| {
-            serde_json::from_str(&j).map_err(|e| StoreError::Corrupt {
-                id: format!("{} {name}", T::KIND),
-                message: e.to_string(),
+            serde_json::from_str(&j).map_err(|source| StoreError::CorruptAsset {
+                kind: T::KIND,
+                name: name.to_owned(),
+                source,
             })
         })
         .transpose()
@@ -146,9 +147,10 @@ impl Store {
             .map_err(sql("listing assets"))?;
         rows.map(|r| {
             let (name, json) = r.map_err(sql("listing assets"))?;
-            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
-                id: format!("{} {name}", T::KIND),
-                message: e.to_string(),
+            serde_json::from_str(&json).map_err(|source| StoreError::CorruptAsset {
+                kind: T::KIND,
+                name,
+                source,
             })
         })
         .collect()

@@ -33,8 +33,21 @@ pub enum StoreError {
     VmNotFound(String),
     #[error("a {kind} named {name:?} already exists")]
     AssetNameTaken { kind: AssetKind, name: String },
-    #[error("vm {id}: stored row is unreadable: {message}")]
-    Corrupt { id: String, message: String },
+    #[error("vm {id}: stored row is unreadable: {what}: {source}")]
+    CorruptVm {
+        id: String,
+        /// The column that did not decode: state, spec, runtime, timestamp.
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("vm {kind} {name}: stored row is unreadable: {source}")]
+    CorruptAsset {
+        kind: AssetKind,
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// Refused rather than storing a placeholder: a row written from a
     /// value that did not serialise would read back as a different VM.
     #[error("cannot encode {what} of {id} for storage: {source}")]

@@ -144,27 +144,38 @@ impl RawVm {
     }
 
     fn decode(self) -> Result<VmRecord, StoreError> {
-        let corrupt = |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt {
-            id: self.id.clone(),
-            message: format!("{what}: {e}"),
-        };
-        let state: VmState = self.state.parse().map_err(|e| corrupt("state", &e))?;
-        let spec: VmSpec = serde_json::from_str(&self.spec).map_err(|e| corrupt("spec", &e))?;
+        let id = self.id.as_str();
+        let state: VmState = self.state.parse().map_err(corrupt(id, "state"))?;
+        let spec: VmSpec = serde_json::from_str(&self.spec).map_err(corrupt(id, "spec"))?;
         let runtime: VmRuntime =
-            serde_json::from_str(&self.runtime).map_err(|e| corrupt("runtime", &e))?;
+            serde_json::from_str(&self.runtime).map_err(corrupt(id, "runtime"))?;
         let ts = |s: &str| {
             DateTime::parse_from_rfc3339(s)
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| corrupt("timestamp", &e))
+                .map_err(corrupt(id, "timestamp"))
         };
+        let (created_at, updated_at) = (ts(&self.created_at)?, ts(&self.updated_at)?);
         Ok(VmRecord {
-            created_at: ts(&self.created_at)?,
-            updated_at: ts(&self.updated_at)?,
+            created_at,
+            updated_at,
             id: self.id,
             name: self.name,
             state,
             spec,
             runtime,
         })
+    }
+}
+
+/// The error for a column of VM `id` that did not decode.
+fn corrupt<E>(id: &str, what: &'static str) -> impl FnOnce(E) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let id = id.to_owned();
+    move |e| StoreError::CorruptVm {
+        id,
+        what,
+        source: Box::new(e),
     }
 }
