@@ -8,6 +8,7 @@
 
 pub mod asset;
 pub mod daemon;
+pub mod defaults;
 pub mod doctor;
 pub mod error;
 pub mod event;

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use banger_api::daemon::DaemonStatus;
+use banger_api::defaults::EXIT_ALREADY_RUNNING;
 use banger_client::Client;
-use banger_config::Config;
+
+use crate::settings::Settings;
 
 /// Environment variable naming the `bangerd` binary to start.
 pub const DAEMON_BIN_ENV: &str = "BANGER_DAEMON_BIN";
@@ -23,7 +25,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A client to a live daemon, starting one if needed.
-pub async fn connect(config: &Config) -> Result<Client> {
+pub async fn connect(config: &Settings) -> Result<Client> {
     let client = Client::new(&config.socket);
     match client.status().await {
         Ok(_) => Ok(client),
@@ -51,7 +53,7 @@ pub fn daemon_binary() -> PathBuf {
 }
 
 /// Starts a detached daemon and waits until it answers.
-pub async fn start(config: &Config) -> Result<DaemonStatus> {
+pub async fn start(config: &Settings) -> Result<DaemonStatus> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
     let stderr_path = config.stderr_log_path();
@@ -60,7 +62,10 @@ pub async fn start(config: &Config) -> Result<DaemonStatus> {
         .append(true)
         .open(&stderr_path)
         .with_context(|| format!("opening {}", stderr_path.display()))?;
-    let start_offset = stderr.metadata().map(|m| m.len()).unwrap_or(0);
+    let start_offset = stderr
+        .metadata()
+        .with_context(|| format!("reading the size of {}", stderr_path.display()))?
+        .len();
     let spawn = || -> Result<Child> {
         let bin = daemon_binary();
         Command::new(&bin)
@@ -82,7 +87,7 @@ pub async fn start(config: &Config) -> Result<DaemonStatus> {
 }
 
 async fn wait_until_up(
-    config: &Config,
+    config: &Settings,
     spawn: impl Fn() -> Result<Child>,
     stderr_path: &Path,
     offset: u64,
@@ -99,23 +104,24 @@ async fn wait_until_up(
             }
             Err(_) => {}
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            let said = tail_since(stderr_path, offset);
+        let exited = child
+            .try_wait()
+            .with_context(|| format!("waiting for bangerd (pid {})", child.id()))?;
+        if let Some(status) = exited {
             // Another daemon holds the lock: one started by a concurrent
             // banger (it will answer), or one still exiting after a stop
             // (it will not). Try again until one answers.
-            if said.contains("already running") {
+            if status.code() == Some(i32::from(EXIT_ALREADY_RUNNING)) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 child = spawn()?;
                 continue;
             }
-            {
-                bail!(
-                    "bangerd exited ({status}) before answering:\n{}\n(full output in {})",
-                    said.trim_end(),
-                    stderr_path.display()
-                );
-            }
+            let said = tail_since(stderr_path, offset)?;
+            bail!(
+                "bangerd exited ({status}) before answering:\n{}\n(full output in {})",
+                said.trim_end(),
+                stderr_path.display()
+            );
         }
         if Instant::now() > deadline {
             bail!(
@@ -130,10 +136,11 @@ async fn wait_until_up(
     }
 }
 
-fn tail_since(path: &Path, offset: u64) -> String {
-    let data = std::fs::read(path).unwrap_or_default();
-    let start = usize::try_from(offset).unwrap_or(0).min(data.len());
-    String::from_utf8_lossy(&data[start..]).into_owned()
+/// What the daemon wrote to its stderr log from `offset` on.
+fn tail_since(path: &Path, offset: u64) -> Result<String> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let start = usize::try_from(offset).map_or(data.len(), |o| o.min(data.len()));
+    Ok(String::from_utf8_lossy(&data[start..]).into_owned())
 }
 
 /// Asks the daemon to exit and waits until its socket is gone. Returns
@@ -148,13 +155,7 @@ pub async fn stop(client: &Client) -> Result<Option<u32>> {
     let deadline = Instant::now() + STOP_TIMEOUT;
     // Gone means the process exited (and released its lock), not merely
     // that the socket stopped answering.
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let is_running = || {
-        std::fs::read_to_string(proc_dir.join("stat"))
-            .map(|s| !s.contains(") Z"))
-            .unwrap_or(false)
-    };
-    while client.status().await.is_ok() || is_running() {
+    while client.status().await.is_ok() || is_running(pid)? {
         if Instant::now() > deadline {
             bail!(
                 "bangerd (pid {pid}) did not stop within {}s",
@@ -164,4 +165,41 @@ pub async fn stop(client: &Client) -> Result<Option<u32>> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(Some(pid))
+}
+
+/// Whether `pid` is a live (not zombie) process. A missing `/proc/<pid>`
+/// is an exited one; any other failure to read it is an error, not "gone".
+fn is_running(pid: u32) -> Result<bool> {
+    let path = format!("/proc/{pid}/stat");
+    match std::fs::read_to_string(&path) {
+        Ok(stat) => Ok(!stat_is_zombie(&stat)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("reading {path}")),
+    }
+}
+
+/// `/proc/<pid>/stat` is `pid (comm) state ...`; comm may itself hold
+/// `) `, so the state is the field after the last `)`.
+fn stat_is_zombie(stat: &str) -> bool {
+    stat.rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zombie_state_is_read_after_the_command_name() {
+        assert!(stat_is_zombie("42 (bangerd) Z 1 42 42"));
+        assert!(!stat_is_zombie("42 (bangerd) S 1 42 42"));
+        assert!(!stat_is_zombie("42 (odd) Z name) S 1"));
+    }
+
+    #[test]
+    fn this_process_runs_and_a_free_pid_does_not() {
+        assert!(is_running(std::process::id()).expect("self"));
+        // Above the kernel's pid_max ceiling (2^22): never a process.
+        assert!(!is_running(5_000_000).expect("free pid"));
+    }
 }

@@ -9,6 +9,7 @@ pub mod daemon_ctl;
 pub mod progress;
 pub mod render;
 pub mod session;
+pub mod settings;
 pub mod ssh;
 
 use std::io::{BufRead, Read, Seek, SeekFrom, Write};
@@ -24,11 +25,11 @@ use banger_api::doctor::CheckStatus;
 use banger_api::size::parse_size;
 use banger_api::vm::{CreateVmRequest, SetVmRequest};
 use banger_client::{Client, ClientError};
-use banger_config::Config;
 use clap::{CommandFactory, Parser};
 
 use crate::args::{Cli, DaemonCmd, ImageCmd, KernelCmd, Top, VmCmd};
 use crate::progress::Stages;
+use crate::settings::Settings;
 
 /// Parses the process arguments and runs; the binary's whole `main`.
 pub fn main() -> ExitCode {
@@ -61,7 +62,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         clap_complete::generate(*shell, &mut cmd, "banger", &mut std::io::stdout());
         return Ok(ExitCode::SUCCESS);
     }
-    let config = Config::load().context("loading configuration")?;
+    let config = Settings::load().context("loading configuration")?;
     match cli.command {
         Top::Completions { .. } => unreachable_completions(),
         Top::Doctor { json } => doctor(&config, json).await,
@@ -91,7 +92,7 @@ fn host_path(flag: &str, p: &std::path::Path) -> Result<String> {
     Ok(abs.display().to_string())
 }
 
-async fn kernel(config: &Config, cmd: KernelCmd) -> Result<ExitCode> {
+async fn kernel(config: &Settings, cmd: KernelCmd) -> Result<ExitCode> {
     let client = daemon_ctl::connect(config).await?;
     match cmd {
         KernelCmd::List { json } => {
@@ -160,7 +161,7 @@ async fn kernel(config: &Config, cmd: KernelCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn image(config: &Config, cmd: ImageCmd) -> Result<ExitCode> {
+async fn image(config: &Settings, cmd: ImageCmd) -> Result<ExitCode> {
     let client = daemon_ctl::connect(config).await?;
     match cmd {
         ImageCmd::List { json } => {
@@ -233,7 +234,7 @@ fn unreachable_completions() -> Result<ExitCode> {
     bail!("completions are handled before configuration is loaded")
 }
 
-async fn doctor(config: &Config, json: bool) -> Result<ExitCode> {
+async fn doctor(config: &Settings, json: bool) -> Result<ExitCode> {
     let client = daemon_ctl::connect(config).await?;
     let report = client.doctor().await?;
     if json {
@@ -249,7 +250,7 @@ async fn doctor(config: &Config, json: bool) -> Result<ExitCode> {
     })
 }
 
-async fn daemon(config: &Config, cmd: DaemonCmd) -> Result<ExitCode> {
+async fn daemon(config: &Settings, cmd: DaemonCmd) -> Result<ExitCode> {
     let client = Client::new(&config.socket);
     match cmd {
         DaemonCmd::Start => {
@@ -421,7 +422,7 @@ async fn run_vm(client: &Client, a: args::RunArgs) -> Result<ExitCode> {
     Ok(exit_with(outcome?))
 }
 
-async fn vm(config: &Config, cmd: VmCmd) -> Result<ExitCode> {
+async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
     let client = daemon_ctl::connect(config).await?;
     match cmd {
         VmCmd::List { json } => {
@@ -520,7 +521,7 @@ async fn vm(config: &Config, cmd: VmCmd) -> Result<ExitCode> {
         VmCmd::Ssh { vm, command } => {
             let info = client.vm_ssh(&vm).await?;
             let cmd = ssh::SshCommand {
-                bin: config.tools.ssh.clone(),
+                bin: config.ssh.clone(),
                 info,
                 command,
             };

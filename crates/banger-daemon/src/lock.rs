@@ -94,6 +94,11 @@ mod tests {
             msg.contains(&format!("pid {}", std::process::id())),
             "{msg}"
         );
+        assert_eq!(
+            crate::DaemonError::Lock(err).exit_code(),
+            banger_api::defaults::EXIT_ALREADY_RUNNING,
+            "banger retries on the code, not the message"
+        );
         drop(first);
         InstanceLock::acquire(&path).expect("free after drop");
     }

@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use banger_api::defaults::EXIT_ALREADY_RUNNING;
 use banger_config::Config;
 use banger_core::agent::VsockAgent;
 use banger_core::{Core, HostDeps};
@@ -57,6 +58,18 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("serving the API: {0}")]
     Serve(#[source] std::io::Error),
+}
+
+impl DaemonError {
+    /// The process exit status for this error: `banger` retries a start
+    /// refused by the instance lock (the code says so; the text is for
+    /// people), and treats any other failure as final.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Lock(LockError::AlreadyRunning { .. }) => EXIT_ALREADY_RUNNING,
+            _ => 1,
+        }
+    }
 }
 
 /// How the process was started.

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use banger_config::Config;
-use banger_daemon::DaemonOptions;
+use banger_daemon::{DaemonError, DaemonOptions};
 
 /// Parsed by hand: the daemon has a handful of flags and no subcommands.
 fn main() -> ExitCode {
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
             }
             "--help" | "-h" => {
                 println!(
-                    "bangerd {}: the banger daemon\n\nUsage: bangerd [--detached]\n       bangerd --helper --for-uid UID | --for-user NAME\n\n  --detached  log only to <state dir>/bangerd.log (set by `banger` when it starts the daemon)\n  --helper    run as the privileged helper (root) for a daemon running as UID;\n              it listens on privileges.helper_socket\n\nConfiguration: /etc/banger/config.toml or $BANGER_CONFIG, BANGER_* variables.",
+                    "bangerd {}: the banger daemon\n\nUsage: bangerd [--detached]\n       bangerd --helper --for-uid UID | --for-user NAME\n\n  --detached  log only to <state dir>/bangerd.log (set by `banger` when it starts the daemon)\n  --helper    run as the privileged helper (root) for a daemon running as UID;\n              it listens on privileges.helper_socket\n\nExit status: 0 after a clean stop, 2 on bad arguments, 75 when another\nbangerd holds this state dir, 1 on any other failure.\n\nConfiguration: /etc/banger/config.toml or $BANGER_CONFIG, BANGER_* variables.",
                     env!("CARGO_PKG_VERSION")
                 );
                 return ExitCode::SUCCESS;
@@ -67,7 +67,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bangerd: {e:#}");
-            ExitCode::FAILURE
+            let code = e
+                .downcast_ref::<DaemonError>()
+                .map_or(1, DaemonError::exit_code);
+            ExitCode::from(code)
         }
     }
 }

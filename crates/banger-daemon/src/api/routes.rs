@@ -1,0 +1,110 @@
+//! The route table, who may call it, and what unknown routes get.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use banger_api::ErrorCode;
+use banger_core::Core;
+
+use super::assets::{
+    image_build, image_import, image_list, image_rm, image_show, kernel_add, kernel_import,
+    kernel_list, kernel_rm, kernel_show,
+};
+use super::daemon::{daemon_shutdown, daemon_status, doctor};
+use super::error::ErrorResponse;
+use super::vm::{
+    vm_attach, vm_create, vm_delete, vm_kill, vm_list, vm_logs, vm_set, vm_show, vm_ssh, vm_start,
+    vm_stop,
+};
+
+/// Builds the router over a shared core.
+pub fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/v1/daemon/status", get(daemon_status))
+        .route("/v1/daemon/shutdown", post(daemon_shutdown))
+        .route("/v1/host/doctor", get(doctor))
+        .route("/v1/vms", get(vm_list).post(vm_create))
+        .route("/v1/vms/{vm}", get(vm_show).patch(vm_set).delete(vm_delete))
+        .route("/v1/vms/{vm}/start", post(vm_start))
+        .route("/v1/vms/{vm}/stop", post(vm_stop))
+        .route("/v1/vms/{vm}/kill", post(vm_kill))
+        .route("/v1/vms/{vm}/logs", get(vm_logs))
+        .route("/v1/vms/{vm}/attach", post(vm_attach))
+        .route("/v1/vms/{vm}/ssh", get(vm_ssh))
+        .route("/v1/kernels", get(kernel_list))
+        .route("/v1/kernels/import", post(kernel_import))
+        .route("/v1/kernels/add", post(kernel_add))
+        .route("/v1/kernels/{name}", get(kernel_show).delete(kernel_rm))
+        .route("/v1/images", get(image_list))
+        .route("/v1/images/build", post(image_build))
+        .route("/v1/images/import", post(image_import))
+        .route("/v1/images/{name}", get(image_show).delete(image_rm))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(only_our_user))
+        .with_state(core)
+}
+
+/// Who is on the other end of a connection (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: Option<u32>,
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        Self {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
+/// The socket is 0600, and on top of that every request is checked: only
+/// the daemon's own user and root may drive it. (Requests that did not
+/// come through a socket, as in in-process tests, carry no peer.)
+async fn only_our_user(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<Peer>>()
+        .map(|c| c.0);
+    if let Some(Peer { uid }) = peer {
+        let ours = nix::unistd::geteuid().as_raw();
+        if uid != Some(ours) && uid != Some(0) {
+            tracing::warn!(?uid, "refused a request from another user");
+            return ErrorResponse::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "bangerd serves uid {ours} only; this request came from uid {}",
+                    uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string())
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn no_route(method: Method, uri: Uri) -> ErrorResponse {
+    ErrorResponse::new(
+        ErrorCode::NotFound,
+        format!(
+            "no route {method} {}; this daemon serves {}/... (is the client newer than the daemon?)",
+            uri.path(),
+            banger_api::API_PREFIX
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ErrorResponse {
+    ErrorResponse::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
