@@ -11,10 +11,15 @@
 //! never mistaken for a VM.
 
 pub mod driver;
+#[cfg(feature = "testing")]
+mod fake;
 pub mod firecracker;
 /// Jailing lives with the other privileged host operations.
 pub use banger_host::jail;
-pub use driver::{FakeVmm, QemuVmm, Vmm};
+pub use driver::Vmm;
+#[cfg(feature = "testing")]
+pub use fake::FakeVmm;
+pub use qemu::QemuVmm;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
