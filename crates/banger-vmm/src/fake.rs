@@ -66,7 +66,7 @@ impl Vmm for FakeVmm {
         {
             return Err(VmmError::Launch {
                 bin: "fake".into(),
-                message: m,
+                source: crate::LaunchError::Simulated(m),
             });
         }
         let mut next = self.next_pid.lock().unwrap_or_else(|p| p.into_inner());

@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 
 use crate::driver::Vmm;
 use crate::qmp::Qmp;
-use crate::{LaunchSpec, VmmError, process};
+use crate::{LaunchError, LaunchSpec, NotUp, VmmError, process};
 
 /// QEMU `microvm`, daemonized, controlled over QMP. A VM with vsock also
 /// gets its own `vhost-device-vsock` process (this host has no kernel
@@ -31,9 +31,9 @@ impl QemuVmm {
     /// Starts the VM's vsock backend and waits for its vhost-user socket.
     async fn start_vsock_backend(&self, spec: &LaunchSpec, uds: &Path) -> Result<(), VmmError> {
         let vhu = crate::vhost_user_socket(&spec.control_socket);
-        let err = |message: String| VmmError::Launch {
+        let err = |source: LaunchError| VmmError::Launch {
             bin: self.vsock_backend.clone(),
-            message,
+            source,
         };
         // A backend left over from an interrupted start holds the paths.
         process::kill_all(&vhu, Duration::from_secs(5)).await?;
@@ -45,9 +45,14 @@ impl QemuVmm {
             .parent()
             .unwrap_or(Path::new("/"))
             .join("vsock-backend.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| err(format!("creating {}: {e}", log_path.display())))?;
-        let log2 = log.try_clone().map_err(|e| err(e.to_string()))?;
+        let file_err = |source| {
+            err(LaunchError::File {
+                what: format!("creating {}", log_path.display()),
+                source,
+            })
+        };
+        let log = std::fs::File::create(&log_path).map_err(file_err)?;
+        let log2 = log.try_clone().map_err(file_err)?;
         let mut child = tokio::process::Command::new(&self.vsock_backend)
             .arg("--guest-cid")
             .arg(crate::GUEST_CID.to_string())
@@ -64,24 +69,19 @@ impl QemuVmm {
             // Like the VMM it serves, it must outlive the daemon.
             .process_group(0)
             .spawn()
-            .map_err(|e| {
-                err(format!(
-                    "{e} (install it with scripts/setup.sh, or set vmm.vsock_backend)"
-                ))
-            })?;
+            .map_err(|e| err(LaunchError::SpawnBackend(e)))?;
         let deadline = std::time::Instant::now() + BACKEND_WAIT;
         while !vhu.exists() {
-            let exited = child.try_wait().map_err(|e| err(e.to_string()))?;
+            let exited = child.try_wait().map_err(|e| err(LaunchError::Wait(e)))?;
             if exited.is_some() || std::time::Instant::now() > deadline {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(err(format!(
-                    "vhost-user socket {} did not come up ({}): {}",
-                    vhu.display(),
-                    exited.map_or_else(|| "timed out".to_owned(), |s| s.to_string()),
-                    log.trim()
-                )));
+                return Err(err(LaunchError::VhostSocket {
+                    socket: vhu.clone(),
+                    why: exited.map_or(NotUp::TimedOut, |s| NotUp::Exited(Some(s))),
+                    log: log.trim().to_owned(),
+                }));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -110,9 +110,9 @@ impl Vmm for QemuVmm {
         if let Some(uds) = &spec.vsock {
             self.start_vsock_backend(spec, uds).await?;
         }
-        let err = |message: String| VmmError::Launch {
+        let err = |source: LaunchError| VmmError::Launch {
             bin: self.command.bin.clone(),
-            message,
+            source,
         };
         // With -daemonize, QEMU exits 0 once the VM is set up and running
         // in the background, or non-zero with the reason on stderr.
@@ -120,12 +120,21 @@ impl Vmm for QemuVmm {
         if let Some(fd) = spec.net.as_ref().and_then(|n| n.fd) {
             run = run.pass_fd(fd, crate::TAP_FD);
         }
-        run.run(|_| {}).await.map_err(|e| err(e.to_string()))?;
-        let pid = std::fs::read_to_string(&spec.pid_file)
-            .map_err(|e| err(format!("reading {}: {e}", spec.pid_file.display())))?;
-        pid.trim()
-            .parse()
-            .map_err(|_| err(format!("bad pid file {}: {pid:?}", spec.pid_file.display())))
+        run.run(|_| {})
+            .await
+            .map_err(|e| err(LaunchError::Tool(e)))?;
+        let pid = std::fs::read_to_string(&spec.pid_file).map_err(|source| {
+            err(LaunchError::File {
+                what: format!("reading {}", spec.pid_file.display()),
+                source,
+            })
+        })?;
+        pid.trim().parse().map_err(|_| {
+            err(LaunchError::BadPidFile {
+                path: spec.pid_file.clone(),
+                content: pid,
+            })
+        })
     }
 
     async fn request_shutdown(&self, socket: &Path) -> Result<(), VmmError> {

@@ -5,96 +5,22 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use banger_api::vm::VmmKind;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
 use tokio::net::UnixStream;
 
 use crate::driver::Vmm;
 use crate::jail::{self, Jail, JailStage};
-use crate::{LaunchSpec, VmmError, process};
+use crate::{LaunchError, LaunchSpec, NotUp, VmmError, process};
+
+mod api;
+pub mod models;
+pub use api::{ApiError, FcApi};
+use models::{
+    ActionType, BootSource, Drive, InstanceAction, LogLevel, Logger, MachineConfig, Metrics,
+    NetworkInterface, Vsock,
+};
 
 /// How long a fresh Firecracker may take to open its API socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(5);
-
-/// A client of one Firecracker API socket.
-#[derive(Debug, Clone)]
-pub struct FcApi {
-    socket: PathBuf,
-}
-
-impl FcApi {
-    pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self {
-            socket: socket.into(),
-        }
-    }
-
-    fn err(&self, message: impl std::fmt::Display) -> VmmError {
-        VmmError::Control {
-            path: self.socket.clone(),
-            message: message.to_string(),
-        }
-    }
-
-    /// One request; a non-2xx answer is an error carrying Firecracker's
-    /// `fault_message`.
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, VmmError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| self.err(e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.err(e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = Request::builder()
-            .method(method.clone())
-            .uri(format!("http://localhost{path}"))
-            .header("Host", "localhost")
-            .header("Content-Type", "application/json")
-            .header("Accept", "application/json")
-            .body(Full::new(Bytes::from(payload)))
-            .map_err(|e| self.err(e))?;
-        let resp = sender.send_request(req).await.map_err(|e| self.err(e))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.err(e))?
-            .to_bytes();
-        let value: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        if !status.is_success() {
-            let fault = value.get("fault_message").cloned().unwrap_or(value);
-            return Err(self.err(format!("{method} {path}: {status}: {fault}")));
-        }
-        Ok(value)
-    }
-
-    pub async fn put(&self, path: &str, body: Value) -> Result<(), VmmError> {
-        self.request(Method::PUT, path, Some(body)).await.map(drop)
-    }
-
-    /// `GET /`: instance info (`state`: `Not started`, `Running`, ...).
-    pub async fn instance_info(&self) -> Result<Value, VmmError> {
-        self.request(Method::GET, "/", None).await
-    }
-}
 
 /// Firecracker, run directly or under its jailer (`jail`). Jailed, the
 /// privileged steps (staging, spawning, removing the jail) are the jail's
@@ -110,16 +36,12 @@ pub struct FirecrackerVmm {
 /// Where Firecracker finds a VM's files: host paths when run directly,
 /// chroot-relative names when jailed.
 struct FcPaths {
-    kernel: String,
-    initrd: Option<String>,
-    drives: Vec<String>,
-    log: String,
-    metrics: String,
-    vsock: Option<String>,
-}
-
-fn show(p: &Path) -> String {
-    p.display().to_string()
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    drives: Vec<PathBuf>,
+    log: PathBuf,
+    metrics: PathBuf,
+    vsock: Option<PathBuf>,
 }
 
 impl FirecrackerVmm {
@@ -128,7 +50,9 @@ impl FirecrackerVmm {
             Some(_) => FcPaths {
                 kernel: jail::KERNEL.into(),
                 initrd: spec.initrd.as_ref().map(|_| jail::INITRD.into()),
-                drives: (0..spec.disks.len()).map(jail::drive).collect(),
+                drives: (0..spec.disks.len())
+                    .map(|i| jail::drive(i).into())
+                    .collect(),
                 log: jail::LOG.into(),
                 metrics: jail::METRICS.into(),
                 vsock: spec.vsock.as_ref().map(|_| jail::VSOCK.into()),
@@ -137,58 +61,64 @@ impl FirecrackerVmm {
                 // Firecracker's own log and metrics, next to the console log.
                 let dir = spec.console_log.parent().unwrap_or(Path::new("/"));
                 FcPaths {
-                    kernel: show(&spec.kernel),
-                    initrd: spec.initrd.as_deref().map(show),
-                    drives: spec.disks.iter().map(|d| show(d)).collect(),
-                    log: show(&dir.join("firecracker.log")),
-                    metrics: show(&dir.join("firecracker.metrics")),
-                    vsock: spec.vsock.as_deref().map(show),
+                    kernel: spec.kernel.clone(),
+                    initrd: spec.initrd.clone(),
+                    drives: spec.disks.clone(),
+                    log: dir.join("firecracker.log"),
+                    metrics: dir.join("firecracker.metrics"),
+                    vsock: spec.vsock.clone(),
                 }
             }
         }
     }
 
-    async fn configure(&self, api: &FcApi, spec: &LaunchSpec, p: &FcPaths) -> Result<(), VmmError> {
-        api.put(
-            "/machine-config",
-            json!({ "vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib }),
-        )
-        .await?;
+    async fn configure(
+        &self,
+        api: &FcApi,
+        spec: &LaunchSpec,
+        p: &FcPaths,
+    ) -> Result<(), LaunchError> {
+        let machine = MachineConfig {
+            vcpu_count: spec.vcpus,
+            mem_size_mib: spec.memory_mib,
+        };
+        api.put("/machine-config", machine).await?;
         // Firecracker's own defaults are replaced by our boot args: keep a
         // serial console and make a guest reboot end the process.
         let mut boot_args = spec.cmdline.clone();
         if !boot_args.contains("reboot=") {
             boot_args.push_str(" reboot=k");
         }
-        let mut boot = json!({
-            "kernel_image_path": p.kernel,
-            "boot_args": boot_args,
-        });
-        if let Some(initrd) = &p.initrd {
-            boot["initrd_path"] = json!(initrd);
-        }
+        let boot = BootSource {
+            kernel_image_path: p.kernel.clone(),
+            boot_args,
+            initrd_path: p.initrd.clone(),
+        };
         api.put("/boot-source", boot).await?;
         for (i, disk) in p.drives.iter().enumerate() {
-            // root= is on our command line; Firecracker must not add its own.
-            api.put(
-                &format!("/drives/d{i}"),
-                json!({ "drive_id": format!("d{i}"), "path_on_host": disk, "is_root_device": false, "is_read_only": false }),
-            )
-            .await?;
+            let drive = Drive {
+                drive_id: format!("d{i}"),
+                path_on_host: disk.clone(),
+                // root= is on our command line; Firecracker must not add its own.
+                is_root_device: false,
+                is_read_only: false,
+            };
+            api.put(&format!("/drives/d{i}"), drive).await?;
         }
         if let Some(net) = &spec.net {
-            api.put(
-                "/network-interfaces/eth0",
-                json!({ "iface_id": "eth0", "host_dev_name": net.tap, "guest_mac": net.mac }),
-            )
-            .await?;
+            let iface = NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: net.tap.clone(),
+                guest_mac: net.mac.clone(),
+            };
+            api.put("/network-interfaces/eth0", iface).await?;
         }
         if let Some(uds) = &p.vsock {
-            api.put(
-                "/vsock",
-                json!({ "guest_cid": crate::GUEST_CID, "uds_path": uds }),
-            )
-            .await?;
+            let vsock = Vsock {
+                guest_cid: crate::GUEST_CID,
+                uds_path: uds.clone(),
+            };
+            api.put("/vsock", vsock).await?;
         }
         if self.jail.is_none() {
             for f in [&p.log, &p.metrics] {
@@ -196,21 +126,26 @@ impl FirecrackerVmm {
                     .create(true)
                     .append(true)
                     .open(f)
-                    .map_err(|e| VmmError::Control {
-                        path: f.into(),
-                        message: e.to_string(),
+                    .map_err(|source| LaunchError::File {
+                        what: format!("creating {}", f.display()),
+                        source,
                     })?;
             }
         }
-        api.put(
-            "/logger",
-            json!({ "log_path": p.log, "level": "Info", "show_level": true }),
-        )
-        .await?;
-        api.put("/metrics", json!({ "metrics_path": p.metrics }))
-            .await?;
-        api.put("/actions", json!({ "action_type": "InstanceStart" }))
-            .await
+        let logger = Logger {
+            log_path: p.log.clone(),
+            level: LogLevel::Info,
+            show_level: true,
+        };
+        api.put("/logger", logger).await?;
+        let metrics = Metrics {
+            metrics_path: p.metrics.clone(),
+        };
+        api.put("/metrics", metrics).await?;
+        let start = InstanceAction {
+            action_type: ActionType::InstanceStart,
+        };
+        Ok(api.put("/actions", start).await?)
     }
 
     /// What names this VM's process in its command line: the control
@@ -239,16 +174,21 @@ impl Vmm for FirecrackerVmm {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
-        let err = |message: String| VmmError::Launch {
+        let err = |source: LaunchError| VmmError::Launch {
             bin: self.bin.clone(),
-            message,
+            source,
         };
         let _ = std::fs::remove_file(&spec.control_socket);
         let console = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&spec.console_log)
-            .map_err(|e| err(format!("opening {}: {e}", spec.console_log.display())))?;
+            .map_err(|source| {
+                err(LaunchError::File {
+                    what: format!("opening {}", spec.console_log.display()),
+                    source,
+                })
+            })?;
         let (pid, mut child) = match &self.jail {
             Some(j) => {
                 j.ops
@@ -271,8 +211,12 @@ impl Vmm for FirecrackerVmm {
                 }
                 for (short, long) in links {
                     let _ = std::fs::remove_file(&short);
-                    std::os::unix::fs::symlink(&long, &short)
-                        .map_err(|e| err(format!("linking {}: {e}", short.display())))?;
+                    std::os::unix::fs::symlink(&long, &short).map_err(|source| {
+                        err(LaunchError::File {
+                            what: format!("linking {}", short.display()),
+                            source,
+                        })
+                    })?;
                 }
                 // Opened above so that it exists as ours: the helper only
                 // appends to a console the daemon owns.
@@ -286,8 +230,8 @@ impl Vmm for FirecrackerVmm {
                     .arg("--id")
                     .arg(format!("banger-{}", spec.vm_id));
                 let child = banger_host::tools::spawn_detached(cmd, console)
-                    .map_err(|e| err(e.to_string()))?;
-                let pid = child.id().ok_or_else(|| err("exited at once".into()))?;
+                    .map_err(|e| err(LaunchError::Spawn(e)))?;
+                let pid = child.id().ok_or_else(|| err(LaunchError::ExitedAtOnce))?;
                 (pid, Some(child))
             }
         };
@@ -300,9 +244,9 @@ impl Vmm for FirecrackerVmm {
             let exited = match child.as_mut() {
                 Some(c) => c
                     .try_wait()
-                    .map_err(|e| err(e.to_string()))?
-                    .map(|s| s.to_string()),
-                None => (!process::running(pid)).then(|| "exited".to_owned()),
+                    .map_err(|e| err(LaunchError::Wait(e)))?
+                    .map(|s| NotUp::Exited(Some(s))),
+                None => (!process::running(pid)).then_some(NotUp::Exited(None)),
             };
             if exited.is_some() || Instant::now() > deadline {
                 match child.as_mut() {
@@ -314,12 +258,11 @@ impl Vmm for FirecrackerVmm {
                         let _ = self.kill(pid, &spec.control_socket).await;
                     }
                 }
-                return Err(err(format!(
-                    "API socket {} did not come up ({}); see {}",
-                    spec.control_socket.display(),
-                    exited.unwrap_or_else(|| "timed out".to_owned()),
-                    spec.console_log.display()
-                )));
+                return Err(err(LaunchError::ApiSocket {
+                    socket: spec.control_socket.clone(),
+                    why: exited.unwrap_or(NotUp::TimedOut),
+                    console: spec.console_log.clone(),
+                }));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -332,16 +275,17 @@ impl Vmm for FirecrackerVmm {
         }
         if let Err(e) = self.configure(&api, spec, &self.paths(spec)).await {
             let _ = self.kill(pid, &spec.control_socket).await;
-            return Err(err(e.to_string()));
+            return Err(err(e));
         }
         let _ = std::fs::write(&spec.pid_file, format!("{pid}\n"));
         Ok(pid)
     }
 
     async fn request_shutdown(&self, socket: &Path) -> Result<(), VmmError> {
-        FcApi::new(socket)
-            .put("/actions", json!({ "action_type": "SendCtrlAltDel" }))
-            .await
+        let action = InstanceAction {
+            action_type: ActionType::SendCtrlAltDel,
+        };
+        FcApi::new(socket).put("/actions", action).await
     }
 
     fn alive(&self, pid: u32, socket: &Path) -> bool {
