@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use banger_api::vm::VmmKind;
-use nix::sys::signal::Signal;
 
 use crate::{LaunchSpec, VmmError, process};
 
@@ -31,8 +30,7 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     /// Kills it, and any other process naming its socket (a launch cut
     /// short can leave two), and waits (bounded) until all are gone.
     async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
-        process::signal(pid, socket, Signal::SIGKILL);
-        process::kill_all(socket, Duration::from_secs(10)).await
+        process::kill_vmm(pid, &socket.to_string_lossy(), Duration::from_secs(10)).await
     }
     /// Whether a guest's connection to a host vsock port P reaches a unix
     /// socket `<vsock uds>_P` that the daemon can bind before launch, so

@@ -35,10 +35,13 @@ pub enum VmmError {
     ExitTimeout { pid: u32, secs: u64 },
     #[error("watching for {what}: {source}")]
     Watch {
-        what: PathBuf,
+        what: String,
         #[source]
         source: std::io::Error,
     },
+    /// A `/proc` scan on the blocking pool panicked or was cancelled.
+    #[error("scanning processes: {0}")]
+    Blocking(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Jail(#[from] JailError),
 }

@@ -25,6 +25,7 @@ pub use qemu::QemuVmm;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
+mod wait;
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! Firecracker: one process per VM, configured over its API socket.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use banger_api::vm::VmmKind;
@@ -21,6 +21,16 @@ use models::{
 
 /// How long a fresh Firecracker may take to open its API socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(5);
+
+/// Resolves once Firecracker's API socket takes connections.
+async fn api_socket_up(socket: &Path) {
+    crate::wait::path_exists(socket).await;
+    // bind(2) makes the name a moment before listen(2), and nothing
+    // signals the listen: a refused connect is retried shortly.
+    while UnixStream::connect(socket).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 /// Firecracker, run directly or under its jailer (`jail`). Jailed, the
 /// privileged steps (staging, spawning, removing the jail) are the jail's
@@ -236,35 +246,38 @@ impl Vmm for FirecrackerVmm {
             }
         };
         let api = FcApi::new(&spec.control_socket);
-        let deadline = Instant::now() + SOCKET_WAIT;
-        while UnixStream::connect(&spec.control_socket).await.is_err() {
-            // Not by command line: right after fork it is still its
-            // parent's. Our own child by try_wait; a jailer the helper
-            // started (and reaps) by its pid.
-            let exited = match child.as_mut() {
-                Some(c) => c
-                    .try_wait()
-                    .map_err(|e| err(LaunchError::Wait(e)))?
-                    .map(|s| NotUp::Exited(Some(s))),
-                None => (!process::running(pid)).then_some(NotUp::Exited(None)),
-            };
-            if exited.is_some() || Instant::now() > deadline {
-                match child.as_mut() {
-                    Some(c) => {
-                        let _ = c.start_kill();
-                        let _ = c.wait().await;
-                    }
-                    None => {
-                        let _ = self.kill(pid, &spec.control_socket).await;
-                    }
+        // Not by command line: right after fork it is still its parent's.
+        // Our own child by waiting on it; a jailer the helper started (and
+        // reaps) by its pid.
+        let exited = async {
+            match child.as_mut() {
+                Some(c) => c.wait().await.map(Some),
+                None => {
+                    crate::wait::pid_exited(pid).await;
+                    Ok(None)
                 }
-                return Err(err(LaunchError::ApiSocket {
-                    socket: spec.control_socket.clone(),
-                    why: exited.unwrap_or(NotUp::TimedOut),
-                    console: spec.console_log.clone(),
-                }));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let up = tokio::select! {
+            () = api_socket_up(&spec.control_socket) => Ok(()),
+            status = exited => Err(NotUp::Exited(status.map_err(|e| err(LaunchError::Wait(e)))?)),
+            () = tokio::time::sleep(SOCKET_WAIT) => Err(NotUp::TimedOut),
+        };
+        if let Err(why) = up {
+            match child.as_mut() {
+                Some(c) => {
+                    let _ = c.start_kill();
+                    let _ = c.wait().await;
+                }
+                None => {
+                    let _ = self.kill(pid, &spec.control_socket).await;
+                }
+            }
+            return Err(err(LaunchError::ApiSocket {
+                socket: spec.control_socket.clone(),
+                why,
+                console: spec.console_log.clone(),
+            }));
         }
         // Reap it while this daemon lives; after a daemon restart it is
         // init's child and identified through /proc.
@@ -277,7 +290,12 @@ impl Vmm for FirecrackerVmm {
             let _ = self.kill(pid, &spec.control_socket).await;
             return Err(err(e));
         }
-        let _ = std::fs::write(&spec.pid_file, format!("{pid}\n"));
+        // The pid is returned and recorded by the caller; the file is for
+        // people and tools looking at the VM dir, so a failed write is not
+        // a failed start.
+        if let Err(e) = tokio::fs::write(&spec.pid_file, format!("{pid}\n")).await {
+            tracing::warn!(pid_file = %spec.pid_file.display(), "writing the pid file: {e}");
+        }
         Ok(pid)
     }
 
@@ -297,9 +315,7 @@ impl Vmm for FirecrackerVmm {
     }
 
     async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
-        let id = self.identity(socket);
-        process::signal_with(pid, &id, nix::sys::signal::Signal::SIGKILL);
-        process::kill_all_with(&id, Duration::from_secs(10)).await
+        process::kill_vmm(pid, &self.identity(socket), Duration::from_secs(10)).await
     }
 
     /// Removes the jail (chroot and cgroups) once the process is gone.

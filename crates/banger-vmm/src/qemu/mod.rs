@@ -9,7 +9,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use banger_api::vm::VmmKind;
 use banger_host::tools::ToolRun;
-use nix::sys::signal::Signal;
 
 use crate::driver::Vmm;
 use crate::qmp::Qmp;
@@ -70,20 +69,25 @@ impl QemuVmm {
             .process_group(0)
             .spawn()
             .map_err(|e| err(LaunchError::SpawnBackend(e)))?;
-        let deadline = std::time::Instant::now() + BACKEND_WAIT;
-        while !vhu.exists() {
-            let exited = child.try_wait().map_err(|e| err(LaunchError::Wait(e)))?;
-            if exited.is_some() || std::time::Instant::now() > deadline {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(err(LaunchError::VhostSocket {
-                    socket: vhu.clone(),
-                    why: exited.map_or(NotUp::TimedOut, |s| NotUp::Exited(Some(s))),
-                    log: log.trim().to_owned(),
-                }));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let up = tokio::select! {
+            () = crate::wait::path_exists(&vhu) => Ok(()),
+            status = child.wait() => Err(NotUp::Exited(Some(
+                status.map_err(|e| err(LaunchError::Wait(e)))?,
+            ))),
+            () = tokio::time::sleep(BACKEND_WAIT) => Err(NotUp::TimedOut),
+        };
+        if let Err(why) = up {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            let log = match tokio::fs::read_to_string(&log_path).await {
+                Ok(log) => log.trim().to_owned(),
+                Err(e) => format!("(its log {} could not be read: {e})", log_path.display()),
+            };
+            return Err(err(LaunchError::VhostSocket {
+                socket: vhu.clone(),
+                why,
+                log,
+            }));
         }
         tokio::spawn(async move {
             let _ = child.wait().await;
@@ -143,8 +147,7 @@ impl Vmm for QemuVmm {
 
     /// QEMU first (it holds the backend's socket), then the vsock backend.
     async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
-        process::signal(pid, socket, Signal::SIGKILL);
-        let vmm = process::kill_all(socket, Duration::from_secs(10)).await;
+        let vmm = process::kill_vmm(pid, &socket.to_string_lossy(), Duration::from_secs(10)).await;
         let backend =
             process::kill_all(&crate::vhost_user_socket(socket), Duration::from_secs(10)).await;
         vmm.and(backend)
