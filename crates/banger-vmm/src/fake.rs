@@ -9,11 +9,45 @@ use banger_api::vm::VmmKind;
 
 use crate::{LaunchSpec, Vmm, VmmError};
 
+/// One call the fake saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmCall {
+    Launch {
+        vm_id: String,
+    },
+    Shutdown {
+        socket: PathBuf,
+    },
+    /// A jail released (only recorded for a VM with a jail root).
+    Release {
+        vm_id: String,
+        jail_root: PathBuf,
+    },
+    /// Recorded only when something was actually running.
+    Kill {
+        pid: u32,
+    },
+}
+
+/// The one-line form [`FakeVmm::recorded`] gives.
+impl std::fmt::Display for VmmCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Launch { vm_id } => write!(f, "launch {vm_id}"),
+            Self::Shutdown { socket } => write!(f, "shutdown {}", socket.display()),
+            Self::Release { vm_id, jail_root } => {
+                write!(f, "release {vm_id} {}", jail_root.display())
+            }
+            Self::Kill { pid } => write!(f, "kill {pid}"),
+        }
+    }
+}
+
 /// A recording fake. "Processes" are entries in a map: launch adds one,
 /// kill and a guest that honours shutdown remove it.
 #[derive(Debug, Default)]
 pub struct FakeVmm {
-    pub calls: Mutex<Vec<String>>,
+    pub calls: Mutex<Vec<VmmCall>>,
     pub running: Mutex<BTreeMap<u32, PathBuf>>,
     /// When true, `request_shutdown` is ignored (a guest without ACPI).
     pub ignore_shutdown: Mutex<bool>,
@@ -29,12 +63,21 @@ pub struct FakeVmm {
 }
 
 impl FakeVmm {
-    fn record(&self, s: String) {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+    fn record(&self, call: VmmCall) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(call);
     }
 
-    pub fn recorded(&self) -> Vec<String> {
+    /// The calls so far, in order.
+    pub fn vmm_calls(&self) -> Vec<VmmCall> {
         self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The calls so far as lines (`launch <id>`, `kill <pid>`, ...).
+    pub fn recorded(&self) -> Vec<String> {
+        self.vmm_calls().iter().map(VmmCall::to_string).collect()
     }
 
     /// Simulates the VMM dying on its own.
@@ -57,7 +100,9 @@ impl Vmm for FakeVmm {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
-        self.record(format!("launch {}", spec.vm_id));
+        self.record(VmmCall::Launch {
+            vm_id: spec.vm_id.clone(),
+        });
         if let Some(m) = self
             .fail_launch
             .lock()
@@ -80,7 +125,9 @@ impl Vmm for FakeVmm {
     }
 
     async fn request_shutdown(&self, socket: &Path) -> Result<(), VmmError> {
-        self.record(format!("shutdown {}", socket.display()));
+        self.record(VmmCall::Shutdown {
+            socket: socket.to_owned(),
+        });
         if !*self
             .ignore_shutdown
             .lock()
@@ -121,7 +168,10 @@ impl Vmm for FakeVmm {
 
     async fn release(&self, vm_id: &str, jail_root: Option<&Path>) -> Result<(), VmmError> {
         if let Some(root) = jail_root {
-            self.record(format!("release {vm_id} {}", root.display()));
+            self.record(VmmCall::Release {
+                vm_id: vm_id.to_owned(),
+                jail_root: root.to_owned(),
+            });
         }
         Ok(())
     }
@@ -134,7 +184,7 @@ impl Vmm for FakeVmm {
         r.retain(|_, s| s != socket);
         if r.len() != before {
             drop(r);
-            self.record(format!("kill {pid}"));
+            self.record(VmmCall::Kill { pid });
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ pub mod firecracker;
 pub use banger_host::jail;
 pub use driver::Vmm;
 #[cfg(feature = "testing")]
-pub use fake::FakeVmm;
+pub use fake::{FakeVmm, VmmCall};
 pub use qemu::QemuVmm;
 pub mod process;
 pub mod qemu;
