@@ -11,30 +11,25 @@
 //! never mistaken for a VM.
 
 pub mod driver;
+mod error;
+pub use error::{LaunchError, NotUp, VmmError};
+#[cfg(feature = "testing")]
+mod fake;
 pub mod firecracker;
 /// Jailing lives with the other privileged host operations.
 pub use banger_host::jail;
-pub use driver::{FakeVmm, QemuVmm, Vmm};
+pub use driver::Vmm;
+#[cfg(feature = "testing")]
+pub use fake::{FakeVmm, VmmCall};
+pub use qemu::QemuVmm;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
+mod wait;
 
 use std::path::PathBuf;
 
 use banger_api::doctor::Accel;
-
-/// Why a VMM operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum VmmError {
-    #[error("starting {bin}: {message}")]
-    Launch { bin: PathBuf, message: String },
-    #[error("control socket {path}: {message}")]
-    Control { path: PathBuf, message: String },
-    #[error("vmm pid {pid} did not exit within {secs}s")]
-    ExitTimeout { pid: u32, secs: u64 },
-    #[error(transparent)]
-    Jail(#[from] banger_host::jail::JailError),
-}
 
 /// The tap a VM's virtio-net device is backed by.
 #[derive(Debug, Clone, PartialEq, Eq)]

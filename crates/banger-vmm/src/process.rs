@@ -58,25 +58,58 @@ pub fn all_with(needle: &str) -> Vec<u32> {
 }
 
 /// Kills every process whose command line contains `needle` and waits
-/// (bounded) until none is left.
+/// (bounded) until none is left. Each one's exit is awaited on a pidfd;
+/// the scan is repeated after, for a process forked meanwhile (QEMU
+/// daemonizing).
 pub async fn kill_all_with(needle: &str, within: Duration) -> Result<(), VmmError> {
     let deadline = Instant::now() + within;
+    let timeout = |pid| VmmError::ExitTimeout {
+        pid,
+        secs: within.as_secs(),
+    };
     loop {
-        let pids = all_with(needle);
-        if pids.is_empty() {
+        let owned = needle.to_owned();
+        let pids = off_worker(move || all_with(&owned)).await?;
+        let Some(&first) = pids.first() else {
             return Ok(());
-        }
-        for pid in &pids {
-            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        };
+        for &pid in &pids {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         if Instant::now() > deadline {
-            return Err(VmmError::ExitTimeout {
-                pid: pids[0],
-                secs: within.as_secs(),
-            });
+            return Err(timeout(first));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let all_exited = async {
+            for &pid in &pids {
+                crate::wait::pid_exited(pid).await;
+            }
+        };
+        if tokio::time::timeout_at(deadline.into(), all_exited)
+            .await
+            .is_err()
+        {
+            return Err(timeout(first));
+        }
     }
+}
+
+/// Signals `pid` if its command line still contains `needle`, then kills
+/// every process naming it and waits (bounded) until none is left: how
+/// each driver kills its VMM.
+pub async fn kill_vmm(pid: u32, needle: &str, within: Duration) -> Result<(), VmmError> {
+    let owned = needle.to_owned();
+    off_worker(move || signal_with(pid, &owned, Signal::SIGKILL)).await?;
+    kill_all_with(needle, within).await
+}
+
+/// Runs a `/proc` read or scan on the blocking pool, off the async
+/// workers.
+pub async fn off_worker<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, VmmError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(VmmError::Blocking)
 }
 
 /// Every live process naming `socket`, lowest pid first. Usually one; two
@@ -92,7 +125,8 @@ pub fn find_by_socket(socket: &Path) -> Option<u32> {
     all_by_socket(socket).into_iter().max()
 }
 
-/// Kills every process naming `socket` and waits until none is left.
+/// Kills every process naming `socket` and waits (bounded) until none is
+/// left.
 pub async fn kill_all(socket: &Path, within: Duration) -> Result<(), VmmError> {
     kill_all_with(&socket.to_string_lossy(), within).await
 }
@@ -107,19 +141,30 @@ pub fn signal_with(pid: u32, needle: &str, sig: Signal) -> bool {
     alive_with(pid, needle) && i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), sig).is_ok())
 }
 
-/// Waits until the VMM is gone.
+/// Waits until the VMM is gone: on its pidfd, opened before the identity
+/// check so that a pid recycled after the check is never waited on.
 pub async fn wait_exit(pid: u32, socket: &Path, within: Duration) -> Result<(), VmmError> {
-    let deadline = Instant::now() + within;
-    while vmm_alive(pid, socket) {
-        if Instant::now() > deadline {
-            return Err(VmmError::ExitTimeout {
-                pid,
-                secs: within.as_secs(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let exit = crate::wait::PidExit::open(pid).map_err(|source| VmmError::Watch {
+        what: format!("the exit of pid {pid}"),
+        source,
+    })?;
+    let Some(exit) = exit else {
+        return Ok(());
+    };
+    let owned = socket.to_owned();
+    if !off_worker(move || vmm_alive(pid, &owned)).await? {
+        return Ok(());
     }
-    Ok(())
+    tokio::time::timeout(within, exit.exited())
+        .await
+        .map_err(|_| VmmError::ExitTimeout {
+            pid,
+            secs: within.as_secs(),
+        })?
+        .map_err(|source| VmmError::Watch {
+            what: format!("the exit of pid {pid}"),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -162,5 +207,37 @@ mod tests {
             !signal(pid, &sock, Signal::SIGKILL),
             "never signal a non-matching pid"
         );
+    }
+
+    /// Every process naming the needle goes, each awaited on its pidfd;
+    /// unreaped children (zombies) count as gone.
+    #[tokio::test]
+    async fn kill_all_with_leaves_none_of_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let needle = dir.path().join("kill-me.qmp");
+        let mut children: Vec<_> = (0..2)
+            .map(|_| {
+                std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg("read _")
+                    .arg(&needle)
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn")
+            })
+            .collect();
+        // Until each has exec'd, its command line is still ours.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while all_by_socket(&needle).len() < 2 {
+            assert!(Instant::now() < deadline, "never saw both processes");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        kill_all(&needle, Duration::from_secs(5))
+            .await
+            .expect("all gone");
+        assert!(all_by_socket(&needle).is_empty());
+        for c in &mut children {
+            assert!(c.try_wait().expect("wait").is_some(), "killed");
+        }
     }
 }

@@ -12,6 +12,33 @@ use crate::VmmError;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What went wrong on a QMP session.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    #[error("no answer within 5s")]
+    NoAnswer,
+    /// QEMU closed the connection (as it may on `quit`).
+    #[error("connection closed")]
+    Closed,
+    #[error("bad message {line:?}: {source}")]
+    BadMessage {
+        line: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("unexpected greeting {0}")]
+    Greeting(Value),
+    /// QEMU refused the command; `error` is its `{class, desc}`.
+    #[error("{command}: {error}")]
+    Command { command: String, error: Value },
+    #[error("{command}: unexpected answer {answer}")]
+    Answer { command: String, answer: Value },
+}
+
 /// A negotiated QMP session.
 #[derive(Debug)]
 pub struct Qmp {
@@ -21,10 +48,10 @@ pub struct Qmp {
 }
 
 impl Qmp {
-    fn err(path: &Path, message: impl std::fmt::Display) -> VmmError {
-        VmmError::Control {
+    fn err(path: &Path, source: QmpError) -> VmmError {
+        VmmError::Qmp {
             path: path.to_owned(),
-            message: message.to_string(),
+            source,
         }
     }
 
@@ -32,8 +59,8 @@ impl Qmp {
     pub async fn connect(path: &Path) -> Result<Self, VmmError> {
         let stream = tokio::time::timeout(TIMEOUT, UnixStream::connect(path))
             .await
-            .map_err(|_| Self::err(path, "connect timed out"))?
-            .map_err(|e| Self::err(path, e))?;
+            .map_err(|_| Self::err(path, QmpError::ConnectTimeout))?
+            .map_err(|e| Self::err(path, QmpError::Io(e)))?;
         let (r, w) = stream.into_split();
         let mut q = Self {
             path: path.to_owned(),
@@ -42,7 +69,7 @@ impl Qmp {
         };
         let greeting = q.read_message().await?;
         if greeting.get("QMP").is_none() {
-            return Err(Self::err(path, format!("unexpected greeting {greeting}")));
+            return Err(Self::err(path, QmpError::Greeting(greeting)));
         }
         q.execute("qmp_capabilities", None).await?;
         Ok(q)
@@ -51,11 +78,11 @@ impl Qmp {
     async fn read_message(&mut self) -> Result<Value, VmmError> {
         let line = tokio::time::timeout(TIMEOUT, self.reader.next_line())
             .await
-            .map_err(|_| Self::err(&self.path, "no answer within 5s"))?
-            .map_err(|e| Self::err(&self.path, e))?
-            .ok_or_else(|| Self::err(&self.path, "connection closed"))?;
+            .map_err(|_| Self::err(&self.path, QmpError::NoAnswer))?
+            .map_err(|e| Self::err(&self.path, QmpError::Io(e)))?
+            .ok_or_else(|| Self::err(&self.path, QmpError::Closed))?;
         serde_json::from_str(&line)
-            .map_err(|e| Self::err(&self.path, format!("bad message {line:?}: {e}")))
+            .map_err(|source| Self::err(&self.path, QmpError::BadMessage { line, source }))
     }
 
     /// Runs a command and returns its `return` value. Asynchronous events
@@ -74,7 +101,7 @@ impl Qmp {
         self.writer
             .write_all(line.as_bytes())
             .await
-            .map_err(|e| Self::err(&self.path, e))?;
+            .map_err(|e| Self::err(&self.path, QmpError::Io(e)))?;
         loop {
             let reply = self.read_message().await?;
             if reply.get("event").is_some() {
@@ -84,7 +111,11 @@ impl Qmp {
                 return Ok(r.clone());
             }
             if let Some(e) = reply.get("error") {
-                return Err(Self::err(&self.path, format!("{command}: {e}")));
+                let source = QmpError::Command {
+                    command: command.to_owned(),
+                    error: e.clone(),
+                };
+                return Err(Self::err(&self.path, source));
             }
         }
     }
@@ -99,7 +130,10 @@ impl Qmp {
         // QEMU may close the socket before answering; that is success.
         match self.execute("quit", None).await {
             Ok(_) => Ok(()),
-            Err(VmmError::Control { message, .. }) if message.contains("closed") => Ok(()),
+            Err(VmmError::Qmp {
+                source: QmpError::Closed,
+                ..
+            }) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -107,10 +141,16 @@ impl Qmp {
     /// `query-status`: `running`, `paused`, `shutdown`, ...
     pub async fn status(&mut self) -> Result<String, VmmError> {
         let r = self.execute("query-status", None).await?;
-        Ok(r.get("status")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown")
-            .to_owned())
+        match r.get("status").and_then(Value::as_str) {
+            Some(status) => Ok(status.to_owned()),
+            None => Err(Self::err(
+                &self.path,
+                QmpError::Answer {
+                    command: "query-status".into(),
+                    answer: r,
+                },
+            )),
+        }
     }
 }
 
@@ -169,11 +209,35 @@ mod tests {
         );
     }
 
+    /// QEMU may close the socket on `quit` before answering: that is the
+    /// typed `Closed`, and success for `quit`.
+    #[tokio::test]
+    async fn quit_answered_by_a_closed_socket_is_success() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("q.sock");
+        let listener = UnixListener::bind(&sock).expect("bind");
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            let (r, mut w) = s.into_split();
+            let mut lines = BufReader::new(r).lines();
+            w.write_all(b"{\"QMP\": {}}\n").await.expect("greet");
+            lines
+                .next_line()
+                .await
+                .expect("read")
+                .expect("capabilities");
+            w.write_all(b"{\"return\": {}}\n").await.expect("reply");
+            lines.next_line().await.expect("read").expect("quit");
+        });
+        let mut q = Qmp::connect(&sock).await.expect("connect");
+        q.quit().await.expect("closed counts as quit");
+    }
+
     #[tokio::test]
     async fn missing_socket_is_a_control_error() {
         let err = Qmp::connect(Path::new("/nonexistent/q.sock"))
             .await
             .expect_err("no socket");
-        assert!(matches!(err, VmmError::Control { .. }));
+        assert!(matches!(err, VmmError::Qmp { .. }));
     }
 }
