@@ -11,6 +11,8 @@
 //! the wire or in SQLite as authority.
 
 use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
@@ -113,55 +115,33 @@ pub struct VmSpec {
 /// Durable or derived facts about a VM, owned by the daemon.
 ///
 /// Every field is optional so rows written by an older daemon decode, and
-/// empty fields stay out of the JSON.
+/// empty fields stay out of the JSON. Addresses and paths are typed; on
+/// the wire they are the same strings as before. The daemon's teardown
+/// mirror is not here: it is internal state, kept beside the record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmRuntime {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub guest_ip: Option<String>,
+    pub guest_ip: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vm_dir: Option<String>,
+    pub vm_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_socket: Option<String>,
+    pub api_socket: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vsock_path: Option<String>,
+    pub vsock_path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_cid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub console_log: Option<String>,
+    pub console_log: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root_disk_path: Option<String>,
+    pub root_disk_path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub work_disk_path: Option<String>,
+    pub work_disk_path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// The guest's ssh host key (`ssh-ed25519 AAAA…`), captured through
     /// the agent on first boot and pinned from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_host_key: Option<String>,
-    /// Mirrors of teardown-critical handles: written together with the
-    /// handle scratch file so cleanup still finds them when the cache and
-    /// the scratch file are lost.
-    #[serde(default, skip_serializing_if = "TeardownMirror::is_empty")]
-    pub teardown: TeardownMirror,
-}
-
-/// Names of host objects a VM owns, as last recorded durably.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TeardownMirror {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tap: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub loops: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dm_target: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jail_root: Option<String>,
-}
-
-impl TeardownMirror {
-    pub fn is_empty(&self) -> bool {
-        self == &Self::default()
-    }
 }
 
 /// A VM as stored and as shown.
@@ -242,6 +222,19 @@ mod tests {
         let rt: VmRuntime = serde_json::from_str("{}").expect("empty runtime decodes");
         assert_eq!(rt, VmRuntime::default());
         assert_eq!(serde_json::to_string(&rt).expect("ser"), "{}");
+    }
+
+    #[test]
+    fn typed_runtime_fields_keep_their_wire_strings() {
+        let json = r#"{"guest_ip":"10.99.0.2","vm_dir":"/var/lib/banger/vms/0123","api_socket":"/run/banger/vms/0123.sock","teardown":{"tap":"bg-0123","loops":["/dev/loop3"],"dm_target":"x"}}"#;
+        let rt: VmRuntime = serde_json::from_str(json).expect("a row of the old shape decodes");
+        assert_eq!(rt.guest_ip, Some(Ipv4Addr::new(10, 99, 0, 2)));
+        assert_eq!(rt.vm_dir, Some(PathBuf::from("/var/lib/banger/vms/0123")));
+        assert_eq!(
+            serde_json::to_string(&rt).expect("ser"),
+            r#"{"guest_ip":"10.99.0.2","vm_dir":"/var/lib/banger/vms/0123","api_socket":"/run/banger/vms/0123.sock"}"#
+        );
+        assert!(serde_json::from_str::<VmRuntime>(r#"{"guest_ip":"not-an-ip"}"#).is_err());
     }
 
     #[test]

@@ -488,7 +488,9 @@ async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
                 println!(
                     "{} running at {}",
                     rec.name,
-                    rec.runtime.guest_ip.as_deref().unwrap_or("-")
+                    rec.runtime
+                        .guest_ip
+                        .map_or_else(|| "-".into(), |ip| ip.to_string())
                 );
             }
         }

@@ -31,7 +31,9 @@ pub fn vm_table(vms: &[VmRecord]) {
             vm.spec.vmm.to_string(),
             vm.spec.vcpus.to_string(),
             format_size(u64::from(vm.spec.memory_mib) << 20),
-            vm.runtime.guest_ip.clone().unwrap_or_else(|| "-".into()),
+            vm.runtime
+                .guest_ip
+                .map_or_else(|| "-".into(), |ip| ip.to_string()),
             vm.created_at.format("%Y-%m-%d %H:%M").to_string(),
         ]);
     }
@@ -55,7 +57,9 @@ pub fn vm_detail(vm: &VmRecord) {
         ("nat", if vm.spec.nat { "on" } else { "off" }.into()),
         (
             "ip",
-            vm.runtime.guest_ip.clone().unwrap_or_else(|| "-".into()),
+            vm.runtime
+                .guest_ip
+                .map_or_else(|| "-".into(), |ip| ip.to_string()),
         ),
         ("created", vm.created_at.to_rfc3339()),
         ("updated", vm.updated_at.to_rfc3339()),

@@ -1,43 +1,54 @@
 //! Transient handles of running VMs: the in-memory cache and its
 //! write-ahead scratch file.
 //!
-//! A running VM holds kernel objects (a VMM process, a tap, loop devices,
-//! a dm target, mounts). They are facts about *now*, so SQLite is never
-//! their authority. While the daemon lives, [`HandleCache`] is. So that a
-//! crashed daemon can still find and tear them down, every update is first
-//! written to `<vm dir>/handles.json` and only then to memory: a crash
-//! between the two leaves the file ahead of memory, which reconcile can
-//! recover from; the other order could lose handles the daemon already
-//! acted on. Teardown-critical names are also mirrored onto the VM's
-//! runtime record ([`banger_api::vm::TeardownMirror`]) for the case where
-//! the scratch file itself is lost or corrupt.
+//! A running VM holds kernel objects (a VMM process, a tap, a jail). They
+//! are facts about *now*, so SQLite is never their authority. While the
+//! daemon lives, [`HandleCache`] is. So that a crashed daemon can still
+//! find and tear them down, every update is first written to
+//! `<vm dir>/handles.json` and only then to memory: a crash between the
+//! two leaves the file ahead of memory, which reconcile can recover from;
+//! the other order could lose handles the daemon already acted on.
+//! Teardown-critical names are also mirrored into the VM's row (a
+//! [`TeardownMirror`], internal to the daemon and never on the wire) for
+//! the case where the scratch file itself is lost or corrupt.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use banger_api::vm::{TeardownMirror, VmRecord};
 use serde::{Deserialize, Serialize};
 
 /// Name of the scratch file inside a VM's directory.
 pub const SCRATCH_FILE: &str = "handles.json";
 
-/// Kernel objects a running VM holds right now.
+/// Kernel objects a running VM holds right now. Files written by older
+/// daemons may name loop devices, dm targets and mounts, which banger
+/// never made; they are ignored on read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmHandles {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tap: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub loops: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dm_target: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub mounts: Vec<String>,
+    pub jail_root: Option<PathBuf>,
+}
+
+/// Names of host objects a VM owns, as last recorded durably: what
+/// cleanup cannot derive from the VM's id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeardownMirror {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jail_root: Option<String>,
+    pub tap: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail_root: Option<PathBuf>,
+}
+
+impl TeardownMirror {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 impl VmHandles {
@@ -45,23 +56,15 @@ impl VmHandles {
     pub fn mirror(&self) -> TeardownMirror {
         TeardownMirror {
             tap: self.tap.clone(),
-            loops: self.loops.clone(),
-            dm_target: self.dm_target.clone(),
             jail_root: self.jail_root.clone(),
         }
     }
 
-    /// These handles with gaps filled from the runtime mirror: what
-    /// cleanup should tear down when the cache was lost.
+    /// These handles with gaps filled from the mirror: what cleanup
+    /// should tear down when the cache was lost.
     pub fn or_mirror(mut self, mirror: &TeardownMirror) -> Self {
         if self.tap.is_none() {
             self.tap.clone_from(&mirror.tap);
-        }
-        if self.loops.is_empty() {
-            self.loops.clone_from(&mirror.loops);
-        }
-        if self.dm_target.is_none() {
-            self.dm_target.clone_from(&mirror.dm_target);
         }
         if self.jail_root.is_none() {
             self.jail_root.clone_from(&mirror.jail_root);
@@ -140,22 +143,6 @@ impl HandleCache {
         Self::default()
     }
 
-    /// Records `h` for `vm`: scratch file first, then the runtime mirror
-    /// (the caller persists the record), then memory.
-    pub fn set(&self, vm: &mut VmRecord, h: VmHandles) -> Result<(), HandlesError> {
-        let dir = vm
-            .runtime
-            .vm_dir
-            .as_deref()
-            .ok_or_else(|| HandlesError::NoVmDir {
-                vm_id: vm.id.clone(),
-            })?;
-        write_scratch(Path::new(dir), &h)?;
-        vm.runtime.teardown = h.mirror();
-        self.write().insert(vm.id.clone(), h);
-        Ok(())
-    }
-
     /// Seeds the cache from a scratch file read at reconcile, without
     /// rewriting the file.
     pub fn adopt(&self, vm_id: &str, h: VmHandles) {
@@ -170,13 +157,19 @@ impl HandleCache {
             .cloned()
     }
 
-    /// Forgets `vm`'s handles: memory, scratch file and runtime mirror.
-    pub fn clear(&self, vm: &mut VmRecord) {
-        self.write().remove(&vm.id);
-        if let Some(dir) = vm.runtime.vm_dir.as_deref() {
-            let _ = std::fs::remove_file(scratch_path(Path::new(dir)));
+    /// Forgets a VM's handles: memory and scratch file (the caller
+    /// clears the mirror).
+    pub fn clear(&self, vm_id: &str, vm_dir: Option<&Path>) -> Result<(), HandlesError> {
+        self.write().remove(vm_id);
+        if let Some(dir) = vm_dir {
+            let path = scratch_path(dir);
+            if let Err(source) = std::fs::remove_file(&path) {
+                if source.kind() != std::io::ErrorKind::NotFound {
+                    return Err(HandlesError::Write { path, source });
+                }
+            }
         }
-        vm.runtime.teardown = TeardownMirror::default();
+        Ok(())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, VmHandles>> {
@@ -186,79 +179,49 @@ impl HandleCache {
 
 #[cfg(test)]
 mod tests {
-    use banger_api::vm::{VmRuntime, VmSpec, VmState, VmmKind};
-    use chrono::Utc;
-
     use super::*;
-
-    fn vm(dir: Option<&Path>) -> VmRecord {
-        VmRecord {
-            id: "0123456789abcdef".into(),
-            name: "box".into(),
-            state: VmState::Starting,
-            spec: VmSpec {
-                vcpus: 1,
-                memory_mib: 256,
-                root_disk_bytes: 1 << 30,
-                work_disk_bytes: 1 << 30,
-                image: "default".into(),
-                kernel: "default".into(),
-                nat: false,
-                vmm: VmmKind::Qemu,
-            },
-            runtime: VmRuntime {
-                vm_dir: dir.map(|d| d.display().to_string()),
-                ..VmRuntime::default()
-            },
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
-    }
 
     fn handles() -> VmHandles {
         VmHandles {
             pid: Some(4242),
             tap: Some("bg-01234567".into()),
-            loops: vec!["/dev/loop3".into()],
-            ..VmHandles::default()
+            jail_root: Some("/jails/0123".into()),
         }
     }
 
     #[test]
-    fn set_writes_file_mirror_and_cache() {
+    fn stage_writes_the_file_then_adopt_fills_memory_and_clear_forgets_both() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = HandleCache::new();
-        let mut v = vm(Some(dir.path()));
-        cache.set(&mut v, handles()).expect("set");
+        write_scratch(dir.path(), &handles()).expect("scratch");
         assert_eq!(read_scratch(dir.path()).expect("read"), Some(handles()));
-        assert_eq!(cache.get(&v.id), Some(handles()));
-        assert_eq!(v.runtime.teardown.tap.as_deref(), Some("bg-01234567"));
-        assert_eq!(v.runtime.teardown.loops, vec!["/dev/loop3".to_owned()]);
+        assert_eq!(
+            cache.get("0123"),
+            None,
+            "memory is filled by adopt, after the mirror"
+        );
+        cache.adopt("0123", handles());
+        assert_eq!(cache.get("0123"), Some(handles()));
+        let mirror = handles().mirror();
+        assert_eq!(mirror.tap.as_deref(), Some("bg-01234567"));
+        assert_eq!(mirror.jail_root.as_deref(), Some(Path::new("/jails/0123")));
 
-        cache.clear(&mut v);
-        assert_eq!(cache.get(&v.id), None);
+        cache.clear("0123", Some(dir.path())).expect("clear");
+        assert_eq!(cache.get("0123"), None);
         assert_eq!(read_scratch(dir.path()).expect("read"), None);
-        assert!(v.runtime.teardown.is_empty());
+        cache
+            .clear("0123", Some(dir.path()))
+            .expect("clear is idempotent");
     }
 
     #[test]
-    fn failed_scratch_write_leaves_the_cache_untouched() {
+    fn failed_scratch_write_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         // A regular file where the VM directory should be: create_dir fails.
         let blocker = dir.path().join("vmdir");
         std::fs::write(&blocker, b"x").expect("blocker");
-        let cache = HandleCache::new();
-        let mut v = vm(Some(&blocker));
-        let err = cache.set(&mut v, handles()).expect_err("write must fail");
+        let err = write_scratch(&blocker, &handles()).expect_err("write must fail");
         assert!(matches!(err, HandlesError::Write { .. }), "{err}");
-        assert_eq!(cache.get(&v.id), None, "memory must never be ahead of disk");
-        assert!(v.runtime.teardown.is_empty());
-
-        let mut no_dir = vm(None);
-        assert!(matches!(
-            cache.set(&mut no_dir, handles()),
-            Err(HandlesError::NoVmDir { .. })
-        ));
     }
 
     #[test]
@@ -270,17 +233,27 @@ mod tests {
     }
 
     #[test]
-    fn cleanup_falls_back_to_the_runtime_mirror() {
+    fn a_scratch_file_of_an_older_daemon_still_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            scratch_path(dir.path()),
+            br#"{"pid":7,"tap":"bg-aa","loops":["/dev/loop3"],"dm_target":"banger-aa","mounts":[]}"#,
+        )
+        .expect("write");
+        let h = read_scratch(dir.path()).expect("read").expect("handles");
+        assert_eq!(h.pid, Some(7));
+        assert_eq!(h.tap.as_deref(), Some("bg-aa"));
+    }
+
+    #[test]
+    fn cleanup_falls_back_to_the_mirror() {
         let mirror = TeardownMirror {
             tap: Some("bg-aa".into()),
-            loops: vec!["/dev/loop9".into()],
-            dm_target: Some("banger-aa".into()),
-            jail_root: None,
+            jail_root: Some("/jails/aa".into()),
         };
         let recovered = VmHandles::default().or_mirror(&mirror);
         assert_eq!(recovered.tap.as_deref(), Some("bg-aa"));
-        assert_eq!(recovered.loops, vec!["/dev/loop9".to_owned()]);
-        assert_eq!(recovered.dm_target.as_deref(), Some("banger-aa"));
+        assert_eq!(recovered.jail_root.as_deref(), Some(Path::new("/jails/aa")));
         // Live values win over the mirror.
         let live = VmHandles {
             tap: Some("bg-live".into()),

@@ -12,7 +12,7 @@ use crate::error::{StoreError, sql};
 
 /// Schema migrations; index + 1 is the `user_version` after applying.
 /// Never edit an entry that has shipped: append a new one.
-pub const MIGRATIONS: &[M<'static>] = &[M::up(V1_INITIAL)];
+pub const MIGRATIONS: &[M<'static>] = &[M::up(V1_INITIAL), M::up(V2_TEARDOWN_COLUMN)];
 
 /// 1: initial schema.
 pub(crate) const V1_INITIAL: &str = r#"
@@ -37,6 +37,17 @@ pub(crate) const V1_INITIAL: &str = r#"
         manifest_json TEXT NOT NULL,
         created_at    TEXT NOT NULL
     );
+    "#;
+
+/// 2: the teardown mirror (names of host objects cleanup cannot derive)
+/// leaves the runtime JSON, which is wire data, for a column of its own
+/// that only the daemon reads. Rows written before keep their mirror.
+pub(crate) const V2_TEARDOWN_COLUMN: &str = r#"
+    ALTER TABLE vms ADD COLUMN teardown_json TEXT NOT NULL DEFAULT '{}';
+    UPDATE vms
+       SET teardown_json = json_extract(runtime_json, '$.teardown')
+     WHERE json_type(runtime_json, '$.teardown') = 'object';
+    UPDATE vms SET runtime_json = json_remove(runtime_json, '$.teardown');
     "#;
 
 /// Brings the database to the latest schema, refusing one written by a

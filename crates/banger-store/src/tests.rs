@@ -100,6 +100,78 @@ fn refuses_a_database_from_the_future() {
     assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
 }
 
+/// The shape the core keeps its teardown mirror in (opaque to the store).
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Mirror {
+    tap: Option<String>,
+    jail_root: Option<String>,
+}
+
+#[test]
+fn a_v1_row_keeps_its_teardown_mirror_in_its_own_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    {
+        let conn = Connection::open(&path).expect("raw open");
+        conn.execute_batch(crate::migrations::V1_INITIAL)
+            .expect("old schema");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("version");
+        // The mirror as the old daemon wrote it, dead fields included.
+        let runtime = r#"{"guest_ip":"10.0.0.2","vm_dir":"/s/vms/old1","teardown":{"tap":"bg-old1","loops":["/dev/loop0"],"dm_target":"banger-old1","jail_root":"/j/old1"}}"#;
+        conn.execute(
+            "INSERT INTO vms (id, name, state, spec_json, runtime_json, created_at, updated_at)
+             VALUES ('old1', 'old', 'running', ?1, ?2, ?3, ?3)",
+            rusqlite::params![
+                serde_json::to_string(&record("x", "x").spec).expect("spec"),
+                runtime,
+                Utc::now().to_rfc3339()
+            ],
+        )
+        .expect("old row");
+        conn.execute(
+            "INSERT INTO vms (id, name, state, spec_json, created_at, updated_at)
+             VALUES ('old2', 'bare', 'created', ?1, ?2, ?2)",
+            rusqlite::params![
+                serde_json::to_string(&record("x", "x").spec).expect("spec"),
+                Utc::now().to_rfc3339()
+            ],
+        )
+        .expect("old row without a mirror");
+    }
+    let store = Store::open(&path).expect("open old db");
+    let vm = store.find_vm("old").expect("find").expect("kept");
+    assert_eq!(
+        vm.runtime.guest_ip,
+        Some(std::net::Ipv4Addr::new(10, 0, 0, 2))
+    );
+    assert_eq!(
+        store.vm_teardown::<Mirror>("old1").expect("mirror"),
+        Mirror {
+            tap: Some("bg-old1".into()),
+            jail_root: Some("/j/old1".into())
+        }
+    );
+    let raw: String = store
+        .conn()
+        .query_row("SELECT runtime_json FROM vms WHERE id = 'old1'", [], |r| {
+            r.get(0)
+        })
+        .expect("raw runtime");
+    assert!(
+        !raw.contains("teardown"),
+        "moved out of the wire record: {raw}"
+    );
+    assert_eq!(
+        store.vm_teardown::<Mirror>("old2").expect("none"),
+        Mirror::default()
+    );
+    assert!(matches!(
+        store.vm_teardown::<Mirror>("nope"),
+        Err(StoreError::VmNotFound(_))
+    ));
+}
+
 #[test]
 fn unique_names_and_crud() {
     let store = Store::open_in_memory().expect("open");
@@ -113,11 +185,25 @@ fn unique_names_and_crud() {
         "box"
     );
     vm.state = VmState::Running;
-    vm.runtime.guest_ip = Some("172.16.0.2".into());
-    vm.runtime.teardown.tap = Some("bg-id1".into());
+    vm.runtime.guest_ip = Some(std::net::Ipv4Addr::new(172, 16, 0, 2));
     store.update_vm(&vm).expect("update");
     let back = store.find_vm("box").expect("find").expect("present");
     assert_eq!(back, vm);
+    let mirror = Mirror {
+        tap: Some("bg-id1".into()),
+        jail_root: None,
+    };
+    store.set_vm_teardown("id1", &mirror).expect("mirror");
+    assert_eq!(
+        store.vm_teardown::<Mirror>("id1").expect("mirror back"),
+        mirror
+    );
+    store.update_vm(&vm).expect("update");
+    assert_eq!(
+        store.vm_teardown::<Mirror>("id1").expect("mirror"),
+        mirror,
+        "a record update leaves the mirror alone"
+    );
 
     assert!(store.vm_name_exists("box").expect("exists"));
     assert!(store.delete_vm("id1").expect("delete"));

@@ -59,6 +59,49 @@ impl Store {
         Ok(())
     }
 
+    /// The daemon's teardown mirror of VM `id` (opaque here: the core owns
+    /// its shape); the default when none was written.
+    pub fn vm_teardown<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        id: &str,
+    ) -> Result<T, StoreError> {
+        let json: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT teardown_json FROM vms WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("reading a teardown mirror"))?;
+        let json = json.ok_or_else(|| StoreError::VmNotFound(id.to_owned()))?;
+        serde_json::from_str(&json).map_err(|e| StoreError::CorruptVm {
+            id: id.to_owned(),
+            what: "teardown",
+            source: Box::new(e),
+        })
+    }
+
+    /// Replaces VM `id`'s teardown mirror.
+    pub fn set_vm_teardown<T: serde::Serialize>(
+        &self,
+        id: &str,
+        mirror: &T,
+    ) -> Result<(), StoreError> {
+        let json = to_json(mirror, "teardown", id)?;
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE vms SET teardown_json = ?2 WHERE id = ?1",
+                params![id, json],
+            )
+            .map_err(sql("writing a teardown mirror"))?;
+        if n == 0 {
+            return Err(StoreError::VmNotFound(id.to_owned()));
+        }
+        Ok(())
+    }
+
     /// Deletes a VM row; deleting a missing row is not an error, so a
     /// retried delete converges.
     pub fn delete_vm(&self, id: &str) -> Result<bool, StoreError> {

@@ -49,8 +49,13 @@ fn populate(env: &Env, n: usize) {
                     vmm: VmmKind::Qemu,
                 },
                 runtime: VmRuntime {
-                    guest_ip: Some(format!("172.16.{}.{}", i / 250, i % 250 + 2)),
-                    vm_dir: Some(format!("/var/lib/banger/vms/{i:016x}")),
+                    guest_ip: Some(std::net::Ipv4Addr::new(
+                        172,
+                        16,
+                        (i / 250) as u8,
+                        (i % 250 + 2) as u8,
+                    )),
+                    vm_dir: Some(format!("/var/lib/banger/vms/{i:016x}").into()),
                     ..VmRuntime::default()
                 },
                 created_at: now,

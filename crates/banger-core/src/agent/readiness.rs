@@ -201,9 +201,9 @@ async fn await_ready_call(
 }
 
 /// One readiness probe: connect, hello, ping, pong.
-async fn attempt(connector: &dyn AgentConnector, vsock: &str) -> Result<(), Attempt> {
+async fn attempt(connector: &dyn AgentConnector, vsock: &Path) -> Result<(), Attempt> {
     let probe = async {
-        let mut s = connector.connect(Path::new(vsock)).await?;
+        let mut s = connector.connect(vsock).await?;
         send(&mut s, &Message::Ping).await?;
         read_frame(&mut s).await
     };

@@ -20,17 +20,17 @@ const HOST_KEY_WITHIN: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Session<'a> {
     connector: &'a dyn AgentConnector,
-    vsock: Option<&'a str>,
+    vsock: Option<&'a Path>,
 }
 
 impl<'a> Session<'a> {
-    pub(crate) fn new(connector: &'a dyn AgentConnector, vsock: Option<&'a str>) -> Self {
+    pub(crate) fn new(connector: &'a dyn AgentConnector, vsock: Option<&'a Path>) -> Self {
         Self { connector, vsock }
     }
 
     async fn connect(&self) -> Result<AgentStream, AgentError> {
         let vsock = self.vsock.ok_or(AgentError::NoVsock)?;
-        match tokio::time::timeout(ATTEMPT, self.connector.connect(Path::new(vsock))).await {
+        match tokio::time::timeout(ATTEMPT, self.connector.connect(vsock)).await {
             Ok(r) => r.map_err(AgentError::from),
             Err(_) => Err(AgentError::Timeout {
                 what: "no answer".into(),

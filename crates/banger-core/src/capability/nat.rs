@@ -32,8 +32,6 @@ impl Nat {
         let guest_ip = vm
             .runtime
             .guest_ip
-            .as_deref()
-            .and_then(|s| s.parse().ok())
             .ok_or_else(|| InternalError::NoAddress(vm.name.clone()))?;
         Ok(NatRule {
             tap: tap.to_owned(),

@@ -72,8 +72,6 @@ impl Core {
         let ip: Ipv4Addr = vm
             .runtime
             .guest_ip
-            .as_deref()
-            .and_then(|s| s.parse().ok())
             .ok_or_else(|| InternalError::NoAddress(vm.name.clone()))?;
         let host_key = vm
             .runtime

@@ -2,7 +2,7 @@
 //! from whatever handles survived (memory, scratch file, runtime mirror,
 //! names derived from the id).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use banger_api::vm::VmRecord;
 use banger_host::layout::TapName;
@@ -10,6 +10,7 @@ use banger_host::layout::TapName;
 use crate::capability;
 use crate::core::Core;
 use crate::error::{CleanupError, CleanupErrors, CoreError, InternalError};
+use crate::handles::TeardownMirror;
 use crate::ready::ready_socket_path;
 
 impl Core {
@@ -21,8 +22,8 @@ impl Core {
         keep_disks: bool,
     ) -> Result<(), CoreError> {
         let mut errors: Vec<CleanupError> = Vec::new();
-        let handles = self.recovered_handles(vm);
-        let socket = vm.runtime.api_socket.clone().map(PathBuf::from);
+        let handles = self.recovered_handles(vm).await;
+        let socket = vm.runtime.api_socket.clone();
 
         // 1. The VMM process.
         if let (Ok(vmm), Some(sock)) = (self.vmm_for(vm.spec.vmm), socket.as_deref()) {
@@ -40,10 +41,7 @@ impl Core {
             }
             // What the VMM kept beyond its process: the jail's chroot and
             // cgroups, at the recorded root.
-            if let Err(e) = vmm
-                .release(&vm.id, handles.jail_root.as_deref().map(Path::new))
-                .await
-            {
+            if let Err(e) = vmm.release(&vm.id, handles.jail_root.as_deref()).await {
                 errors.push(CleanupError::Release(e));
             }
         }
@@ -84,11 +82,16 @@ impl Core {
             }
         }
         // 4. Handles: memory, scratch file, mirror.
-        self.handles().clear(vm);
+        if let Err(e) = self.handles().clear(&vm.id, vm.runtime.vm_dir.as_deref()) {
+            errors.push(CleanupError::Core(Box::new(e.into())));
+        }
+        if let Err(e) = self.write_mirror(&vm.id, TeardownMirror::default()).await {
+            errors.push(CleanupError::Core(Box::new(e)));
+        }
         // 5. Disks and address, when the VM goes for good.
         if !keep_disks {
             if let Some(dir) = vm.runtime.vm_dir.clone() {
-                if let Err(e) = self.remove_vm_dir(PathBuf::from(dir)).await {
+                if let Err(e) = self.remove_vm_dir(dir).await {
                     errors.push(CleanupError::Core(Box::new(e)));
                 }
             }

@@ -1,7 +1,6 @@
 //! banger's DNS zone: `<name>.vm` for every live VM, and nothing else.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use banger_store::Store;
 
@@ -25,9 +24,9 @@ impl Core {
         let candidates: Vec<_> = vms
             .into_iter()
             .filter_map(|v| {
-                let ip: Ipv4Addr = v.runtime.guest_ip.as_deref()?.parse().ok()?;
+                let ip: Ipv4Addr = v.runtime.guest_ip?;
                 let pid = self.handles().get(&v.id)?.pid?;
-                let socket = PathBuf::from(v.runtime.api_socket.as_deref()?);
+                let socket = v.runtime.api_socket.clone()?;
                 let vmm = self.vmm_arc(v.spec.vmm).ok()?;
                 Some((v.name, ip, pid, socket, vmm))
             })

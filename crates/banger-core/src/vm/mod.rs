@@ -17,8 +17,6 @@ mod stop;
 #[cfg(test)]
 mod tests;
 
-use std::path::Path;
-
 use banger_api::vm::{VmRecord, VmState, VmmKind};
 use banger_host::layout::{TapName, VmFiles};
 use banger_vmm::Vmm;
@@ -26,7 +24,8 @@ use chrono::Utc;
 
 use crate::core::Core;
 use crate::error::CoreError;
-use crate::handles::{VmHandles, read_scratch};
+use crate::error::InternalError;
+use crate::handles::{HandlesError, TeardownMirror, VmHandles, read_scratch, write_scratch};
 use crate::lifecycle::check_transition;
 use crate::locks::KeyGuard;
 
@@ -79,11 +78,42 @@ impl Core {
         self.save(vm).await
     }
 
-    /// Records handles (scratch file, mirror, memory) and persists the
-    /// mirror, before the objects they name are created.
+    /// Records handles before the objects they name are created: the
+    /// scratch file (fsynced, off the async workers), then the mirror in
+    /// the VM's row, then memory.
     async fn record_handles(&self, vm: &mut VmRecord, h: VmHandles) -> Result<(), CoreError> {
-        self.handles().set(vm, h)?;
+        let dir = vm
+            .runtime
+            .vm_dir
+            .clone()
+            .ok_or_else(|| HandlesError::NoVmDir {
+                vm_id: vm.id.clone(),
+            })?;
+        let staged = h.clone();
+        tokio::task::spawn_blocking(move || write_scratch(&dir, &staged))
+            .await
+            .map_err(|source| InternalError::Task {
+                what: "writing handles",
+                source,
+            })??;
+        self.write_mirror(&vm.id, h.mirror()).await?;
+        self.handles().adopt(&vm.id, h);
         self.save(vm).await
+    }
+
+    /// The durable mirror of a VM's teardown-critical names.
+    pub(crate) async fn write_mirror(
+        &self,
+        vm_id: &str,
+        mirror: TeardownMirror,
+    ) -> Result<(), CoreError> {
+        let id = vm_id.to_owned();
+        self.db(move |s| s.set_vm_teardown(&id, &mirror)).await
+    }
+
+    pub(crate) async fn read_mirror(&self, vm_id: &str) -> Result<TeardownMirror, CoreError> {
+        let id = vm_id.to_owned();
+        self.db(move |s| s.vm_teardown(&id)).await
     }
 
     /// Whether the VM's VMM runs right now: pid from the cache, verified
@@ -98,35 +128,40 @@ impl Core {
         vm.runtime
             .api_socket
             .as_deref()
-            .is_some_and(|s| vmm.alive(pid, Path::new(s)))
+            .is_some_and(|s| vmm.alive(pid, s))
     }
 
     /// The VM's handles from the best source left: memory first; the
-    /// scratch file when memory was lost; the runtime mirror for whatever
-    /// both miss. A corrupt scratch file is not a failure: the mirror and
-    /// the derivable names cover it.
-    fn recovered_handles(&self, vm: &VmRecord) -> VmHandles {
-        match self.handles().get(&vm.id) {
+    /// scratch file when memory was lost; the mirror in the VM's row for
+    /// whatever both miss. A corrupt scratch file or an unreadable mirror
+    /// is not a failure: the other sources and the derivable names cover
+    /// it (and the log says so).
+    async fn recovered_handles(&self, vm: &VmRecord) -> VmHandles {
+        let base = match self.handles().get(&vm.id) {
             Some(h) => h,
-            None => vm
-                .runtime
-                .vm_dir
-                .as_deref()
-                .and_then(|d| {
-                    read_scratch(Path::new(d)).unwrap_or_else(|e| {
-                        tracing::warn!(vm_id = %vm.id, error = %e, "unreadable handles; using the runtime mirror");
-                        None
-                    })
-                })
-                .unwrap_or_default(),
+            None => match vm.runtime.vm_dir.as_deref().map(read_scratch) {
+                Some(Ok(Some(h))) => h,
+                Some(Err(e)) => {
+                    tracing::warn!(vm_id = %vm.id, error = %e, "unreadable handles; using the mirror");
+                    VmHandles::default()
+                }
+                Some(Ok(None)) | None => VmHandles::default(),
+            },
+        };
+        match self.read_mirror(&vm.id).await {
+            Ok(mirror) => base.or_mirror(&mirror),
+            Err(e) => {
+                tracing::warn!(vm_id = %vm.id, error = %e, "unreadable teardown mirror");
+                base
+            }
         }
-        .or_mirror(&vm.runtime.teardown)
     }
 
     /// The VM's tap as cleanup finds it: recovered handles, else the name
     /// derived from the id.
-    pub(crate) fn vm_tap(&self, vm: &VmRecord) -> String {
+    pub(crate) async fn vm_tap(&self, vm: &VmRecord) -> String {
         self.recovered_handles(vm)
+            .await
             .tap
             .unwrap_or_else(|| TapName::for_vm(&vm.id).to_string())
     }

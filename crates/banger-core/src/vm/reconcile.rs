@@ -1,7 +1,5 @@
 //! Daemon start: adopt VMs whose VMM still runs, tear down the rest.
 
-use std::path::PathBuf;
-
 use banger_api::vm::VmState;
 use banger_store::Store;
 
@@ -20,8 +18,8 @@ impl Core {
             ) {
                 continue;
             }
-            let recovered = self.recovered_handles(&vm);
-            let sock = vm.runtime.api_socket.clone().map(PathBuf::from);
+            let recovered = self.recovered_handles(&vm).await;
+            let sock = vm.runtime.api_socket.clone();
             let pid = match (self.vmm_for(vm.spec.vmm), sock.as_deref()) {
                 (Ok(vmm), Some(s)) => recovered
                     .pid
@@ -37,7 +35,7 @@ impl Core {
                     };
                     // Rewrites a lost or corrupt scratch file from what was
                     // recovered, so disk and memory agree again.
-                    self.handles().set(&mut vm, h)?;
+                    self.record_handles(&mut vm, h).await?;
                     vm.state = VmState::Running;
                     self.save(&mut vm).await?;
                     tracing::info!(vm_id = %vm.id, name = %vm.name, pid, "adopted running vm");

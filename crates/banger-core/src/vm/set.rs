@@ -58,7 +58,7 @@ impl Core {
         // that is down gets them at its next start). Applied before the
         // spec is stored, so a failure changes nothing.
         if rec.state == VmState::Running && self.vm_alive(&rec) {
-            let tap = self.vm_tap(&rec);
+            let tap = self.vm_tap(&rec).await;
             for cap in capability::all() {
                 cap.apply_change(self.cap_context(), &before, &rec, &tap)
                     .await?;

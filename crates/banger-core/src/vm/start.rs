@@ -40,13 +40,13 @@ impl Core {
         let vmm = self.vmm_for(vm.spec.vmm)?;
         let paths = self.vm_files(&vm.id);
         vm.runtime.last_error = None;
-        vm.runtime.vm_dir = Some(paths.dir.display().to_string());
-        vm.runtime.api_socket = Some(paths.socket.display().to_string());
-        vm.runtime.vsock_path = Some(paths.vsock.display().to_string());
+        vm.runtime.vm_dir = Some(paths.dir.clone());
+        vm.runtime.api_socket = Some(paths.socket.clone());
+        vm.runtime.vsock_path = Some(paths.vsock.clone());
         vm.runtime.vsock_cid = Some(banger_vmm::GUEST_CID);
-        vm.runtime.console_log = Some(paths.console.display().to_string());
-        vm.runtime.root_disk_path = Some(paths.root_disk.display().to_string());
-        vm.runtime.work_disk_path = Some(paths.work_disk.display().to_string());
+        vm.runtime.console_log = Some(paths.console.clone());
+        vm.runtime.root_disk_path = Some(paths.root_disk.clone());
+        vm.runtime.work_disk_path = Some(paths.work_disk.clone());
         self.transition(&mut vm, VmState::Starting).await?;
         progress.stage("starting", format!("{} on {}", vm.name, vm.spec.vmm));
 
@@ -200,7 +200,7 @@ impl Core {
         if let Some(root) = vmm.jail_root(&vm.id) {
             // Write-ahead, like the tap: a crash mid-launch leaves cleanup
             // the jail to remove.
-            handles.jail_root = Some(root.display().to_string());
+            handles.jail_root = Some(root.clone());
             self.record_handles(vm, handles.clone()).await?;
         }
         // Held until the agent answers: the readiness bound below counts
@@ -259,7 +259,7 @@ impl Core {
         })
     }
     async fn allocate_ip(&self, vm: &mut VmRecord) -> Result<Ipv4Addr, CoreError> {
-        if let Some(ip) = vm.runtime.guest_ip.as_deref().and_then(|s| s.parse().ok()) {
+        if let Some(ip) = vm.runtime.guest_ip {
             return Ok(ip);
         }
         let _g = self.net_lock().lock().await;
@@ -267,7 +267,7 @@ impl Core {
             .db(Store::list_vms)
             .await?
             .iter()
-            .filter_map(|v| v.runtime.guest_ip.as_deref()?.parse().ok())
+            .filter_map(|v| v.runtime.guest_ip)
             .collect();
         let net = &self.config().network;
         let ip = ipam::subnet(net.bridge_ip, net.prefix_len)
@@ -278,7 +278,7 @@ impl Core {
                     net.bridge_ip, net.prefix_len
                 ))
             })?;
-        vm.runtime.guest_ip = Some(ip.to_string());
+        vm.runtime.guest_ip = Some(ip);
         // Persisted under the lock: never handed out twice.
         self.save(vm).await?;
         Ok(ip)

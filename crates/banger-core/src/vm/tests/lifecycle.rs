@@ -23,11 +23,31 @@ use banger_host::layout::TapName;
 use crate::core::Core;
 use crate::error::CleanupError;
 use crate::guest::{AGENT_PATH, AUTHORIZED_KEYS};
-use crate::handles::{VmHandles, read_scratch, scratch_path};
+use crate::handles::{TeardownMirror, VmHandles, read_scratch, scratch_path};
 use crate::ready::ready_socket_path;
 
 fn tap_name(vm_id: &str) -> String {
     TapName::for_vm(vm_id).to_string()
+}
+
+async fn mirror(f: &Fixture, vm_id: &str) -> TeardownMirror {
+    f.core.read_mirror(vm_id).await.expect("mirror")
+}
+
+async fn set_mirror_tap(f: &Fixture, vm_id: &str, tap: &str) {
+    let m = TeardownMirror {
+        tap: Some(tap.into()),
+        ..TeardownMirror::default()
+    };
+    f.core.write_mirror(vm_id, m).await.expect("mirror");
+}
+
+/// A lost cache and scratch file; the mirror in the row remains.
+fn forget_handles(f: &Fixture, v: &VmRecord) {
+    f.core
+        .handles()
+        .clear(&v.id, v.runtime.vm_dir.as_deref())
+        .expect("forget");
 }
 use crate::{Command, CoreError, ProgressSink, Reply};
 
@@ -128,17 +148,20 @@ async fn start_records_handles_before_objects_and_configures_the_guest() {
     let f = fixture();
     let v = create_and_start(&f, "web").await;
     assert_eq!(v.state, VmState::Running);
-    assert_eq!(v.runtime.guest_ip.as_deref(), Some("10.99.0.2"));
+    assert_eq!(
+        v.runtime.guest_ip,
+        Some(std::net::Ipv4Addr::new(10, 99, 0, 2))
+    );
     let tap = tap_name(&v.id);
     assert!(f.net.has(&tap));
     assert_eq!(f.net.recorded()[0], "ensure_bridge banger0 10.99.0.1/28");
     assert!(f.core.vm_alive(&v));
     // Scratch file, cache and mirror agree.
-    let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+    let dir = v.runtime.vm_dir.clone().expect("dir");
     let scratch = read_scratch(&dir).expect("read").expect("scratch file");
     assert_eq!(scratch.tap.as_deref(), Some(tap.as_str()));
     assert!(scratch.pid.is_some());
-    assert_eq!(v.runtime.teardown.tap.as_deref(), Some(tap.as_str()));
+    assert_eq!(mirror(&f, &v.id).await.tap.as_deref(), Some(tap.as_str()));
     let written = f.disks.written.lock().expect("lock").clone();
     let hostname = written.iter().find_map(|(_, e)| match e {
         GuestEntry::File { path, contents, .. } if path == "/etc/hostname" => {
@@ -174,10 +197,7 @@ async fn start_records_handles_before_objects_and_configures_the_guest() {
     );
     let (_, key, _) = file(AUTHORIZED_KEYS).expect("authorized key");
     assert!(String::from_utf8_lossy(&key).starts_with("ssh-ed25519 "));
-    assert_eq!(
-        v.runtime.vsock_path,
-        Some(f.core.vm_files(&v.id).vsock.display().to_string())
-    );
+    assert_eq!(v.runtime.vsock_path, Some(f.core.vm_files(&v.id).vsock));
     // Disks were cloned from the image (root) and its seed (work).
     let calls = f.disks.recorded();
     assert!(
@@ -211,7 +231,7 @@ async fn start_records_handles_before_objects_and_configures_the_guest() {
 async fn graceful_stop_keeps_disks_and_releases_host_objects() {
     let f = fixture();
     let v = create_and_start(&f, "db").await;
-    let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+    let dir = v.runtime.vm_dir.clone().expect("dir");
     let stopped = vm(&f.core, Command::VmStop { vm: "db".into() }).await;
     assert_eq!(stopped.state, VmState::Stopped);
     assert_eq!(
@@ -229,7 +249,7 @@ async fn graceful_stop_keeps_disks_and_releases_host_objects() {
     );
     assert!(!f.net.has(&tap_name(&v.id)));
     assert!(!scratch_path(&dir).exists());
-    assert!(stopped.runtime.teardown.is_empty());
+    assert!(mirror(&f, &stopped.id).await.is_empty());
     assert!(
         dir.join("root.ext4").exists() && dir.join("work.ext4").exists(),
         "disks persist"
@@ -468,7 +488,7 @@ async fn failed_launch_cleans_up_and_marks_error_with_the_reason() {
             .contains("could not open tap")
     );
     assert!(!f.net.has(&tap_name(&v.id)), "tap removed by cleanup");
-    assert!(v.runtime.teardown.is_empty());
+    assert!(mirror(&f, &v.id).await.is_empty());
     // Error allows a retry, which works once the cause is gone.
     *f.vmm.fail_launch.lock().expect("lock") = None;
     assert_eq!(
@@ -614,11 +634,9 @@ async fn nat_teardown_falls_back_to_the_runtime_tap_and_joins_errors() {
     let tap = tap_name(&v.id);
     // A restarted daemon with a corrupt handles.json: memory empty,
     // scratch unreadable; the runtime record's tap remains.
-    let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+    let dir = v.runtime.vm_dir.clone().expect("dir");
     f.core.handles().adopt(&v.id, VmHandles::default());
-    let mirror = v.runtime.teardown.clone();
-    f.core.handles().clear(&mut v);
-    v.runtime.teardown = mirror;
+    forget_handles(&f, &v);
     std::fs::write(scratch_path(&dir), b"{corrupt").expect("corrupt");
     // The tap's own deletion fails too: both errors come back.
     f.net.failing.lock().expect("lock").insert(tap.clone());
@@ -659,7 +677,7 @@ async fn nat_teardown_falls_back_to_the_runtime_tap_and_joins_errors() {
     f.core.cleanup(&mut v, true).await.expect("clean");
     assert!(!f.firewall.has(&tap));
     // The record's tap wins over the derived name when they differ.
-    v.runtime.teardown.tap = Some("bg-fromrecord".into());
+    set_mirror_tap(&f, &v.id, "bg-fromrecord").await;
     f.core.cleanup(&mut v, true).await.expect("clean");
     assert_eq!(
         f.firewall.recorded().last().map(String::as_str),
@@ -673,7 +691,7 @@ async fn nat_teardown_falls_back_to_the_runtime_tap_and_joins_errors() {
 async fn cleanup_finds_the_tap_through_every_fallback() {
     let f = fixture();
     let mut v = create_and_start(&f, "fallback").await;
-    let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+    let dir = v.runtime.vm_dir.clone().expect("dir");
     let deleted = |f: &Fixture| -> Vec<String> {
         f.net
             .recorded()
@@ -682,7 +700,7 @@ async fn cleanup_finds_the_tap_through_every_fallback() {
             .collect()
     };
     // 1. Memory lost, scratch file present: the scratch file's tap.
-    f.core.handles().clear(&mut v);
+    forget_handles(&f, &v);
     crate::handles::write_scratch(
         &dir,
         &VmHandles {
@@ -691,11 +709,11 @@ async fn cleanup_finds_the_tap_through_every_fallback() {
         },
     )
     .expect("scratch");
-    v.runtime.teardown.tap = Some("bg-mirror".into());
+    set_mirror_tap(&f, &v.id, "bg-mirror").await;
     f.core.cleanup(&mut v, true).await.expect("cleanup");
     assert_eq!(deleted(&f).last().map(String::as_str), Some("bg-scratch"));
     // 2. Memory and scratch file lost: the runtime mirror's tap.
-    v.runtime.teardown.tap = Some("bg-mirror".into());
+    set_mirror_tap(&f, &v.id, "bg-mirror").await;
     f.core.cleanup(&mut v, true).await.expect("cleanup");
     assert_eq!(deleted(&f).last().map(String::as_str), Some("bg-mirror"));
     // 3. Nothing recorded anywhere: the name derived from the VM id.
@@ -703,7 +721,7 @@ async fn cleanup_finds_the_tap_through_every_fallback() {
     assert_eq!(deleted(&f).last(), Some(&tap_name(&v.id)));
     // A corrupt scratch file is skipped, not fatal.
     std::fs::write(scratch_path(&dir), b"{nope").expect("corrupt");
-    v.runtime.teardown.tap = Some("bg-mirror2".into());
+    set_mirror_tap(&f, &v.id, "bg-mirror2").await;
     f.core
         .cleanup(&mut v, true)
         .await
@@ -728,7 +746,7 @@ async fn reconcile_adopts_live_vms_and_tears_down_dead_ones() {
     };
     f.vmm.crash(pid_of(&dead));
     f.vmm.crash(pid_of(&corrupt));
-    let corrupt_dir = PathBuf::from(corrupt.runtime.vm_dir.clone().expect("dir"));
+    let corrupt_dir = corrupt.runtime.vm_dir.clone().expect("dir");
     std::fs::write(scratch_path(&corrupt_dir), b"{garbage").expect("corrupt scratch");
 
     f.core.reconcile().await.expect("reconcile");
@@ -752,7 +770,7 @@ async fn reconcile_adopts_live_vms_and_tears_down_dead_ones() {
             !f.net.has(&tap_name(&d.id)),
             "{name}: tap torn down (corrupt file: via the mirror)"
         );
-        assert!(d.runtime.teardown.is_empty());
+        assert!(mirror(&f, &d.id).await.is_empty());
     }
 }
 
@@ -771,14 +789,14 @@ async fn jails_are_recorded_before_launch_and_released_by_reconcile_and_delete()
     };
     assert!(releases().is_empty(), "a started vm keeps its jail");
     // The jail root is on the record, in the scratch mirror too.
-    let dir = PathBuf::from(gone.runtime.vm_dir.clone().expect("dir"));
+    let dir = gone.runtime.vm_dir.clone().expect("dir");
     let mirror = std::fs::read_to_string(scratch_path(&dir)).expect("mirror");
     assert!(mirror.contains(&format!("/jails/{}", gone.id)), "{mirror}");
     // Daemon (and helper) die; one VMM dies with them.
     for v in [&kept, &gone] {
         f.core.handles().adopt(&v.id, VmHandles::default());
     }
-    let sock = |v: &VmRecord| PathBuf::from(v.runtime.api_socket.clone().expect("sock"));
+    let sock = |v: &VmRecord| v.runtime.api_socket.clone().expect("sock");
     f.vmm.crash(f.vmm.find(&sock(&gone)).expect("pid"));
     f.core.reconcile().await.expect("reconcile");
     assert_eq!(
@@ -848,7 +866,7 @@ async fn concurrent_starts_get_distinct_addresses_and_delete_releases_everything
     assert!(err.to_string().contains("no free address"), "{err}");
 
     let v = f.core.find_vm("vm3").await.expect("vm3");
-    let dir = PathBuf::from(v.runtime.vm_dir.clone().expect("dir"));
+    let dir = v.runtime.vm_dir.clone().expect("dir");
     let err = run(&f.core, Command::VmDelete { vm: "vm3".into() })
         .await
         .expect_err("running");

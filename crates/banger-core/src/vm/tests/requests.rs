@@ -200,7 +200,7 @@ async fn delete_of_running_vm_is_refused_and_stopped_vm_is_removed_with_its_dir(
     std::fs::write(vm_dir.join("console.log"), b"x").expect("file");
     let mut rec = core.find_vm("runner").await.expect("find");
     rec.state = VmState::Stopped;
-    rec.runtime.vm_dir = Some(vm_dir.display().to_string());
+    rec.runtime.vm_dir = Some(vm_dir.clone());
     let r = rec.clone();
     core.db(move |s| s.update_vm(&r)).await.expect("update");
     run(&core, Command::VmDelete { vm: vm.id.clone() })
@@ -225,7 +225,7 @@ async fn delete_never_removes_a_dir_outside_the_state_dir() {
     let core = core_with(dir.path());
     create(&core, Some("evil")).await;
     let mut rec = core.find_vm("evil").await.expect("find");
-    rec.runtime.vm_dir = Some(outside.path().display().to_string());
+    rec.runtime.vm_dir = Some(outside.path().to_owned());
     let r = rec.clone();
     core.db(move |s| s.update_vm(&r)).await.expect("update");
     let err = run(&core, Command::VmDelete { vm: "evil".into() })
