@@ -16,6 +16,7 @@ use banger_host::jail::{
     CgroupVersion, Confinement, Jail, JailConfig, JailOps, LocalJail, ensure_chroot_base,
     resolve_user,
 };
+use banger_host::layout::VmLayout;
 use banger_host::net::Netlink;
 use banger_store::{Store, StoreError};
 use banger_vmm::QemuVmm;
@@ -105,7 +106,7 @@ pub async fn run_helper(config: Config, daemon_uid: u32) -> Result<(), DaemonErr
             bridge: config.network.bridge.clone(),
             bridge_ip: config.network.bridge_ip,
             prefix_len: config.network.prefix_len,
-            state_dir: config.state_dir.clone(),
+            layout: VmLayout::new(&config.state_dir, &config.runtime_dir),
             daemon_uid,
         },
         net: Arc::new(Netlink),

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+
+use crate::layout::TapName;
 use nftables::schema::{NfListObject, NfObject, Nftables};
 use serde_json::{Value, json};
 
@@ -50,6 +52,11 @@ pub struct NatRule {
 
 fn tag(tap: &str) -> String {
     format!("banger {tap}")
+}
+
+/// The tap a rule's comment names, if it is a per-VM tag.
+fn tagged_tap(comment: &str) -> Option<&str> {
+    comment.strip_prefix("banger ")
 }
 
 /// The comment of the one rule that is not a VM's.
@@ -277,7 +284,7 @@ impl Firewall for Nft {
         let mine = tag(tap);
         let others = existing
             .iter()
-            .any(|(_, _, c)| c.starts_with("banger bg-") && *c != mine);
+            .any(|(_, _, c)| tagged_tap(c).is_some_and(TapName::is_banger) && *c != mine);
         let cmds: Vec<Value> = if others {
             delete_rules_of(&existing, tap)
         } else {
@@ -298,8 +305,8 @@ impl Firewall for Nft {
             .await?
             .into_iter()
             .flatten()
-            .filter_map(|(_, _, c)| c.strip_prefix("banger ").map(str::to_owned))
-            .filter(|t| t.starts_with("bg-"))
+            .filter_map(|(_, _, c)| tagged_tap(&c).map(str::to_owned))
+            .filter(|t| TapName::is_banger(t))
             .collect();
         taps.sort();
         taps.dedup();

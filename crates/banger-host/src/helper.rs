@@ -33,12 +33,15 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::firewall::{Firewall, FirewallError, NatRule};
 use crate::jail::{JailError, JailOps, JailStage, check_vm_id, lexically_beneath};
+use crate::layout::{LayoutError, TapName, VmLayout, check_ifname};
 use crate::net::{NetError, NetOps};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HelperError {
     #[error("refused: {0}")]
     Refused(String),
+    #[error("refused: {0}")]
+    Layout(#[source] LayoutError),
     #[error("helper socket {socket}: {message}")]
     Transport { socket: PathBuf, message: String },
     #[error("{0}")]
@@ -105,8 +108,8 @@ pub struct Policy {
     pub bridge: String,
     pub bridge_ip: Ipv4Addr,
     pub prefix_len: u8,
-    /// VM directories live in `<state_dir>/vms/<id>`.
-    pub state_dir: PathBuf,
+    /// Where VM directories live; staged files must lie in the state dir.
+    pub layout: VmLayout,
     /// The daemon's uid: the only non-root peer served, and the only
     /// owner a tap may be given.
     pub daemon_uid: u32,
@@ -117,36 +120,13 @@ fn refuse<T>(msg: impl Into<String>) -> Result<T, HelperError> {
 }
 
 /// The shape of every tap banger makes, `bg-<12 lowercase hex>` (the VM
-/// id's start); returns the hex part.
-fn tap_shape(name: &str) -> Result<&str, HelperError> {
-    match name.strip_prefix("bg-") {
-        Some(hex)
-            if hex.len() == 12
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) =>
-        {
-            Ok(hex)
-        }
-        _ => refuse(format!(
-            "{name:?} is not a banger tap (bg-<12 hex digits of a vm id>)"
-        )),
-    }
+/// id's start).
+fn tap_shape(name: &str) -> Result<TapName, HelperError> {
+    TapName::parse(name).map_err(HelperError::Layout)
 }
 
-/// A plain interface name: 1-15 of `[A-Za-z0-9_.-]`, not `.`/`..`.
 fn plain_ifname(what: &str, n: &str) -> Result<(), HelperError> {
-    let ok = !n.is_empty()
-        && n.len() <= 15
-        && n != "."
-        && n != ".."
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if ok {
-        Ok(())
-    } else {
-        refuse(format!("{what} {n:?} is not an interface name"))
-    }
+    check_ifname(what, n).map_err(HelperError::Layout)
 }
 
 impl Policy {
@@ -163,8 +143,9 @@ impl Policy {
 
     /// `bg-<12 hex>` of a VM whose directory exists.
     fn tap(&self, name: &str) -> Result<(), HelperError> {
-        let hex = tap_shape(name)?;
-        let vms = self.state_dir.join("vms");
+        let tap = tap_shape(name)?;
+        let hex = tap.vm_id_prefix();
+        let vms = self.layout.vms_dir();
         let known = std::fs::read_dir(&vms)
             .into_iter()
             .flatten()
@@ -183,13 +164,13 @@ impl Policy {
     /// A VM id whose directory exists.
     fn vm(&self, id: &str) -> Result<PathBuf, HelperError> {
         check_vm_id(id).map_err(|e| HelperError::Refused(e.to_string()))?;
-        let dir = self.state_dir.join("vms").join(id);
+        let dir = self.layout.vm_dir(id);
         if dir.is_dir() {
             Ok(dir)
         } else {
             refuse(format!(
                 "{id} is no vm in {}: refusing a foreign id",
-                self.state_dir.join("vms").display()
+                self.layout.vms_dir().display()
             ))
         }
     }
@@ -277,9 +258,9 @@ impl Policy {
             }
             HelperRequest::StageJail(s) => {
                 let vm = self.vm(&s.vm_id)?;
-                self.path_in("kernel", &s.kernel, &self.state_dir)?;
+                self.path_in("kernel", &s.kernel, self.layout.state_dir())?;
                 if let Some(i) = &s.initrd {
-                    self.path_in("initrd", i, &self.state_dir)?;
+                    self.path_in("initrd", i, self.layout.state_dir())?;
                 }
                 if s.disks.is_empty() {
                     return refuse("a jail needs at least a root disk");
@@ -290,8 +271,8 @@ impl Policy {
                 Ok(())
             }
             HelperRequest::SpawnJail { vm_id, console } => {
-                let vm = self.vm(vm_id)?;
-                let own = vm.join("console.log");
+                self.vm(vm_id)?;
+                let own = self.layout.files(vm_id).console;
                 if *console == own {
                     Ok(())
                 } else {
@@ -742,7 +723,7 @@ mod tests {
                 bridge: "banger0".into(),
                 bridge_ip: Ipv4Addr::new(172, 16, 0, 1),
                 prefix_len: 24,
-                state_dir: dir.to_owned(),
+                layout: VmLayout::new(dir, dir.join("run")),
                 daemon_uid: 1000,
             },
             net: net.clone(),

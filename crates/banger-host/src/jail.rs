@@ -467,7 +467,7 @@ impl LocalJail {
         if let Some(c) = &self.confine {
             for d in &s.disks {
                 // A VM's disks are its own: never another VM's or an image.
-                beneath(&c.state_dir.join("vms").join(&s.vm_id), d)?;
+                beneath(&crate::layout::vms_dir_in(&c.state_dir).join(&s.vm_id), d)?;
             }
             ensure_chroot_base(&cfg.chroot_base)?;
         }

@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod firewall;
 pub mod helper;
 pub mod jail;
+pub mod layout;
 pub mod net;
 pub mod probe;
 pub mod tools;
