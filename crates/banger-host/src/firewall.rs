@@ -38,6 +38,8 @@ pub enum FirewallError {
         "no uplink for NAT: this host (namespace) has no default route; set network.uplink in the config"
     )]
     NoUplink,
+    #[error("nft (banger-helper): {0}")]
+    Helper(#[source] crate::remote::HelperError),
 }
 
 /// One VM's NAT.

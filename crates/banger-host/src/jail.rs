@@ -48,8 +48,10 @@ pub enum JailError {
     Refused(String),
     #[error("starting {bin}: {message}")]
     Spawn { bin: PathBuf, message: String },
-    #[error("{0}")]
-    Helper(String),
+    #[error("via banger-helper: {0}")]
+    Helper(#[source] crate::remote::HelperError),
+    #[error("a blocking jail task: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Which cgroup hierarchy the jailer places the VM in.
@@ -545,7 +547,7 @@ impl JailOps for LocalJail {
         let s = stage.clone();
         tokio::task::spawn_blocking(move || me.stage_now(&s))
             .await
-            .map_err(|e| JailError::Helper(e.to_string()))?
+            .map_err(JailError::Task)?
     }
 
     async fn spawn(&self, vm_id: &str, console: &Path) -> Result<u32, JailError> {
@@ -589,7 +591,7 @@ impl JailOps for LocalJail {
             let d = dir.clone();
             tokio::task::spawn_blocking(move || remove_tree(&d))
                 .await
-                .map_err(|e| JailError::Helper(e.to_string()))?
+                .map_err(JailError::Task)?
         };
         // A cgroup stays busy until its last task is reaped, which may lag
         // the kill by a moment.

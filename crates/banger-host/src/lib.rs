@@ -14,6 +14,7 @@ pub mod jail;
 pub mod layout;
 pub mod net;
 pub mod probe;
+pub mod remote;
 pub mod tools;
 
 pub use doctor::{DoctorInputs, run_doctor};

@@ -23,6 +23,13 @@ pub enum NetError {
         link: String,
         message: String,
     },
+    #[error("{op} {link}: via banger-helper: {source}")]
+    Helper {
+        op: &'static str,
+        link: String,
+        #[source]
+        source: crate::remote::HelperError,
+    },
 }
 
 /// Network side effects the daemon needs.
