@@ -2,7 +2,6 @@
 //! without mounting anything.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 use banger_api::doctor::StorageStrategy;
@@ -40,6 +39,11 @@ pub enum GuestEntry {
         target: String,
     },
 }
+
+#[cfg(any(test, feature = "testing"))]
+mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub use fake::{DiskCall, FakeDisks};
 
 /// Disk side effects the daemon needs.
 #[async_trait]
@@ -284,81 +288,6 @@ impl DiskOps for HostDisks {
                 message: errors.join("; "),
             })
         }
-    }
-}
-
-/// A recording fake that creates plain files where the real one would
-/// clone or format.
-#[derive(Debug, Default)]
-pub struct FakeDisks {
-    pub calls: Mutex<Vec<String>>,
-    pub written: Mutex<Vec<(PathBuf, GuestEntry)>>,
-}
-
-impl FakeDisks {
-    fn record(&self, s: String) {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(s);
-    }
-
-    pub fn recorded(&self) -> Vec<String> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-#[async_trait]
-impl DiskOps for FakeDisks {
-    async fn clone_image(
-        &self,
-        src: &Path,
-        dst: &Path,
-        strategy: StorageStrategy,
-    ) -> Result<(), DiskError> {
-        self.record(format!(
-            "clone {} {} {strategy:?}",
-            src.display(),
-            dst.display()
-        ));
-        std::fs::write(dst, b"").map_err(io(dst))
-    }
-
-    async fn grow_ext4(&self, image: &Path, size: u64) -> Result<(), DiskError> {
-        self.record(format!("grow {} {size}", image.display()));
-        Ok(())
-    }
-
-    async fn make_ext4(
-        &self,
-        image: &Path,
-        size: u64,
-        label: &str,
-        from: Option<&Path>,
-    ) -> Result<(), DiskError> {
-        let from = from.map_or_else(String::new, |f| format!(" from {}", f.display()));
-        self.record(format!("mkfs {} {size} {label}{from}", image.display()));
-        std::fs::write(image, b"").map_err(io(image))
-    }
-
-    async fn extract_dir(
-        &self,
-        image: &Path,
-        guest_path: &str,
-        dest: &Path,
-    ) -> Result<PathBuf, DiskError> {
-        self.record(format!("extract {} {guest_path}", image.display()));
-        let out = dest.join(Path::new(guest_path).file_name().unwrap_or_default());
-        std::fs::create_dir_all(&out).map_err(io(&out))?;
-        Ok(out)
-    }
-
-    async fn write_entries(&self, image: &Path, entries: &[GuestEntry]) -> Result<(), DiskError> {
-        self.record(format!(
-            "write {} ({} entries)",
-            image.display(),
-            entries.len()
-        ));
-        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        w.extend(entries.iter().map(|e| (image.to_owned(), e.clone())));
-        Ok(())
     }
 }
 

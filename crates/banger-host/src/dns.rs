@@ -22,6 +22,11 @@ const TTL: u32 = 5;
 /// The record set of live VMs: VM name -> address.
 pub type Records = BTreeMap<String, Ipv4Addr>;
 
+#[cfg(any(test, feature = "testing"))]
+mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub use fake::FakeDns;
+
 #[async_trait]
 pub trait Dns: Send + Sync + std::fmt::Debug {
     /// Replaces every record; starts serving on `bind` if not yet.
@@ -135,33 +140,6 @@ impl Dns for DnsServer {
     async fn publish(&self, bind: SocketAddr, records: Records) {
         *self.records.write().unwrap_or_else(|p| p.into_inner()) = records;
         self.ensure_serving(bind);
-    }
-}
-
-/// Records every published set.
-#[derive(Debug, Default)]
-pub struct FakeDns {
-    pub published: Mutex<Vec<Records>>,
-}
-
-impl FakeDns {
-    pub fn last(&self) -> Records {
-        self.published
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last()
-            .cloned()
-            .unwrap_or_default()
-    }
-}
-
-#[async_trait]
-impl Dns for FakeDns {
-    async fn publish(&self, _bind: SocketAddr, records: Records) {
-        self.published
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(records);
     }
 }
 

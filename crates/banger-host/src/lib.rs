@@ -18,4 +18,6 @@ pub mod remote;
 pub mod tools;
 
 pub use doctor::{DoctorInputs, run_doctor};
-pub use probe::{FakeProbe, HostProbe, ProbeError, SystemProbe, ToolOutput};
+#[cfg(any(test, feature = "testing"))]
+pub use probe::FakeProbe;
+pub use probe::{HostProbe, ProbeError, SystemProbe, ToolOutput};

@@ -5,9 +5,7 @@
 //! devices over netlink; it is made persistent so the VMM can open it by
 //! name and so it outlives the daemon like the VM does.
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -31,6 +29,11 @@ pub enum NetError {
         source: crate::remote::HelperError,
     },
 }
+
+#[cfg(any(test, feature = "testing"))]
+mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub use fake::{FakeNet, NetCall};
 
 /// Network side effects the daemon needs.
 #[async_trait]
@@ -307,101 +310,7 @@ mod tap {
     }
 }
 
-/// A recording fake: keeps a set of links and every call made.
-#[derive(Debug, Default)]
-pub struct FakeNet {
-    pub links: Mutex<BTreeSet<String>>,
-    pub calls: Mutex<Vec<String>>,
-    /// Link names whose creation or deletion fails.
-    pub failing: Mutex<BTreeSet<String>>,
-}
-
-impl FakeNet {
-    fn record(&self, s: String) {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(s);
-    }
-
-    pub fn recorded(&self) -> Vec<String> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(name)
-    }
-
-    fn check(&self, op: &'static str, name: &str) -> Result<(), NetError> {
-        if self
-            .failing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(name)
-        {
-            return Err(NetError::Link {
-                op,
-                link: name.to_owned(),
-                message: "injected failure".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl NetOps for FakeNet {
-    async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
-        self.record(format!("ensure_bridge {name} {addr}/{prefix}"));
-        self.check("creating bridge", name)?;
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned());
-        Ok(())
-    }
-
-    async fn create_tap(
-        &self,
-        name: &str,
-        bridge: &str,
-        owner: Option<(u32, u32)>,
-    ) -> Result<(), NetError> {
-        match owner {
-            Some((uid, gid)) => {
-                self.record(format!("create_tap {name} {bridge} owner {uid}:{gid}"))
-            }
-            None => self.record(format!("create_tap {name} {bridge}")),
-        }
-        self.check("creating tap", name)?;
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned());
-        Ok(())
-    }
-
-    async fn delete_link(&self, name: &str) -> Result<(), NetError> {
-        self.record(format!("delete_link {name}"));
-        self.check("deleting", name)?;
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
-        Ok(())
-    }
-
-    async fn list_links(&self) -> Result<Vec<String>, NetError> {
-        Ok(self
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect())
-    }
-}
-
+#[cfg(test)]
 /// Runs `f` in a fresh network namespace on a dedicated thread, so a root
 /// test can use the real netlink implementation without touching the
 /// host's interfaces.
