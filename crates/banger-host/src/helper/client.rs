@@ -148,10 +148,10 @@ impl NetOps for HelperClient {
         let n = name.to_owned();
         tokio::task::spawn_blocking(move || me.open_tap_blocking(&n))
             .await
-            .map_err(|e| NetError::Link {
+            .map_err(|source| NetError::Task {
                 op: "opening tap",
                 link: name.to_owned(),
-                message: e.to_string(),
+                source,
             })?
             .map(Some)
             .map_err(net_err("opening tap", name))

@@ -86,10 +86,10 @@ impl FakeNet {
             .unwrap_or_else(|p| p.into_inner())
             .contains(name)
         {
-            return Err(NetError::Link {
+            return Err(NetError::Io {
                 op,
                 link: name.to_owned(),
-                message: "injected failure".into(),
+                source: std::io::Error::other("injected failure"),
             });
         }
         Ok(())
