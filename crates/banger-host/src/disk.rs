@@ -20,6 +20,8 @@ pub enum DiskError {
     },
     #[error("debugfs on {image}: {message}")]
     Debugfs { image: PathBuf, message: String },
+    #[error("a blocking disk task: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// An entry written into a guest filesystem.
@@ -139,6 +141,23 @@ pub fn debugfs_script(entries: &[GuestEntry], stage: &Path) -> std::io::Result<S
     Ok(script)
 }
 
+/// Stages `entries` and their debugfs script in a fresh directory under
+/// `scratch`; the directory goes when the returned guard is dropped.
+fn stage_script(
+    scratch: &Path,
+    entries: &[GuestEntry],
+) -> Result<(tempfile::TempDir, PathBuf), DiskError> {
+    std::fs::create_dir_all(scratch).map_err(io(scratch))?;
+    let stage = tempfile::Builder::new()
+        .prefix("debugfs-")
+        .tempdir_in(scratch)
+        .map_err(io(scratch))?;
+    let script = debugfs_script(entries, stage.path()).map_err(io(stage.path()))?;
+    let script_path = stage.path().join("script");
+    std::fs::write(&script_path, script).map_err(io(&script_path))?;
+    Ok((stage, script_path))
+}
+
 /// debugfs reports failures on its output and still exits 0: pick out the
 /// lines that are real errors (not the expected "rm" of a missing file or
 /// "mkdir" of an existing dir).
@@ -251,12 +270,15 @@ impl DiskOps for HostDisks {
     }
 
     async fn write_entries(&self, image: &Path, entries: &[GuestEntry]) -> Result<(), DiskError> {
-        std::fs::create_dir_all(&self.scratch).map_err(io(&self.scratch))?;
-        let stage = tempfile::Builder::new()
-            .prefix("debugfs-")
-            .tempdir_in(&self.scratch)
-            .map_err(io(&self.scratch))?;
-        let script = debugfs_script(entries, stage.path()).map_err(io(stage.path()))?;
+        // Staging writes every file's contents (the guest agent is
+        // megabytes): off the async workers.
+        let scratch = self.scratch.clone();
+        let owned = entries.to_vec();
+        // `_stage` holds the staged files until debugfs has read them.
+        let (_stage, script_path) =
+            tokio::task::spawn_blocking(move || stage_script(&scratch, &owned))
+                .await
+                .map_err(DiskError::Task)??;
         // A VM that was killed (or a host that crashed) leaves the journal
         // needing recovery, and debugfs cannot write to such a filesystem:
         // let e2fsck replay it first. On a clean filesystem this is a no-op.
@@ -266,8 +288,6 @@ impl DiskOps for HostDisks {
             .ok_codes(&[0, 1, 2])
             .run(|_| {})
             .await?;
-        let script_path = stage.path().join("script");
-        std::fs::write(&script_path, script).map_err(io(&script_path))?;
         let mut out = String::new();
         ToolRun::new(&self.debugfs)
             .arg("-w")
