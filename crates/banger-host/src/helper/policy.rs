@@ -5,8 +5,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::proto::HelperRequest;
-use crate::jail::{JailError, check_vm_id, lexically_beneath};
-use crate::layout::{LayoutError, TapName, VmLayout, check_ifname};
+use crate::jail::lexically_beneath;
+use crate::layout::{LayoutError, TapName, VmLayout, check_ifname, check_vm_id};
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -15,8 +15,6 @@ pub enum PolicyError {
     Refused(String),
     #[error("refused: {0}")]
     Name(#[source] LayoutError),
-    #[error("{0}")]
-    VmId(#[source] JailError),
 }
 
 /// What requests may name.
@@ -80,7 +78,7 @@ impl Policy {
 
     /// A VM id whose directory exists.
     fn vm(&self, id: &str) -> Result<PathBuf, PolicyError> {
-        check_vm_id(id).map_err(PolicyError::VmId)?;
+        check_vm_id(id).map_err(PolicyError::Name)?;
         let dir = self.layout.vm_dir(id);
         if dir.is_dir() {
             Ok(dir)
@@ -203,7 +201,7 @@ impl Policy {
             // Teardown: the VM dir may be gone; the id's shape is the
             // guard, and the jail must be where the helper puts jails.
             HelperRequest::ReleaseJail { vm_id, .. } => {
-                check_vm_id(vm_id).map_err(PolicyError::VmId)
+                check_vm_id(vm_id).map_err(PolicyError::Name)
             }
         }
     }

@@ -59,20 +59,10 @@ pub fn drive(i: usize) -> String {
     format!("/drive{i}")
 }
 
-/// A VM id as banger makes them: 16 lowercase hex digits. The jailer's
-/// `--id`, a path component of the jail and cgroups: nothing else passes.
+/// A VM id as banger makes them ([`crate::layout::check_vm_id`]): the
+/// jailer's `--id`, a path component of the jail and cgroups.
 pub fn check_vm_id(id: &str) -> Result<(), JailError> {
-    if id.len() == 16
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
-        Ok(())
-    } else {
-        Err(JailError::Refused(format!(
-            "{id:?} is not a banger vm id (16 lowercase hex digits)"
-        )))
-    }
+    crate::layout::check_vm_id(id).map_err(JailError::Name)
 }
 
 impl JailConfig {

@@ -59,6 +59,8 @@ pub enum JailError {
     Io { path: PathBuf, message: String },
     #[error("refused: {0}")]
     Refused(String),
+    #[error("refused: {0}")]
+    Name(#[source] crate::layout::LayoutError),
     #[error("starting {bin}: {message}")]
     Spawn { bin: PathBuf, message: String },
     #[error("via banger-helper: {0}")]
