@@ -36,7 +36,7 @@ fn firewall_code(e: &FirewallError) -> FailureCode {
 
 fn jail_code(e: &JailError) -> FailureCode {
     match e {
-        JailError::Refused(_) => FailureCode::Refused,
+        JailError::Refused(_) | JailError::Name(_) => FailureCode::Refused,
         _ => FailureCode::Jail,
     }
 }
@@ -60,9 +60,8 @@ fn done<T>(_: T) -> Reply {
 impl HelperServer {
     /// Checks, then runs one request.
     pub async fn handle(&self, req: HelperRequest) -> HelperResponse {
-        if let Err(e) = self.policy.check(&req) {
-            tracing::warn!(?req, error = %e, "helper refused a request");
-            return HelperResponse::failed(FailureCode::Refused, e);
+        if let Err(no) = self.check(&req).await {
+            return no;
         }
         match req {
             HelperRequest::EnsureBridge {
@@ -141,6 +140,24 @@ impl HelperServer {
         }
     }
 
+    /// The policy's verdict; it looks at the state dir, so off the async
+    /// workers.
+    async fn check(&self, req: &HelperRequest) -> Result<(), HelperResponse> {
+        let policy = self.policy.clone();
+        let checked = req.clone();
+        match tokio::task::spawn_blocking(move || policy.check(&checked)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::warn!(?req, error = %e, "helper refused a request");
+                Err(HelperResponse::failed(FailureCode::Refused, e))
+            }
+            Err(e) => Err(HelperResponse::failed(
+                FailureCode::Internal,
+                format!("checking the request: {e}"),
+            )),
+        }
+    }
+
     fn jail(&self) -> Result<&dyn JailOps, HelperResponse> {
         self.jail.as_deref().ok_or_else(|| {
             HelperResponse::failed(
@@ -167,9 +184,11 @@ impl HelperServer {
     /// `OpenTap`: answered with the descriptor, which `connection` sends
     /// beside the line.
     async fn open_tap(&self, name: String) -> (HelperResponse, Option<OwnedFd>) {
-        let req = HelperRequest::OpenTap { name: name.clone() };
-        if let Err(e) = self.policy.check(&req) {
-            return (HelperResponse::failed(FailureCode::Refused, e), None);
+        if let Err(no) = self
+            .check(&HelperRequest::OpenTap { name: name.clone() })
+            .await
+        {
+            return (no, None);
         }
         match self.net.open_tap(&name).await {
             Ok(Some(fd)) => (HelperResponse::Ok(Reply::Done), Some(fd)),
