@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::{JailError, io_err};
+use super::JailError;
 
 /// Which cgroup hierarchy the jailer places the VM in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,17 +149,20 @@ pub fn resolve_user(user: &str) -> Result<(u32, u32), String> {
 
 /// Removes the VM's cgroups (empty once its process is gone).
 pub fn remove_cgroups(cfg: &JailConfig, vm_id: &str) -> Result<(), JailError> {
-    let mut errors = Vec::new();
+    let mut failures = Vec::new();
     for d in cfg.cgroup_dirs(vm_id) {
         if let Err(e) = std::fs::remove_dir(&d) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                errors.push(format!("{}: {e}", d.display()));
+                failures.push((d, e));
             }
         }
     }
-    if errors.is_empty() {
+    if failures.is_empty() {
         Ok(())
     } else {
-        Err(io_err(&cfg.cgroup_root, errors.join("; ")))
+        Err(JailError::Cgroups {
+            root: cfg.cgroup_root.clone(),
+            failures,
+        })
     }
 }

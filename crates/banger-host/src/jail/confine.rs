@@ -71,11 +71,9 @@ impl Confinement {
         if create {
             how = how.mode(Mode::from_bits_truncate(0o640));
         }
-        let fd = nix::fcntl::openat2(&base, rel, how).map_err(|e| {
-            io_err(
-                path,
-                format!("{e} (opened beneath the state dir, symlinks refused)"),
-            )
+        let fd = nix::fcntl::openat2(&base, rel, how).map_err(|e| JailError::Beneath {
+            path: path.to_owned(),
+            source: e.into(),
         })?;
         let st = nix::sys::stat::fstat(&fd).map_err(|e| io_err(path, e))?;
         match st.st_mode & nix::libc::S_IFMT {

@@ -37,15 +37,16 @@ fn link_fd(src: &OwnedFd, what: &Path, dst: &Path) -> Result<(), JailError> {
     )
     .map_err(|e| {
         if e == nix::errno::Errno::EXDEV {
-            io_err(
-                dst,
-                format!(
-                    "cannot hard-link {}: the jail's chroot base must be on the same filesystem as the state dir",
-                    what.display()
-                ),
-            )
+            JailError::CrossDevice {
+                what: what.to_owned(),
+                dst: dst.to_owned(),
+            }
         } else {
-            io_err(dst, format!("linking {}: {e}", what.display()))
+            JailError::Link {
+                what: what.to_owned(),
+                dst: dst.to_owned(),
+                source: e.into(),
+            }
         }
     })
 }
@@ -148,10 +149,6 @@ impl JailOps for LocalJail {
 
     async fn spawn(&self, vm_id: &str, console: &Path) -> Result<u32, JailError> {
         check_vm_id(vm_id)?;
-        let err = |message: String| JailError::Spawn {
-            bin: self.config.jailer.clone(),
-            message,
-        };
         if !self.config.root(vm_id).is_dir() {
             return Err(JailError::Refused(format!(
                 "vm {vm_id} has no staged jail to start"
@@ -160,8 +157,14 @@ impl JailOps for LocalJail {
         let out = self.open_console(vm_id, console)?;
         let mut cmd = tokio::process::Command::new(&self.config.jailer);
         cmd.args(self.config.args(&self.firecracker, vm_id));
-        let mut child = crate::tools::spawn_detached(cmd, out).map_err(|e| err(e.to_string()))?;
-        let pid = child.id().ok_or_else(|| err("exited at once".into()))?;
+        let mut child =
+            crate::tools::spawn_detached(cmd, out).map_err(|source| JailError::Spawn {
+                bin: self.config.jailer.clone(),
+                source,
+            })?;
+        let pid = child.id().ok_or_else(|| JailError::ExitedAtOnce {
+            bin: self.config.jailer.clone(),
+        })?;
         // Reaped while we live; after that it is init's child.
         tokio::spawn(async move {
             let _ = child.wait().await;
@@ -225,10 +228,7 @@ fn remove_dir_on(dir: &Path, dev: u64) -> Result<(), JailError> {
         let meta = std::fs::symlink_metadata(&path).map_err(|e| io_err(&path, e))?;
         if meta.is_dir() {
             if meta.dev() != dev {
-                return Err(io_err(
-                    &path,
-                    "a mount inside the jail; refusing to delete through it (unmount it first)",
-                ));
+                return Err(JailError::MountInside { path });
             }
             remove_dir_on(&path, dev)?;
         } else {

@@ -55,25 +55,69 @@ pub use local::{LocalJail, remove_tree};
 /// Why a jail operation failed or was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
-    #[error("jail {path}: {message}")]
-    Io { path: PathBuf, message: String },
+    #[error("jail {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("jail {path}: {source} (opened beneath the state dir, symlinks refused)")]
+    Beneath {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "jail {dst}: cannot hard-link {what}: the jail's chroot base must be on the same filesystem as the state dir"
+    )]
+    CrossDevice { what: PathBuf, dst: PathBuf },
+    #[error("jail {dst}: linking {what}: {source}")]
+    Link {
+        what: PathBuf,
+        dst: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "jail {path}: a mount inside the jail; refusing to delete through it (unmount it first)"
+    )]
+    MountInside { path: PathBuf },
+    #[error("jail {root}: {}", cgroup_failures(.failures))]
+    Cgroups {
+        root: PathBuf,
+        failures: Vec<(PathBuf, std::io::Error)>,
+    },
     #[error("refused: {0}")]
     Refused(String),
     #[error("refused: {0}")]
     Name(#[source] crate::layout::LayoutError),
-    #[error("starting {bin}: {message}")]
-    Spawn { bin: PathBuf, message: String },
+    #[error("starting {bin}: {source}")]
+    Spawn {
+        bin: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting {bin}: exited at once")]
+    ExitedAtOnce { bin: PathBuf },
     #[error("via banger-helper: {0}")]
     Helper(#[source] crate::remote::HelperError),
     #[error("a blocking jail task: {0}")]
     Task(#[source] tokio::task::JoinError),
 }
 
-fn io_err(path: &Path, e: impl std::fmt::Display) -> JailError {
+fn io_err(path: &Path, e: impl Into<std::io::Error>) -> JailError {
     JailError::Io {
         path: path.to_owned(),
-        message: e.to_string(),
+        source: e.into(),
     }
+}
+
+fn cgroup_failures(failures: &[(PathBuf, std::io::Error)]) -> String {
+    let each: Vec<String> = failures
+        .iter()
+        .map(|(d, e)| format!("{}: {e}", d.display()))
+        .collect();
+    each.join("; ")
 }
 
 /// What a VM's chroot is staged with: host paths, in the VM's order.
