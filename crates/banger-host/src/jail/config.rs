@@ -128,22 +128,39 @@ impl JailConfig {
     }
 }
 
+/// Why the jailer's user cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("jailer user {user:?} is root; VMMs must run unprivileged")]
+    Root { user: String },
+    #[error(
+        "no user {user:?} for the jailer: create it (scripts/setup.sh does: useradd --system banger-vmm) or set jailer.user"
+    )]
+    Missing { user: String },
+    #[error("looking up jailer user {user:?}: {source}")]
+    Lookup {
+        user: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
 /// `uid:gid`, or a user name looked up in the host's user database.
-pub fn resolve_user(user: &str) -> Result<(u32, u32), String> {
+pub fn resolve_user(user: &str) -> Result<(u32, u32), UserError> {
     if let Some((u, g)) = user.split_once(':') {
         if let (Ok(u), Ok(g)) = (u.parse(), g.parse()) {
             return Ok((u, g));
         }
     }
+    let user_s = || user.to_owned();
     match nix::unistd::User::from_name(user) {
-        Ok(Some(u)) if u.uid.is_root() => Err(format!(
-            "jailer user {user:?} is root; VMMs must run unprivileged"
-        )),
+        Ok(Some(u)) if u.uid.is_root() => Err(UserError::Root { user: user_s() }),
         Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
-        Ok(None) => Err(format!(
-            "no user {user:?} for the jailer: create it (scripts/setup.sh does: useradd --system banger-vmm) or set jailer.user"
-        )),
-        Err(e) => Err(format!("looking up jailer user {user:?}: {e}")),
+        Ok(None) => Err(UserError::Missing { user: user_s() }),
+        Err(source) => Err(UserError::Lookup {
+            user: user_s(),
+            source,
+        }),
     }
 }
 

@@ -41,8 +41,8 @@ mod fake;
 mod local;
 
 pub use config::{
-    API_SOCKET, CgroupVersion, INITRD, JailConfig, KERNEL, LOG, METRICS, VSOCK, check_vm_id, drive,
-    remove_cgroups, resolve_user,
+    API_SOCKET, CgroupVersion, INITRD, JailConfig, KERNEL, LOG, METRICS, UserError, VSOCK,
+    check_vm_id, drive, remove_cgroups, resolve_user,
 };
 pub use confine::{
     Confinement, PathOwner, check_trusted_dir, ensure_chroot_base, lexically_beneath,
