@@ -399,3 +399,30 @@ async fn failures_travel_with_their_code() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn answers_have_one_stable_shape_on_the_wire() {
+    let line = |r: &HelperResponse| serde_json::to_string(r).expect("json");
+    assert_eq!(line(&HelperResponse::Ok(Reply::Done)), r#"{"ok":"done"}"#);
+    assert_eq!(
+        line(&HelperResponse::Ok(Reply::NatTaps(vec![TAP.into()]))),
+        r#"{"ok":{"nat_taps":["bg-0123456789ab"]}}"#
+    );
+    assert_eq!(
+        line(&HelperResponse::Ok(Reply::Uplink(None))),
+        r#"{"ok":{"uplink":null}}"#
+    );
+    assert_eq!(
+        line(&HelperResponse::Ok(Reply::Pid(4242))),
+        r#"{"ok":{"pid":4242}}"#
+    );
+    assert_eq!(
+        line(&HelperResponse::failed(FailureCode::NotJailing, "no")),
+        r#"{"error":{"code":"not_jailing","message":"no"}}"#
+    );
+    // A code this side does not know is a decoding error, not a default.
+    assert!(
+        serde_json::from_str::<HelperResponse>(r#"{"error":{"code":"new","message":"x"}}"#)
+            .is_err()
+    );
+}
