@@ -53,8 +53,10 @@ pub enum CoreError {
         cleanup: Option<Box<CoreError>>,
         context: String,
     },
+    /// Boxed: the host layers' errors are large, and every `Result` of
+    /// the core carries this enum.
     #[error(transparent)]
-    Host(#[from] HostError),
+    Host(Box<HostError>),
     #[error("{}", agent_message(vm, source))]
     Agent {
         vm: String,
@@ -85,6 +87,12 @@ impl From<StoreError> for CoreError {
             StoreError::AssetNameTaken { kind, name } => Self::AssetNameTaken { kind, name },
             other => Self::Store(other),
         }
+    }
+}
+
+impl From<HostError> for CoreError {
+    fn from(e: HostError) -> Self {
+        Self::Host(Box::new(e))
     }
 }
 

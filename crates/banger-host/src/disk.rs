@@ -2,7 +2,6 @@
 //! without mounting anything.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 use banger_api::doctor::StorageStrategy;
@@ -21,6 +20,8 @@ pub enum DiskError {
     },
     #[error("debugfs on {image}: {message}")]
     Debugfs { image: PathBuf, message: String },
+    #[error("a blocking disk task: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// An entry written into a guest filesystem.
@@ -40,6 +41,11 @@ pub enum GuestEntry {
         target: String,
     },
 }
+
+#[cfg(any(test, feature = "testing"))]
+mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub use fake::{DiskCall, FakeDisks};
 
 /// Disk side effects the daemon needs.
 #[async_trait]
@@ -133,6 +139,23 @@ pub fn debugfs_script(entries: &[GuestEntry], stage: &Path) -> std::io::Result<S
         }
     }
     Ok(script)
+}
+
+/// Stages `entries` and their debugfs script in a fresh directory under
+/// `scratch`; the directory goes when the returned guard is dropped.
+fn stage_script(
+    scratch: &Path,
+    entries: &[GuestEntry],
+) -> Result<(tempfile::TempDir, PathBuf), DiskError> {
+    std::fs::create_dir_all(scratch).map_err(io(scratch))?;
+    let stage = tempfile::Builder::new()
+        .prefix("debugfs-")
+        .tempdir_in(scratch)
+        .map_err(io(scratch))?;
+    let script = debugfs_script(entries, stage.path()).map_err(io(stage.path()))?;
+    let script_path = stage.path().join("script");
+    std::fs::write(&script_path, script).map_err(io(&script_path))?;
+    Ok((stage, script_path))
 }
 
 /// debugfs reports failures on its output and still exits 0: pick out the
@@ -247,12 +270,15 @@ impl DiskOps for HostDisks {
     }
 
     async fn write_entries(&self, image: &Path, entries: &[GuestEntry]) -> Result<(), DiskError> {
-        std::fs::create_dir_all(&self.scratch).map_err(io(&self.scratch))?;
-        let stage = tempfile::Builder::new()
-            .prefix("debugfs-")
-            .tempdir_in(&self.scratch)
-            .map_err(io(&self.scratch))?;
-        let script = debugfs_script(entries, stage.path()).map_err(io(stage.path()))?;
+        // Staging writes every file's contents (the guest agent is
+        // megabytes): off the async workers.
+        let scratch = self.scratch.clone();
+        let owned = entries.to_vec();
+        // `_stage` holds the staged files until debugfs has read them.
+        let (_stage, script_path) =
+            tokio::task::spawn_blocking(move || stage_script(&scratch, &owned))
+                .await
+                .map_err(DiskError::Task)??;
         // A VM that was killed (or a host that crashed) leaves the journal
         // needing recovery, and debugfs cannot write to such a filesystem:
         // let e2fsck replay it first. On a clean filesystem this is a no-op.
@@ -262,8 +288,6 @@ impl DiskOps for HostDisks {
             .ok_codes(&[0, 1, 2])
             .run(|_| {})
             .await?;
-        let script_path = stage.path().join("script");
-        std::fs::write(&script_path, script).map_err(io(&script_path))?;
         let mut out = String::new();
         ToolRun::new(&self.debugfs)
             .arg("-w")
@@ -284,81 +308,6 @@ impl DiskOps for HostDisks {
                 message: errors.join("; "),
             })
         }
-    }
-}
-
-/// A recording fake that creates plain files where the real one would
-/// clone or format.
-#[derive(Debug, Default)]
-pub struct FakeDisks {
-    pub calls: Mutex<Vec<String>>,
-    pub written: Mutex<Vec<(PathBuf, GuestEntry)>>,
-}
-
-impl FakeDisks {
-    fn record(&self, s: String) {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(s);
-    }
-
-    pub fn recorded(&self) -> Vec<String> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-#[async_trait]
-impl DiskOps for FakeDisks {
-    async fn clone_image(
-        &self,
-        src: &Path,
-        dst: &Path,
-        strategy: StorageStrategy,
-    ) -> Result<(), DiskError> {
-        self.record(format!(
-            "clone {} {} {strategy:?}",
-            src.display(),
-            dst.display()
-        ));
-        std::fs::write(dst, b"").map_err(io(dst))
-    }
-
-    async fn grow_ext4(&self, image: &Path, size: u64) -> Result<(), DiskError> {
-        self.record(format!("grow {} {size}", image.display()));
-        Ok(())
-    }
-
-    async fn make_ext4(
-        &self,
-        image: &Path,
-        size: u64,
-        label: &str,
-        from: Option<&Path>,
-    ) -> Result<(), DiskError> {
-        let from = from.map_or_else(String::new, |f| format!(" from {}", f.display()));
-        self.record(format!("mkfs {} {size} {label}{from}", image.display()));
-        std::fs::write(image, b"").map_err(io(image))
-    }
-
-    async fn extract_dir(
-        &self,
-        image: &Path,
-        guest_path: &str,
-        dest: &Path,
-    ) -> Result<PathBuf, DiskError> {
-        self.record(format!("extract {} {guest_path}", image.display()));
-        let out = dest.join(Path::new(guest_path).file_name().unwrap_or_default());
-        std::fs::create_dir_all(&out).map_err(io(&out))?;
-        Ok(out)
-    }
-
-    async fn write_entries(&self, image: &Path, entries: &[GuestEntry]) -> Result<(), DiskError> {
-        self.record(format!(
-            "write {} ({} entries)",
-            image.display(),
-            entries.len()
-        ));
-        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        w.extend(entries.iter().map(|e| (image.to_owned(), e.clone())));
-        Ok(())
     }
 }
 

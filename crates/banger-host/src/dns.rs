@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
@@ -21,6 +22,11 @@ const TTL: u32 = 5;
 
 /// The record set of live VMs: VM name -> address.
 pub type Records = BTreeMap<String, Ipv4Addr>;
+
+#[cfg(any(test, feature = "testing"))]
+mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub use fake::FakeDns;
 
 #[async_trait]
 pub trait Dns: Send + Sync + std::fmt::Debug {
@@ -96,23 +102,91 @@ impl DnsServer {
         };
         let records = Arc::clone(&self.records);
         tracing::info!(%bind, "dns: serving the vm. zone");
-        let task = tokio::spawn(async move {
-            let mut buf = vec![0u8; 1500];
-            loop {
-                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-                    continue;
-                };
-                let reply = {
-                    let r = records.read().unwrap_or_else(|p| p.into_inner());
-                    answer(&buf[..n], &r)
-                };
-                if let Some(reply) = reply {
-                    let _ = socket.send_to(&reply, peer).await;
-                }
-            }
-        });
+        let task = tokio::spawn(serve(socket, records, bind));
         if let Some((_, old)) = serving.replace((bind, task)) {
             old.abort();
+        }
+    }
+}
+
+/// What a failed receive says about the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecvFailure {
+    /// About one datagram or one peer (an ICMP error for an earlier
+    /// reply, an interrupted call): the next receive may well work.
+    Passing,
+    /// About the socket or the interface under it: it may last.
+    Lasting,
+}
+
+fn classify(e: &std::io::Error) -> RecvFailure {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused | ConnectionReset | Interrupted | WouldBlock | TimedOut => {
+            RecvFailure::Passing
+        }
+        _ => RecvFailure::Lasting,
+    }
+}
+
+/// Waits between lasting receive failures, doubling up to a ceiling, and
+/// says when to give up on the socket.
+#[derive(Debug)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const CEILING: Duration = Duration::from_secs(1);
+    /// After this many in a row the socket is dropped; the next publish
+    /// binds a fresh one (see `ensure_serving`).
+    const GIVE_UP_AFTER: u32 = 10;
+
+    /// The wait before the next receive, or `None` to stop.
+    fn next(&mut self) -> Option<Duration> {
+        self.failures += 1;
+        if self.failures >= Self::GIVE_UP_AFTER {
+            return None;
+        }
+        Some((Self::FIRST * 2u32.saturating_pow(self.failures - 1)).min(Self::CEILING))
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// Answers queries until the socket fails lastingly.
+async fn serve(socket: UdpSocket, records: Arc<RwLock<Records>>, bind: SocketAddr) {
+    let mut buf = vec![0u8; 1500];
+    let mut backoff = Backoff { failures: 0 };
+    loop {
+        let (n, peer) = match socket.recv_from(&mut buf).await {
+            Ok(got) => {
+                backoff.reset();
+                got
+            }
+            Err(e) if classify(&e) == RecvFailure::Passing => continue,
+            Err(e) => match backoff.next() {
+                Some(wait) => {
+                    tracing::debug!(%bind, error = %e, ?wait, "dns: receive failed");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                None => {
+                    tracing::warn!(%bind, error = %e, "dns: receive keeps failing; the next publish binds again");
+                    return;
+                }
+            },
+        };
+        let reply = {
+            let r = records.read().unwrap_or_else(|p| p.into_inner());
+            answer(&buf[..n], &r)
+        };
+        if let Some(reply) = reply {
+            // A reply that cannot be sent is the asker's loss only.
+            let _ = socket.send_to(&reply, peer).await;
         }
     }
 }
@@ -138,35 +212,42 @@ impl Dns for DnsServer {
     }
 }
 
-/// Records every published set.
-#[derive(Debug, Default)]
-pub struct FakeDns {
-    pub published: Mutex<Vec<Records>>,
-}
-
-impl FakeDns {
-    pub fn last(&self) -> Records {
-        self.published
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last()
-            .cloned()
-            .unwrap_or_default()
-    }
-}
-
-#[async_trait]
-impl Dns for FakeDns {
-    async fn publish(&self, _bind: SocketAddr, records: Records) {
-        self.published
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(records);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_lasting_receive_failure_backs_off_and_then_gives_up() {
+        let mut b = super::Backoff { failures: 0 };
+        let waits: Vec<_> = std::iter::from_fn(|| b.next()).collect();
+        assert_eq!(waits.len() as u32, super::Backoff::GIVE_UP_AFTER - 1);
+        assert_eq!(waits[0], super::Backoff::FIRST);
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        assert_eq!(waits.last(), Some(&super::Backoff::CEILING));
+        b.reset();
+        assert_eq!(b.next(), Some(super::Backoff::FIRST));
+    }
+
+    #[test]
+    fn only_errors_about_the_socket_count_as_lasting() {
+        use super::{RecvFailure, classify};
+        use std::io::{Error, ErrorKind};
+        assert_eq!(
+            classify(&Error::from(ErrorKind::ConnectionRefused)),
+            RecvFailure::Passing
+        );
+        assert_eq!(
+            classify(&Error::from(ErrorKind::Interrupted)),
+            RecvFailure::Passing
+        );
+        assert_eq!(
+            classify(&Error::from_raw_os_error(nix::libc::EBADF)),
+            RecvFailure::Lasting
+        );
+        assert_eq!(
+            classify(&Error::from(ErrorKind::NetworkDown)),
+            RecvFailure::Lasting
+        );
+    }
+
     use hickory_proto::op::Query;
     use hickory_proto::rr::Name;
 

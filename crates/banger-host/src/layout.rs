@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 const TAP_PREFIX: &str = "bg-";
 /// How many characters of the VM id a tap name carries.
 const TAP_ID_CHARS: usize = 12;
+/// A VM id's length (`banger_core`'s `new_vm_id`).
+const VM_ID_CHARS: usize = 16;
 /// `IFNAMSIZ` is 16 including the NUL.
 pub const IFNAME_MAX: usize = 15;
 
@@ -21,6 +23,8 @@ pub const IFNAME_MAX: usize = 15;
 pub enum LayoutError {
     #[error("{name:?} is not a banger tap (bg-<12 hex digits of a vm id>)")]
     NotATap { name: String },
+    #[error("{id:?} is not a banger vm id (16 lowercase hex digits)")]
+    NotAVmId { id: String },
     #[error(
         "{what} {name:?} is not an interface name (1-{IFNAME_MAX} characters of a-z, A-Z, 0-9, '-', '_' or '.', not '.' or '..')"
     )]
@@ -98,6 +102,20 @@ impl TryFrom<String> for TapName {
     type Error = LayoutError;
     fn try_from(s: String) -> Result<TapName, LayoutError> {
         TapName::parse(&s)
+    }
+}
+
+/// A VM id as banger makes them, 16 lowercase hex digits: a path
+/// component of the VM's dir, its jail and cgroups; nothing else passes.
+pub fn check_vm_id(id: &str) -> Result<(), LayoutError> {
+    if id.len() == VM_ID_CHARS
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        Ok(())
+    } else {
+        Err(LayoutError::NotAVmId { id: id.to_owned() })
     }
 }
 
@@ -253,6 +271,29 @@ mod tests {
         assert!(TapName::is_banger("bg-odd"));
         assert!(!TapName::is_banger("eth0"));
         assert!(!TapName::is_banger("xbg-0123456789ab"));
+    }
+
+    #[test]
+    fn vm_ids_are_sixteen_lowercase_hex() {
+        check_vm_id("0123456789abcdef").expect("id");
+        for bad in [
+            "",
+            "..",
+            "0123456789ABCDEF",
+            "0123/56789abcdef",
+            "0123456789abcde",
+        ] {
+            assert_eq!(
+                check_vm_id(bad),
+                Err(LayoutError::NotAVmId { id: bad.into() })
+            );
+        }
+        assert!(
+            check_vm_id("..")
+                .expect_err("no id")
+                .to_string()
+                .contains("not a banger vm id")
+        );
     }
 
     #[test]

@@ -5,9 +5,7 @@
 //! devices over netlink; it is made persistent so the VMM can open it by
 //! name and so it outlives the daemon like the VM does.
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -17,13 +15,47 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 pub enum NetError {
     #[error("netlink: {0}")]
     Connect(#[source] std::io::Error),
-    #[error("{op} {link}: {message}")]
-    Link {
+    #[error("{op} {link}: {source}")]
+    Netlink {
         op: &'static str,
         link: String,
-        message: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("{op} {link}: {source}")]
+    Io {
+        op: &'static str,
+        link: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The link is not there (after creating it, or a bridge to attach to).
+    #[error("{op} {link}: {why}")]
+    Missing {
+        op: &'static str,
+        link: String,
+        why: &'static str,
+    },
+    #[error("{op} {link}: {source}")]
+    Task {
+        op: &'static str,
+        link: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("{op} {link}: via banger-helper: {source}")]
+    Helper {
+        op: &'static str,
+        link: String,
+        #[source]
+        source: crate::remote::HelperError,
     },
 }
+
+#[cfg(any(test, feature = "testing"))]
+mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub use fake::{FakeNet, NetCall};
 
 /// Network side effects the daemon needs.
 #[async_trait]
@@ -55,14 +87,27 @@ pub trait NetOps: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Netlink;
 
-fn link_err<'a, E: std::fmt::Display>(
-    op: &'static str,
-    link: &'a str,
-) -> impl FnOnce(E) -> NetError + 'a {
-    move |e| NetError::Link {
+fn link_err<'a>(op: &'static str, link: &'a str) -> impl FnOnce(rtnetlink::Error) -> NetError + 'a {
+    move |source| NetError::Netlink {
         op,
         link: link.to_owned(),
-        message: e.to_string(),
+        source,
+    }
+}
+
+fn io_err<'a>(op: &'static str, link: &'a str) -> impl FnOnce(std::io::Error) -> NetError + 'a {
+    move |source| NetError::Io {
+        op,
+        link: link.to_owned(),
+        source,
+    }
+}
+
+fn missing(op: &'static str, link: &str, why: &'static str) -> NetError {
+    NetError::Missing {
+        op,
+        link: link.to_owned(),
+        why,
     }
 }
 
@@ -78,18 +123,14 @@ async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
         Ok(Some(msg)) => Ok(Some(msg.header.index)),
         Ok(None) => Ok(None),
         // ENODEV: no such link.
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -nix::libc::ENODEV => Ok(None),
         Err(e) => Err(link_err("looking up", name)(e)),
     }
 }
 
-const fn libc_enodev() -> i32 {
-    19
-}
-
 /// EEXIST: someone else created it first.
 fn is_exists(e: &rtnetlink::Error) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -17)
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -nix::libc::EEXIST)
 }
 
 #[async_trait]
@@ -106,11 +147,9 @@ impl NetOps for Netlink {
                         return Err(link_err("creating bridge", name)(e));
                     }
                 }
-                index_of(&h, name).await?.ok_or_else(|| NetError::Link {
-                    op: "creating bridge",
-                    link: name.to_owned(),
-                    message: "created but not found".into(),
-                })?
+                index_of(&h, name)
+                    .await?
+                    .ok_or_else(|| missing("creating bridge", name, "created but not found"))?
             }
         };
         let mut addrs = h.address().get().set_link_index_filter(idx).execute();
@@ -151,18 +190,14 @@ impl NetOps for Netlink {
         bridge: &str,
         owner: Option<(u32, u32)>,
     ) -> Result<(), NetError> {
-        tap::create_persistent(name, owner).map_err(link_err("creating tap", name))?;
+        tap::create_persistent(name, owner).map_err(io_err("creating tap", name))?;
         let h = connect().await?;
-        let br = index_of(&h, bridge).await?.ok_or_else(|| NetError::Link {
-            op: "attaching to bridge",
-            link: bridge.to_owned(),
-            message: "bridge does not exist".into(),
-        })?;
-        let idx = index_of(&h, name).await?.ok_or_else(|| NetError::Link {
-            op: "creating tap",
-            link: name.to_owned(),
-            message: "created but not found".into(),
-        })?;
+        let br = index_of(&h, bridge)
+            .await?
+            .ok_or_else(|| missing("attaching to bridge", bridge, "bridge does not exist"))?;
+        let idx = index_of(&h, name)
+            .await?
+            .ok_or_else(|| missing("creating tap", name, "created but not found"))?;
         h.link()
             .set(LinkUnspec::new_with_index(idx).controller(br).up().build())
             .execute()
@@ -185,7 +220,7 @@ impl NetOps for Netlink {
                 {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
-                Err(e) => return Err(link_err("opening tap", name)(e)),
+                Err(e) => return Err(io_err("opening tap", name)(e)),
             }
         }
     }
@@ -300,101 +335,7 @@ mod tap {
     }
 }
 
-/// A recording fake: keeps a set of links and every call made.
-#[derive(Debug, Default)]
-pub struct FakeNet {
-    pub links: Mutex<BTreeSet<String>>,
-    pub calls: Mutex<Vec<String>>,
-    /// Link names whose creation or deletion fails.
-    pub failing: Mutex<BTreeSet<String>>,
-}
-
-impl FakeNet {
-    fn record(&self, s: String) {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(s);
-    }
-
-    pub fn recorded(&self) -> Vec<String> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(name)
-    }
-
-    fn check(&self, op: &'static str, name: &str) -> Result<(), NetError> {
-        if self
-            .failing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(name)
-        {
-            return Err(NetError::Link {
-                op,
-                link: name.to_owned(),
-                message: "injected failure".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl NetOps for FakeNet {
-    async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
-        self.record(format!("ensure_bridge {name} {addr}/{prefix}"));
-        self.check("creating bridge", name)?;
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned());
-        Ok(())
-    }
-
-    async fn create_tap(
-        &self,
-        name: &str,
-        bridge: &str,
-        owner: Option<(u32, u32)>,
-    ) -> Result<(), NetError> {
-        match owner {
-            Some((uid, gid)) => {
-                self.record(format!("create_tap {name} {bridge} owner {uid}:{gid}"))
-            }
-            None => self.record(format!("create_tap {name} {bridge}")),
-        }
-        self.check("creating tap", name)?;
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned());
-        Ok(())
-    }
-
-    async fn delete_link(&self, name: &str) -> Result<(), NetError> {
-        self.record(format!("delete_link {name}"));
-        self.check("deleting", name)?;
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
-        Ok(())
-    }
-
-    async fn list_links(&self) -> Result<Vec<String>, NetError> {
-        Ok(self
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect())
-    }
-}
-
+#[cfg(test)]
 /// Runs `f` in a fresh network namespace on a dedicated thread, so a root
 /// test can use the real netlink implementation without touching the
 /// host's interfaces.

@@ -354,18 +354,39 @@ mod tests {
             .trim()
             .parse()
             .expect("int");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.is_empty() || stat.contains(") Z") {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "grandchild {pid} survived cancellation"
+        assert!(
+            exits_within(pid, std::time::Duration::from_secs(5)).await,
+            "grandchild {pid} survived cancellation"
+        );
+    }
+
+    /// Whether process `pid` (not necessarily our child) is gone, or a
+    /// zombie, within `limit`: a pidfd turns readable when it exits.
+    async fn exits_within(pid: i32, limit: std::time::Duration) -> bool {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        #[allow(unsafe_code)]
+        // SAFETY: pidfd_open takes a pid and flags and returns a new
+        // descriptor or -1; no memory is shared with the kernel.
+        let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            assert_eq!(
+                e.raw_os_error(),
+                Some(nix::libc::ESRCH),
+                "pidfd_open {pid}: {e}"
             );
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            return true;
         }
+        let raw = i32::try_from(fd).expect("a descriptor fits an int");
+        #[allow(unsafe_code)]
+        // SAFETY: the kernel just made this descriptor for us; nothing
+        // else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        #[allow(unsafe_code)]
+        // SAFETY: the pidfd is owned by the AsyncFd, which neither replaces
+        // nor closes it while registered.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.expect("register the pidfd");
+        tokio::time::timeout(limit, fd.readable()).await.is_ok()
     }
 
     #[test]

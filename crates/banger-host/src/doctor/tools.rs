@@ -1,0 +1,87 @@
+//! The tools banger runs: present, and which version.
+
+use std::path::Path;
+
+use banger_api::doctor::{Check, CheckId, CheckStatus};
+
+use super::check;
+use crate::probe::HostProbe;
+
+pub(super) fn tool_version(
+    probe: &dyn HostProbe,
+    id: CheckId,
+    bin: &Path,
+    args: &[&str],
+    hint: &str,
+) -> Check {
+    let Some(path) = probe.which(bin) else {
+        return check(
+            id,
+            CheckStatus::Warn,
+            format!("{} not found", bin.display()),
+            Some(hint),
+        );
+    };
+    match probe.run(&path, args) {
+        Ok(out) if out.success => check(
+            id,
+            CheckStatus::Ok,
+            format!("{} ({})", out.first_line(), path.display()),
+            None,
+        ),
+        Ok(out) => check(
+            id,
+            CheckStatus::Warn,
+            format!(
+                "{} {} failed: {}",
+                path.display(),
+                args.join(" "),
+                out.first_line()
+            ),
+            Some(hint),
+        ),
+        Err(e) => check(id, CheckStatus::Warn, e.to_string(), Some(hint)),
+    }
+}
+
+pub(super) fn presence(
+    probe: &dyn HostProbe,
+    id: CheckId,
+    path: &str,
+    ok_detail: &str,
+    missing: &str,
+    missing_status: CheckStatus,
+) -> Check {
+    if probe.exists(Path::new(path)) {
+        check(id, CheckStatus::Ok, ok_detail, None)
+    } else {
+        check(id, missing_status, missing, None)
+    }
+}
+
+pub(super) fn e2fsprogs(probe: &dyn HostProbe) -> Check {
+    const ID: CheckId = CheckId::E2fsprogs;
+    let missing: Vec<&str> = ["mkfs.ext4", "debugfs", "resize2fs", "e2fsck"]
+        .into_iter()
+        .filter(|t| probe.which(Path::new(t)).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return check(
+            ID,
+            CheckStatus::Fail,
+            format!("missing: {}", missing.join(", ")),
+            Some("apt-get install e2fsprogs"),
+        );
+    }
+    let version = probe
+        .which(Path::new("mkfs.ext4"))
+        .and_then(|p| probe.run(&p, &["-V"]).ok())
+        .map(|o| o.first_line().to_owned())
+        .unwrap_or_default();
+    check(
+        ID,
+        CheckStatus::Ok,
+        format!("mkfs.ext4, debugfs, resize2fs, e2fsck ({version})"),
+        None,
+    )
+}

@@ -1,0 +1,208 @@
+//! What requests may name: everything the helper does stays inside what
+//! banger owns (its bridge, its taps, its VMs' files).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use super::proto::HelperRequest;
+use crate::jail::lexically_beneath;
+use crate::layout::{LayoutError, TapName, VmLayout, check_ifname, check_vm_id};
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("refused: {0}")]
+    Name(#[source] LayoutError),
+}
+
+/// What requests may name.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub bridge: String,
+    pub bridge_ip: Ipv4Addr,
+    pub prefix_len: u8,
+    /// Where VM directories live; staged files must lie in the state dir.
+    pub layout: VmLayout,
+    /// The daemon's uid: the only non-root peer served, and the only
+    /// owner a tap may be given.
+    pub daemon_uid: u32,
+}
+
+fn refuse<T>(msg: impl Into<String>) -> Result<T, PolicyError> {
+    Err(PolicyError::Refused(msg.into()))
+}
+
+/// The shape of every tap banger makes, `bg-<12 lowercase hex>` (the VM
+/// id's start).
+fn tap_shape(name: &str) -> Result<TapName, PolicyError> {
+    TapName::parse(name).map_err(PolicyError::Name)
+}
+
+fn plain_ifname(what: &str, n: &str) -> Result<(), PolicyError> {
+    check_ifname(what, n).map_err(PolicyError::Name)
+}
+
+impl Policy {
+    fn bridge(&self, name: &str) -> Result<(), PolicyError> {
+        if name == self.bridge {
+            Ok(())
+        } else {
+            refuse(format!(
+                "bridge {name:?} is not banger's ({:?})",
+                self.bridge
+            ))
+        }
+    }
+
+    /// `bg-<12 hex>` of a VM whose directory exists.
+    fn tap(&self, name: &str) -> Result<(), PolicyError> {
+        let tap = tap_shape(name)?;
+        let hex = tap.vm_id_prefix();
+        let vms = self.layout.vms_dir();
+        let known = std::fs::read_dir(&vms)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(hex) && e.path().is_dir());
+        if known {
+            Ok(())
+        } else {
+            refuse(format!(
+                "{name:?} belongs to no vm in {}: refusing a foreign id",
+                vms.display()
+            ))
+        }
+    }
+
+    /// A VM id whose directory exists.
+    fn vm(&self, id: &str) -> Result<PathBuf, PolicyError> {
+        check_vm_id(id).map_err(PolicyError::Name)?;
+        let dir = self.layout.vm_dir(id);
+        if dir.is_dir() {
+            Ok(dir)
+        } else {
+            refuse(format!(
+                "{id} is no vm in {}: refusing a foreign id",
+                self.layout.vms_dir().display()
+            ))
+        }
+    }
+
+    fn path_in(&self, what: &str, path: &Path, dir: &Path) -> Result<(), PolicyError> {
+        match lexically_beneath(dir, path) {
+            Some(_) => Ok(()),
+            None => refuse(format!(
+                "{what} {} is outside {}",
+                path.display(),
+                dir.display()
+            )),
+        }
+    }
+
+    fn in_subnet(&self, ip: Ipv4Addr) -> Result<(), PolicyError> {
+        let mask = u32::MAX << (32 - u32::from(self.prefix_len));
+        if u32::from(ip) & mask == u32::from(self.bridge_ip) & mask && ip != self.bridge_ip {
+            Ok(())
+        } else {
+            refuse(format!(
+                "{ip} is not a guest address in {}/{}",
+                self.bridge_ip, self.prefix_len
+            ))
+        }
+    }
+
+    /// Whether `req` stays inside what banger owns.
+    pub fn check(&self, req: &HelperRequest) -> Result<(), PolicyError> {
+        match req {
+            HelperRequest::EnsureBridge {
+                name,
+                ip,
+                prefix_len,
+            } => {
+                self.bridge(name)?;
+                if (*ip, *prefix_len) != (self.bridge_ip, self.prefix_len) {
+                    return refuse(format!(
+                        "bridge address {ip}/{prefix_len} is not the configured {}/{}",
+                        self.bridge_ip, self.prefix_len
+                    ));
+                }
+                Ok(())
+            }
+            HelperRequest::CreateTap {
+                name,
+                bridge,
+                owner,
+            } => {
+                self.tap(name)?;
+                self.bridge(bridge)?;
+                match owner {
+                    Some((uid, _)) if *uid != self.daemon_uid => refuse(format!(
+                        "a tap may be owned by the daemon's uid {} only, not {uid}",
+                        self.daemon_uid
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            HelperRequest::OpenTap { name } => self.tap(name),
+            // Teardown: the VM dir may already be gone (only if something
+            // else failed); the name's shape is the guard, never another
+            // program's interface.
+            HelperRequest::DeleteLink { name } => {
+                plain_ifname("link", name)?;
+                tap_shape(name).map(drop)
+            }
+            HelperRequest::AddNat {
+                tap,
+                guest_ip,
+                bridge,
+                uplink,
+            } => {
+                self.tap(tap)?;
+                self.bridge(bridge)?;
+                self.in_subnet(*guest_ip)?;
+                plain_ifname("uplink", uplink)
+            }
+            HelperRequest::RemoveNat { tap } => {
+                plain_ifname("tap", tap)?;
+                tap_shape(tap).map(drop)
+            }
+            HelperRequest::ListLinks | HelperRequest::NatTaps | HelperRequest::DefaultUplink => {
+                Ok(())
+            }
+            HelperRequest::StageJail(s) => {
+                let vm = self.vm(&s.vm_id)?;
+                self.path_in("kernel", &s.kernel, self.layout.state_dir())?;
+                if let Some(i) = &s.initrd {
+                    self.path_in("initrd", i, self.layout.state_dir())?;
+                }
+                if s.disks.is_empty() {
+                    return refuse("a jail needs at least a root disk");
+                }
+                for d in &s.disks {
+                    self.path_in("disk", d, &vm)?;
+                }
+                Ok(())
+            }
+            HelperRequest::SpawnJail { vm_id, console } => {
+                self.vm(vm_id)?;
+                let own = self.layout.files(vm_id).console;
+                if *console == own {
+                    Ok(())
+                } else {
+                    refuse(format!(
+                        "console {} is not {}",
+                        console.display(),
+                        own.display()
+                    ))
+                }
+            }
+            // Teardown: the VM dir may be gone; the id's shape is the
+            // guard, and the jail must be where the helper puts jails.
+            HelperRequest::ReleaseJail { vm_id, .. } => {
+                check_vm_id(vm_id).map_err(PolicyError::Name)
+            }
+        }
+    }
+}

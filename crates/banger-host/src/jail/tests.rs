@@ -1,0 +1,227 @@
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use super::*;
+
+const VM: &str = "0123456789abcdef";
+
+fn cfg(base: &Path) -> JailConfig {
+    JailConfig {
+        jailer: "jailer".into(),
+        chroot_base: base.into(),
+        uid: 64123,
+        gid: 64123,
+        cgroup_version: CgroupVersion::V1,
+        cgroups: vec!["pids.max=512".into()],
+        cgroup_root: "/sys/fs/cgroup".into(),
+    }
+}
+
+#[test]
+fn jailer_arguments_name_the_vm_uid_and_cgroups_and_no_pid_namespace() {
+    let c = cfg(Path::new("/var/lib/banger/jail"));
+    let args: Vec<String> = c
+        .args(Path::new("/usr/local/bin/firecracker"), VM)
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let joined = args.join(" ");
+    assert_eq!(
+        joined,
+        "--id 0123456789abcdef --exec-file /usr/local/bin/firecracker --uid 64123 --gid 64123 \
+         --chroot-base-dir /var/lib/banger/jail --cgroup-version 1 --cgroup pids.max=512 \
+         -- --api-sock /run/api.sock"
+    );
+    assert!(!joined.contains("--new-pid-ns") && !joined.contains("--daemonize"));
+    assert_eq!(
+        c.host_path(VM, VSOCK),
+        Path::new("/var/lib/banger/jail/firecracker/0123456789abcdef/root/v.sock")
+    );
+}
+
+#[test]
+fn cgroup_v2_is_detected_by_its_controllers() {
+    let d = tempfile::tempdir().expect("tmp");
+    assert_eq!(CgroupVersion::detect(d.path()), CgroupVersion::V1);
+    std::fs::write(
+        d.path().join("cgroup.controllers"),
+        "cpuset cpu io memory pids\n",
+    )
+    .expect("write");
+    assert_eq!(CgroupVersion::detect(d.path()), CgroupVersion::V2);
+}
+
+fn me() -> (u32, u32) {
+    (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    )
+}
+
+/// A state dir with one VM's disks and a kernel, and a jail config
+/// for our own uid (unprivileged runs cannot chown to another).
+fn fixture(d: &Path) -> (LocalJail, JailStage) {
+    let vm = d.join("state/vms").join(VM);
+    std::fs::create_dir_all(&vm).expect("vm dir");
+    std::fs::create_dir_all(d.join("state/kernels")).expect("kernels");
+    let kernel = d.join("state/kernels/vmlinux");
+    std::fs::write(&kernel, b"k").expect("k");
+    std::fs::write(vm.join("root.ext4"), b"d").expect("d");
+    let mut c = cfg(&d.join("jail"));
+    (c.uid, c.gid) = me();
+    let jail = LocalJail {
+        config: c,
+        firecracker: "firecracker".into(),
+        confine: None,
+    };
+    let stage = JailStage {
+        vm_id: VM.into(),
+        kernel,
+        initrd: None,
+        disks: vec![vm.join("root.ext4")],
+    };
+    (jail, stage)
+}
+
+#[test]
+fn staging_links_files_in_and_removal_takes_the_whole_jail() {
+    let d = tempfile::tempdir().expect("tmp");
+    let (jail, stage) = fixture(d.path());
+    let dir = jail.stage_now(&stage).expect("stage");
+    let c = &jail.config;
+    assert_eq!(dir, d.path().join("jail/firecracker").join(VM));
+    let root = c.root(VM);
+    let inner = root.join("drive0");
+    assert_eq!(
+        std::fs::metadata(&inner).expect("drive").ino(),
+        std::fs::metadata(&stage.disks[0]).expect("disk").ino(),
+        "hard link, not a copy"
+    );
+    assert!(root.join("vmlinux").is_file() && root.join("firecracker.log").is_file());
+    // A symlink out of the jail is removed, never followed.
+    let outside = d.path().join("precious");
+    std::fs::write(&outside, b"keep").expect("precious");
+    std::os::unix::fs::symlink(&outside, root.join("escape")).expect("symlink");
+    remove_tree(&dir).expect("remove");
+    assert!(!dir.exists());
+    assert_eq!(std::fs::read(&outside).expect("kept"), b"keep");
+    assert_eq!(std::fs::read(&stage.disks[0]).expect("disk kept"), b"d");
+    remove_tree(&dir).expect("idempotent");
+}
+
+fn refused(r: Result<PathBuf, JailError>, needle: &str) {
+    match r {
+        Err(e) => assert!(e.to_string().contains(needle), "{e}"),
+        Ok(p) => panic!(
+            "expected a refusal mentioning {needle:?}, got {}",
+            p.display()
+        ),
+    }
+}
+
+#[test]
+fn confined_staging_refuses_paths_outside_the_state_dir_symlinks_and_other_owners() {
+    let d = tempfile::tempdir().expect("tmp");
+    let (mut jail, stage) = fixture(d.path());
+    let state = d.path().join("state");
+    jail.confine = Some(Confinement {
+        state_dir: state.clone(),
+        owner: me().0,
+    });
+    // The tempdir is ours; our own uid is trusted like root is.
+    let ok = jail.stage_now(&stage).expect("inside the state dir");
+    assert!(ok.join("root/drive0").is_file());
+
+    let with = |f: &dyn Fn(&mut JailStage)| {
+        let mut s = stage.clone();
+        f(&mut s);
+        jail.stage_now(&s)
+    };
+    refused(
+        with(&|s| s.kernel = PathBuf::from("/etc/shadow")),
+        "outside the state dir",
+    );
+    refused(
+        with(&|s| s.kernel = state.join("kernels/../../../etc/shadow")),
+        "outside the state dir",
+    );
+    refused(
+        with(&|s| s.kernel = PathBuf::from("kernels/vmlinux")),
+        "outside the state dir",
+    );
+    // A disk of another VM, or the image, is not this VM's.
+    refused(
+        with(&|s| s.disks = vec![state.join("kernels/vmlinux")]),
+        "outside the state dir",
+    );
+    refused(
+        with(&|s| s.vm_id = "../../etc".into()),
+        "not a banger vm id",
+    );
+    // A symlink inside the state dir that points out of it.
+    let link = state.join("vms").join(VM).join("evil.ext4");
+    std::os::unix::fs::symlink("/etc/passwd", &link).expect("symlink");
+    refused(with(&|s| s.disks = vec![link.clone()]), "symlinks refused");
+    // A symlinked directory on the way.
+    std::os::unix::fs::symlink("/etc", state.join("kernels/etc")).expect("dir link");
+    refused(
+        with(&|s| s.kernel = state.join("kernels/etc/passwd")),
+        "symlinks refused",
+    );
+    // Not a regular file.
+    refused(
+        with(&|s| s.kernel = state.join("kernels")),
+        "not a regular file",
+    );
+    // Refused requests changed nothing: the staged jail is intact.
+    assert_eq!(
+        std::fs::metadata(ok.join("root/drive0"))
+            .expect("drive")
+            .ino(),
+        std::fs::metadata(&stage.disks[0]).expect("disk").ino()
+    );
+}
+
+fn path_mode(p: &Path) -> u32 {
+    std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
+}
+
+#[test]
+fn a_chroot_base_others_can_change_is_refused() {
+    let d = tempfile::tempdir().expect("tmp");
+    let open = d.path().join("open");
+    std::fs::create_dir(&open).expect("dir");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let err = check_trusted_dir(&open.join("jail")).expect_err("world-writable parent");
+    assert!(err.to_string().contains("only root can change"), "{err}");
+    let link = d.path().join("link");
+    std::os::unix::fs::symlink(d.path(), &link).expect("symlink");
+    let err = check_trusted_dir(&link).expect_err("symlink");
+    assert!(err.to_string().contains("not a directory"), "{err}");
+    check_trusted_dir(d.path()).expect("a dir of ours, under sticky /tmp");
+    // Never created under an untrusted parent, not even empty.
+    let err = ensure_chroot_base(&open.join("jail")).expect_err("untrusted parent");
+    assert!(err.to_string().contains("only root can change"), "{err}");
+    assert!(!open.join("jail").exists());
+    ensure_chroot_base(&d.path().join("jail")).expect("made under a trusted parent");
+    assert_eq!(path_mode(&d.path().join("jail")), 0o755);
+}
+
+#[test]
+fn release_of_another_jail_dir_is_refused_when_confined() {
+    let d = tempfile::tempdir().expect("tmp");
+    let (mut jail, _) = fixture(d.path());
+    jail.confine = Some(Confinement {
+        state_dir: d.path().join("state"),
+        owner: me().0,
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let precious = d.path().join("state");
+    let err = rt
+        .block_on(jail.release(VM, Some(&precious)))
+        .expect_err("someone else's dir");
+    assert!(err.to_string().contains("is not vm"), "{err}");
+    assert!(precious.exists());
+}
