@@ -13,9 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use banger_api::vm::{VmRecord, VmState, VmmKind};
+use banger_host::disk::DiskCall;
 use banger_host::disk::GuestEntry;
+use banger_host::firewall::{FirewallCall, NatRule};
+use banger_host::net::NetCall;
 use banger_store::Store;
-use banger_vmm::Vmm;
+use banger_vmm::{Vmm, VmmCall};
 
 use banger_api::asset::KernelRecord;
 use banger_host::layout::TapName;
@@ -154,7 +157,14 @@ async fn start_records_handles_before_objects_and_configures_the_guest() {
     );
     let tap = tap_name(&v.id);
     assert!(f.net.has(&tap));
-    assert_eq!(f.net.recorded()[0], "ensure_bridge banger0 10.99.0.1/28");
+    assert_eq!(
+        f.net.calls()[0],
+        NetCall::EnsureBridge {
+            name: "banger0".into(),
+            addr: std::net::Ipv4Addr::new(10, 99, 0, 1),
+            prefix: 28
+        }
+    );
     assert!(f.core.vm_alive(&v));
     // Scratch file, cache and mirror agree.
     let dir = v.runtime.vm_dir.clone().expect("dir");
@@ -199,17 +209,17 @@ async fn start_records_handles_before_objects_and_configures_the_guest() {
     assert!(String::from_utf8_lossy(&key).starts_with("ssh-ed25519 "));
     assert_eq!(v.runtime.vsock_path, Some(f.core.vm_files(&v.id).vsock));
     // Disks were cloned from the image (root) and its seed (work).
-    let calls = f.disks.recorded();
+    let calls = f.disks.calls();
     assert!(
         calls
             .iter()
-            .any(|c| c.starts_with("clone") && c.contains("rootfs.ext4")),
+            .any(|c| matches!(c, DiskCall::Clone { src, .. } if src.ends_with("rootfs.ext4"))),
         "{calls:?}"
     );
     assert!(
         calls
             .iter()
-            .any(|c| c.starts_with("clone") && c.contains("seed.ext4")),
+            .any(|c| matches!(c, DiskCall::Clone { src, .. } if src.ends_with("seed.ext4"))),
         "{calls:?}"
     );
     // The kernel now records the VMM it ran on.
@@ -241,11 +251,11 @@ async fn graceful_stop_keeps_disks_and_releases_host_objects() {
     );
     assert!(
         !f.vmm
-            .recorded()
+            .vmm_calls()
             .iter()
-            .any(|c| c.starts_with("shutdown") || c.starts_with("kill")),
+            .any(|c| matches!(c, VmmCall::Shutdown { .. } | VmmCall::Kill { .. })),
         "the guest powered off by itself: {:?}",
-        f.vmm.recorded()
+        f.vmm.vmm_calls()
     );
     assert!(!f.net.has(&tap_name(&v.id)));
     assert!(!scratch_path(&dir).exists());
@@ -262,16 +272,16 @@ async fn graceful_stop_keeps_disks_and_releases_host_objects() {
     // Start again reuses the disks (no new clone).
     let clones_before = f
         .disks
-        .recorded()
+        .calls()
         .iter()
-        .filter(|c| c.starts_with("clone"))
+        .filter(|c| matches!(c, DiskCall::Clone { .. }))
         .count();
     vm(&f.core, Command::VmStart { vm: "db".into() }).await;
     let clones_after = f
         .disks
-        .recorded()
+        .calls()
         .iter()
-        .filter(|c| c.starts_with("clone"))
+        .filter(|c| matches!(c, DiskCall::Clone { .. }))
         .count();
     assert_eq!(clones_before, clones_after);
 }
@@ -290,8 +300,18 @@ async fn stop_falls_back_to_kill_when_the_guest_ignores_shutdown() {
     )
     .await;
     assert_eq!(v.state, VmState::Stopped);
-    assert!(f.vmm.recorded().iter().any(|c| c.starts_with("shutdown")));
-    assert!(f.vmm.recorded().iter().any(|c| c.starts_with("kill")));
+    assert!(
+        f.vmm
+            .vmm_calls()
+            .iter()
+            .any(|c| matches!(c, VmmCall::Shutdown { .. }))
+    );
+    assert!(
+        f.vmm
+            .vmm_calls()
+            .iter()
+            .any(|c| matches!(c, VmmCall::Kill { .. }))
+    );
 }
 
 #[tokio::test]
@@ -302,8 +322,18 @@ async fn stop_without_an_agent_presses_the_power_button() {
     let v = vm(&f.core, Command::VmStop { vm: "quiet".into() }).await;
     assert_eq!(v.state, VmState::Stopped);
     assert!(f.agent.power_offs().is_empty());
-    assert!(f.vmm.recorded().iter().any(|c| c.starts_with("shutdown")));
-    assert!(!f.vmm.recorded().iter().any(|c| c.starts_with("kill")));
+    assert!(
+        f.vmm
+            .vmm_calls()
+            .iter()
+            .any(|c| matches!(c, VmmCall::Shutdown { .. }))
+    );
+    assert!(
+        !f.vmm
+            .vmm_calls()
+            .iter()
+            .any(|c| matches!(c, VmmCall::Kill { .. }))
+    );
 }
 
 #[tokio::test]
@@ -452,9 +482,12 @@ async fn starts_beyond_the_boot_limit_wait_for_a_slot() {
         }
     }
     assert!(
-        !f.vmm.recorded().iter().any(|c| c.starts_with("launch")),
+        !f.vmm
+            .vmm_calls()
+            .iter()
+            .any(|c| matches!(c, VmmCall::Launch { .. })),
         "no launch while queued: {:?}",
-        f.vmm.recorded()
+        f.vmm.vmm_calls()
     );
     drop(held);
     let v = start.await.expect("task").expect("start once admitted");
@@ -519,7 +552,12 @@ async fn cleanup_runs_every_step_and_joins_errors() {
     // The other steps still ran.
     assert!(!f.core.vm_alive(&v));
     assert!(f.core.handles().get(&v.id).is_none());
-    assert!(f.vmm.recorded().iter().any(|c| c.starts_with("kill")));
+    assert!(
+        f.vmm
+            .vmm_calls()
+            .iter()
+            .any(|c| matches!(c, VmmCall::Kill { .. }))
+    );
     // Idempotent: once the cause is fixed a second pass is clean.
     f.net.failing.lock().expect("lock").clear();
     f.core.cleanup(&mut v, true).await.expect("second cleanup");
@@ -540,11 +578,14 @@ async fn set_nat(f: &Fixture, name: &str, on: bool) -> VmRecord {
     .await
 }
 
-fn nat_calls(f: &Fixture) -> Vec<String> {
+fn nat_calls(f: &Fixture) -> Vec<NatRule> {
     f.firewall
-        .recorded()
+        .calls()
         .into_iter()
-        .filter(|c| c.starts_with("add_nat"))
+        .filter_map(|c| match c {
+            FirewallCall::AddNat(rule) => Some(rule),
+            FirewallCall::RemoveNat { .. } => None,
+        })
         .collect()
 }
 
@@ -563,7 +604,15 @@ async fn nat_rules_live_exactly_as_long_as_the_vm_runs() {
     let v = vm(&f.core, Command::VmStart { vm: "out".into() }).await;
     let tap = tap_name(&v.id);
     assert!(f.firewall.has(&tap));
-    assert_eq!(nat_calls(&f), [format!("add_nat {tap} 10.99.0.2 via eth0")]);
+    assert_eq!(
+        nat_calls(&f),
+        [NatRule {
+            tap: tap.clone(),
+            guest_ip: std::net::Ipv4Addr::new(10, 99, 0, 2),
+            bridge: "banger0".into(),
+            uplink: "eth0".into()
+        }]
+    );
     vm(&f.core, Command::VmStop { vm: "out".into() }).await;
     assert!(!f.firewall.has(&tap), "stop removes the rules");
     assert!(!*f.firewall.forwarding.lock().expect("lock"));
@@ -583,11 +632,7 @@ async fn set_nat_applies_live_and_is_a_noop_when_unchanged_or_not_alive() {
     .await;
     let v = set_nat(&f, "live", true).await;
     assert!(v.spec.nat);
-    assert!(
-        f.firewall.recorded().is_empty(),
-        "{:?}",
-        f.firewall.recorded()
-    );
+    assert!(f.firewall.calls().is_empty(), "{:?}", f.firewall.calls());
     set_nat(&f, "live", false).await;
     let v = vm(&f.core, Command::VmStart { vm: "live".into() }).await;
     let tap = tap_name(&v.id);
@@ -609,13 +654,9 @@ async fn set_nat_applies_live_and_is_a_noop_when_unchanged_or_not_alive() {
         .and_then(|h| h.pid)
         .expect("pid");
     f.vmm.crash(pid);
-    let before = f.firewall.recorded().len();
+    let before = f.firewall.calls().len();
     set_nat(&f, "live", false).await;
-    assert_eq!(
-        f.firewall.recorded().len(),
-        before,
-        "dead vm: host untouched"
-    );
+    assert_eq!(f.firewall.calls().len(), before, "dead vm: host untouched");
 }
 
 #[tokio::test]
@@ -668,7 +709,9 @@ async fn nat_teardown_falls_back_to_the_runtime_tap_and_joins_errors() {
         "{errors:?}"
     );
     assert!(
-        f.firewall.recorded().contains(&format!("remove_nat {tap}")),
+        f.firewall
+            .calls()
+            .contains(&FirewallCall::RemoveNat { tap: tap.clone() }),
         "the runtime tap was used"
     );
     // Fixed: a second pass removes the rules.
@@ -680,8 +723,10 @@ async fn nat_teardown_falls_back_to_the_runtime_tap_and_joins_errors() {
     set_mirror_tap(&f, &v.id, "bg-fromrecord").await;
     f.core.cleanup(&mut v, true).await.expect("clean");
     assert_eq!(
-        f.firewall.recorded().last().map(String::as_str),
-        Some("remove_nat bg-fromrecord")
+        f.firewall.calls().last(),
+        Some(&FirewallCall::RemoveNat {
+            tap: "bg-fromrecord".into()
+        })
     );
 }
 
@@ -694,9 +739,12 @@ async fn cleanup_finds_the_tap_through_every_fallback() {
     let dir = v.runtime.vm_dir.clone().expect("dir");
     let deleted = |f: &Fixture| -> Vec<String> {
         f.net
-            .recorded()
+            .calls()
             .into_iter()
-            .filter_map(|c| c.strip_prefix("delete_link ").map(str::to_owned))
+            .filter_map(|c| match c {
+                NetCall::DeleteLink { name } => Some(name),
+                _ => None,
+            })
             .collect()
     };
     // 1. Memory lost, scratch file present: the scratch file's tap.
@@ -780,11 +828,11 @@ async fn jails_are_recorded_before_launch_and_released_by_reconcile_and_delete()
     *f.vmm.jail_base.lock().expect("lock") = Some(PathBuf::from("/jails"));
     let kept = create_and_start(&f, "kept").await;
     let gone = create_and_start(&f, "gone").await;
-    let releases = || -> Vec<String> {
+    let releases = || -> Vec<VmmCall> {
         f.vmm
-            .recorded()
+            .vmm_calls()
             .into_iter()
-            .filter(|c| c.starts_with("release"))
+            .filter(|c| matches!(c, VmmCall::Release { .. }))
             .collect()
     };
     assert!(releases().is_empty(), "a started vm keeps its jail");
@@ -801,7 +849,10 @@ async fn jails_are_recorded_before_launch_and_released_by_reconcile_and_delete()
     f.core.reconcile().await.expect("reconcile");
     assert_eq!(
         releases(),
-        [format!("release {} /jails/{}", gone.id, gone.id)],
+        [VmmCall::Release {
+            vm_id: gone.id.clone(),
+            jail_root: PathBuf::from(format!("/jails/{}", gone.id))
+        }],
         "the dead vm's jail goes, the live one's stays"
     );
     let k = f.core.find_vm("kept").await.expect("kept");
@@ -809,8 +860,11 @@ async fn jails_are_recorded_before_launch_and_released_by_reconcile_and_delete()
     vm(&f.core, Command::VmKill { vm: "kept".into() }).await;
     vm(&f.core, Command::VmDelete { vm: "kept".into() }).await;
     assert_eq!(
-        releases().last().map(String::as_str),
-        Some(format!("release {} /jails/{}", kept.id, kept.id).as_str())
+        releases().last(),
+        Some(&VmmCall::Release {
+            vm_id: kept.id.clone(),
+            jail_root: PathBuf::from(format!("/jails/{}", kept.id))
+        })
     );
 }
 
