@@ -27,6 +27,30 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     fn find(&self, socket: &Path) -> Option<u32> {
         process::find_by_socket(socket)
     }
+    /// Waits up to `within` for the VM's VMM (`pid`) to exit; `true` once
+    /// it is gone. The pidfd is opened before the identity check, so a pid
+    /// recycled after the check is never waited on.
+    async fn wait_gone(&self, pid: u32, socket: &Path, within: Duration) -> bool {
+        let exit = match crate::wait::PidExit::open(pid) {
+            Ok(Some(exit)) => exit,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "no pidfd; looking at /proc instead");
+                let deadline = tokio::time::Instant::now() + within;
+                while self.alive(pid, socket) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                return !self.alive(pid, socket);
+            }
+        };
+        if !self.alive(pid, socket) {
+            return true;
+        }
+        matches!(
+            tokio::time::timeout(within, exit.exited()).await,
+            Ok(Ok(()))
+        )
+    }
     /// Kills it, and any other process naming its socket (a launch cut
     /// short can leave two), and waits (bounded) until all are gone.
     async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
@@ -53,5 +77,58 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
             Some(root) => Ok(crate::jail::remove_tree(root)?),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the trait's defaults: the real /proc identity and pidfd wait.
+    #[derive(Debug)]
+    struct Defaults;
+
+    #[async_trait]
+    impl Vmm for Defaults {
+        fn kind(&self) -> VmmKind {
+            VmmKind::Qemu
+        }
+        async fn launch(&self, _spec: &LaunchSpec) -> Result<u32, VmmError> {
+            unreachable!("not launched in this test")
+        }
+        async fn request_shutdown(&self, _socket: &Path) -> Result<(), VmmError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn wait_gone_ends_on_the_exit_and_times_out_while_it_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("vm.sock");
+        // The socket path as $0, so it is in the command line like a VMM's.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; :"])
+            .arg(&socket)
+            .spawn()
+            .expect("spawn");
+        let pid = child.id();
+        assert!(Defaults.alive(pid, &socket));
+        assert!(
+            !Defaults
+                .wait_gone(pid, &socket, Duration::from_millis(100))
+                .await,
+            "still running"
+        );
+        child.kill().expect("kill");
+        assert!(
+            Defaults
+                .wait_gone(pid, &socket, Duration::from_secs(10))
+                .await
+        );
+        child.wait().expect("reap");
+        assert!(
+            Defaults.wait_gone(pid, &socket, Duration::ZERO).await,
+            "a reaped pid is gone"
+        );
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use banger_api::vm::VmmKind;
@@ -139,6 +140,15 @@ impl Vmm for FakeVmm {
                 .retain(|_, s| s != socket);
         }
         Ok(())
+    }
+
+    /// Fake pids are no processes: the fake's own table is watched.
+    async fn wait_gone(&self, pid: u32, socket: &Path, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.alive(pid, socket) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        !self.alive(pid, socket)
     }
 
     fn alive(&self, pid: u32, socket: &Path) -> bool {

@@ -1,17 +1,38 @@
 //! `vm stop` and `vm kill`: the agent's clean power off first, then the
 //! VMM's power button, then a kill; cleanup keeps the disks.
 
-use std::path::Path;
 use std::time::Duration;
 
 use banger_api::vm::{VmRecord, VmState, VmmKind};
+use banger_vmm::Vmm;
 
 use crate::agent::Session;
 use crate::core::Core;
 use crate::error::CoreError;
 use crate::lifecycle::{VmAction, check_action};
 
+/// Between presses of the power button.
+const PRESS_EVERY: Duration = Duration::from_secs(2);
+
 impl Core {
+    /// Waits until the VM's VMM exits (its pidfd) or `until`; `true` once
+    /// it is gone.
+    async fn wait_vmm_gone(
+        &self,
+        vm: &VmRecord,
+        vmm: &dyn Vmm,
+        until: tokio::time::Instant,
+    ) -> bool {
+        let pid = self.handles().get(&vm.id).and_then(|h| h.pid);
+        match (pid, vm.runtime.api_socket.as_deref()) {
+            (Some(pid), Some(sock)) => {
+                let within = until.saturating_duration_since(tokio::time::Instant::now());
+                vmm.wait_gone(pid, sock, within).await
+            }
+            _ => !self.vm_alive(vm),
+        }
+    }
+
     pub(crate) async fn stop_vm(&self, name: &str, graceful: bool) -> Result<VmRecord, CoreError> {
         let (mut vm, _lock) = self.lock_vm(name).await?;
         check_action(
@@ -37,9 +58,7 @@ impl Core {
                 Session::new(self.deps().agent.as_ref(), vm.runtime.vsock_path.as_deref());
             match session.power_off(reboot).await {
                 Ok(()) => {
-                    while self.vm_alive(&vm) && tokio::time::Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    self.wait_vmm_gone(&vm, vmm, deadline).await;
                 }
                 Err(e) => {
                     tracing::info!(vm_id = %vm.id, error = %e, "agent power off failed; asking the vmm");
@@ -48,16 +67,15 @@ impl Core {
             if let Some(sock) = vm.runtime.api_socket.clone() {
                 // A power-button press before the guest's logind listens is
                 // lost: press again every couple of seconds until it goes.
-                let mut next_press = tokio::time::Instant::now();
                 while self.vm_alive(&vm) && tokio::time::Instant::now() < deadline {
-                    if tokio::time::Instant::now() >= next_press {
-                        if let Err(e) = vmm.request_shutdown(Path::new(&sock)).await {
-                            tracing::warn!(vm_id = %vm.id, error = %e, "graceful shutdown request failed; killing");
-                            break;
-                        }
-                        next_press = tokio::time::Instant::now() + Duration::from_secs(2);
+                    if let Err(e) = vmm.request_shutdown(&sock).await {
+                        tracing::warn!(vm_id = %vm.id, error = %e, "graceful shutdown request failed; killing");
+                        break;
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let next_press = deadline.min(tokio::time::Instant::now() + PRESS_EVERY);
+                    if self.wait_vmm_gone(&vm, vmm, next_press).await {
+                        break;
+                    }
                 }
             }
         }
