@@ -107,11 +107,20 @@ mod tests {
         let socket = dir.path().join("vm.sock");
         // The socket path as $0, so it is in the command line like a VMM's.
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 30; :"])
+            .args(["-c", "echo up; sleep 30; :"])
             .arg(&socket)
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("spawn");
         let pid = child.id();
+        // Its first line: the shell runs (and names the socket) by now.
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+            &mut line,
+        )
+        .expect("read");
+        assert_eq!(line, "up\n");
         assert!(Defaults.alive(pid, &socket));
         assert!(
             !Defaults
