@@ -45,7 +45,7 @@ pub fn vm_detail(vm: &VmRecord) {
     t.load_preset(NOTHING);
     let rows: Vec<(&str, String)> = vec![
         ("name", vm.name.clone()),
-        ("id", vm.id.clone()),
+        ("id", vm.id.to_string()),
         ("state", vm.state.to_string()),
         ("vmm", vm.spec.vmm.to_string()),
         ("cpus", vm.spec.vcpus.to_string()),

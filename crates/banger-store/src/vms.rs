@@ -16,7 +16,7 @@ impl Store {
             "INSERT INTO vms (id, name, state, spec_json, runtime_json, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
-                vm.id,
+                vm.id.as_str(),
                 vm.name,
                 vm.state.as_str(),
                 spec,
@@ -45,7 +45,7 @@ impl Store {
                 "UPDATE vms SET state = ?2, spec_json = ?3, runtime_json = ?4, updated_at = ?5
                  WHERE id = ?1",
                 params![
-                    vm.id,
+                    vm.id.as_str(),
                     vm.state.as_str(),
                     spec,
                     runtime,
@@ -54,7 +54,7 @@ impl Store {
             )
             .map_err(sql("updating vm"))?;
         if n == 0 {
-            return Err(StoreError::VmNotFound(vm.id.clone()));
+            return Err(StoreError::VmNotFound(vm.id.to_string()));
         }
         Ok(())
     }
@@ -201,7 +201,7 @@ impl RawVm {
         Ok(VmRecord {
             created_at,
             updated_at,
-            id: self.id,
+            id: self.id.into(),
             name: self.name,
             state,
             spec,

@@ -31,7 +31,7 @@ fn populate(env: &Env, n: usize) {
     for i in 0..n {
         store
             .insert_vm(&VmRecord {
-                id: format!("{i:016x}"),
+                id: format!("{i:016x}").into(),
                 name: format!("vm-{i:04}"),
                 state: if i % 3 == 0 {
                     VmState::Stopped

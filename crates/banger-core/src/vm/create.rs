@@ -49,7 +49,7 @@ impl Core {
 
         let now = Utc::now();
         let mut vm = VmRecord {
-            id: new_id(),
+            id: new_id().into(),
             name: String::new(),
             state: VmState::Created,
             spec: VmSpec {

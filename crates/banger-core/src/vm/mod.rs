@@ -87,7 +87,7 @@ impl Core {
             .vm_dir
             .clone()
             .ok_or_else(|| HandlesError::NoVmDir {
-                vm_id: vm.id.clone(),
+                vm_id: vm.id.to_string(),
             })?;
         let staged = h.clone();
         tokio::task::spawn_blocking(move || write_scratch(&dir, &staged))

@@ -179,7 +179,7 @@ impl Core {
             cmdline.push_str(&kernel.cmdline);
         }
         let spec = LaunchSpec {
-            vm_id: vm.id.clone(),
+            vm_id: vm.id.to_string(),
             vcpus: vm.spec.vcpus,
             memory_mib: vm.spec.memory_mib,
             kernel: kernel.vmlinux.path.clone().into(),

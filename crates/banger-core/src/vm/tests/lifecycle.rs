@@ -12,7 +12,7 @@ use banger_vmm::FakeVmm;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use banger_api::vm::{VmRecord, VmState, VmmKind};
+use banger_api::vm::{VmId, VmRecord, VmState, VmmKind};
 use banger_host::disk::DiskCall;
 use banger_host::disk::GuestEntry;
 use banger_host::firewall::{FirewallCall, NatRule};
@@ -129,7 +129,7 @@ async fn vm(core: &Core, cmd: Command) -> VmRecord {
 }
 
 /// Creates a VM named `name` with the defaults; returns its id.
-async fn create(f: &Fixture, name: &str) -> String {
+async fn create(f: &Fixture, name: &str) -> VmId {
     vm(
         &f.core,
         Command::VmCreate(CreateVmRequest {
@@ -850,7 +850,7 @@ async fn jails_are_recorded_before_launch_and_released_by_reconcile_and_delete()
     assert_eq!(
         releases(),
         [VmmCall::Release {
-            vm_id: gone.id.clone(),
+            vm_id: gone.id.to_string(),
             jail_root: PathBuf::from(format!("/jails/{}", gone.id))
         }],
         "the dead vm's jail goes, the live one's stays"
@@ -862,7 +862,7 @@ async fn jails_are_recorded_before_launch_and_released_by_reconcile_and_delete()
     assert_eq!(
         releases().last(),
         Some(&VmmCall::Release {
-            vm_id: kept.id.clone(),
+            vm_id: kept.id.to_string(),
             jail_root: PathBuf::from(format!("/jails/{}", kept.id))
         })
     );

@@ -203,9 +203,14 @@ async fn delete_of_running_vm_is_refused_and_stopped_vm_is_removed_with_its_dir(
     rec.runtime.vm_dir = Some(vm_dir.clone());
     let r = rec.clone();
     core.db(move |s| s.update_vm(&r)).await.expect("update");
-    run(&core, Command::VmDelete { vm: vm.id.clone() })
-        .await
-        .expect("delete");
+    run(
+        &core,
+        Command::VmDelete {
+            vm: vm.id.to_string(),
+        },
+    )
+    .await
+    .expect("delete");
     assert!(!vm_dir.exists());
     let err = run(
         &core,
