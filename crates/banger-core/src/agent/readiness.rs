@@ -94,7 +94,7 @@ impl std::fmt::Display for Attempts {
     }
 }
 
-fn exited(vm: &VmRecord, stage: &'static str, tally: &Attempts) -> CoreError {
+fn vmm_exited(vm: &VmRecord, stage: &'static str, tally: &Attempts) -> CoreError {
     HostError::from(ReadinessError::VmmExited {
         vmm: vm.spec.vmm,
         stage,
@@ -104,13 +104,15 @@ fn exited(vm: &VmRecord, stage: &'static str, tally: &Attempts) -> CoreError {
 }
 
 /// Waits until the agent answers a ping; fails early when the VMM died
-/// (`alive` says so) or the agent speaks another protocol version. A
+/// (`exited` resolves `true`, or `alive` says so between pings) or the
+/// agent speaks another protocol version. A
 /// failure says how the attempts went, so "the guest never got a vsock
 /// device" and "the guest is up but nothing listens" read apart.
 pub(crate) async fn wait_ready(
     connector: &dyn AgentConnector,
     vm: &VmRecord,
     alive: &(dyn Fn() -> bool + Sync),
+    exited: impl Future<Output = bool>,
     timeout: Duration,
     progress: &ProgressSink,
     ready: Option<&ReadyListener>,
@@ -123,7 +125,7 @@ pub(crate) async fn wait_ready(
     let deadline = started + timeout;
     let mut tally = Attempts::default();
     if let Some(ready) = ready {
-        await_ready_call(vm, alive, ready, timeout, deadline, &mut tally).await?;
+        await_ready_call(vm, exited, ready, timeout, deadline, &mut tally).await?;
     }
     let fatal = |source| CoreError::Agent {
         vm: vm.name.clone(),
@@ -136,7 +138,7 @@ pub(crate) async fn wait_ready(
         .ok_or_else(|| fatal(AgentError::NoVsock))?;
     loop {
         if !alive() {
-            return Err(exited(vm, "answered", &tally));
+            return Err(vmm_exited(vm, "answered", &tally));
         }
         match attempt(connector, vsock).await {
             Ok(()) => {
@@ -161,20 +163,15 @@ pub(crate) async fn wait_ready(
 /// confirms the ordinary path. Ends early when the VMM dies.
 async fn await_ready_call(
     vm: &VmRecord,
-    alive: &(dyn Fn() -> bool + Sync),
+    exited: impl Future<Output = bool>,
     ready: &ReadyListener,
     timeout: Duration,
     deadline: tokio::time::Instant,
     tally: &mut Attempts,
 ) -> Result<(), CoreError> {
-    // The VMM is not necessarily our child (an adopted or jailed one), so
-    // there is no exit event to wait on here; a cheap look every POLL.
-    let vmm_gone = async {
-        while alive() {
-            tokio::time::sleep(POLL).await;
-        }
-    };
-    tokio::pin!(vmm_gone);
+    let mut exited = std::pin::pin!(exited);
+    // Until the exit watch ends (the VMM gone, or the watch gave up).
+    let mut watching = true;
     loop {
         tokio::select! {
             call = ready.next(ATTEMPT) => match call {
@@ -187,7 +184,12 @@ async fn await_ready_call(
                 }
                 Err(e) => return Err(HostError::from(e).into()),
             },
-            () = &mut vmm_gone => return Err(exited(vm, "reported ready", tally)),
+            gone = &mut exited, if watching => {
+                if gone {
+                    return Err(vmm_exited(vm, "reported ready", tally));
+                }
+                watching = false;
+            }
             () = tokio::time::sleep_until(deadline) => {
                 return Err(HostError::from(ReadinessError::NoReadyCall {
                     secs: timeout.as_secs(),

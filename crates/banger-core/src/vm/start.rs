@@ -221,10 +221,13 @@ impl Core {
         // Running means usable: the guest booted and its agent answers.
         let timeout = ready_timeout(self.config().guest.ready_timeout_secs, accel);
         let alive = || self.vm_alive(vm);
+        // The VMM's exit, on its pidfd: ends the wait at once.
+        let exited = vmm.wait_gone(pid, &paths.socket, timeout);
         let waited = agent::wait_ready(
             self.deps().agent.as_ref(),
             vm,
             &alive,
+            exited,
             timeout,
             progress,
             ready.as_ref(),
