@@ -4,6 +4,22 @@
 /// Longest DNS label (RFC 1035).
 pub const MAX_NAME_LEN: usize = 63;
 
+/// Longest Linux interface name (`IFNAMSIZ` - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// The one rule for interface names banger accepts (bridge, uplink,
+/// taps), shared by the configuration and the helper's policy: 1-15
+/// bytes of `a-z A-Z 0-9 - _ .`, and not `.` or `..`.
+pub fn is_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= IFNAME_MAX
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -51,6 +67,16 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_names_follow_one_rule() {
+        for ok in ["banger0", "bg-0123456789ab", "eth0.100", "br_lan", "a"] {
+            assert!(is_ifname(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "sixteen-chars-xx", "eth0/1", "a b", "bän"] {
+            assert!(!is_ifname(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn accepts_dns_labels() {

@@ -9,7 +9,7 @@ use crate::env::Picked;
 use crate::error::{ConfigError, Source, invalid};
 
 /// `IFNAMSIZ` is 16 including the NUL.
-const IFNAME_MAX: usize = 15;
+use banger_api::name::IFNAME_MAX;
 /// Smallest disk a VM can be given.
 const MIN_DISK_BYTES: u64 = 64 << 20;
 
@@ -97,16 +97,11 @@ pub(crate) fn disk_size(
 /// A Linux interface name (bridge, uplink).
 pub(crate) fn ifname(key: &'static str, v: Option<Picked>) -> Result<Option<String>, ConfigError> {
     let Some(v) = v else { return Ok(None) };
-    let ok = !v.value.is_empty()
-        && v.value.len() <= IFNAME_MAX
-        && v.value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if !ok {
+    if !banger_api::name::is_ifname(&v.value) {
         return Err(v.invalid(
             key,
             format!(
-                "an interface name is 1-{IFNAME_MAX} characters of a-z, A-Z, 0-9, '-', '_' or '.'"
+                "an interface name is 1-{IFNAME_MAX} characters of a-z, A-Z, 0-9, '-', '_' or '.' (not '.' or '..')"
             ),
         ));
     }

@@ -17,7 +17,7 @@ const TAP_ID_CHARS: usize = 12;
 /// A VM id's length (`banger_core`'s `new_vm_id`).
 const VM_ID_CHARS: usize = 16;
 /// `IFNAMSIZ` is 16 including the NUL.
-pub const IFNAME_MAX: usize = 15;
+pub use banger_api::name::IFNAME_MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
@@ -124,14 +124,7 @@ pub fn check_vm_id(id: &str) -> Result<(), LayoutError> {
 /// kernel (which only bars `/`, whitespace and `.`/`..`) so a name is also
 /// safe to log, to put in an nft rule and to pass on a command line.
 pub fn check_ifname(what: &str, name: &str) -> Result<(), LayoutError> {
-    let ok = !name.is_empty()
-        && name.len() <= IFNAME_MAX
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
+    if banger_api::name::is_ifname(name) {
         Ok(())
     } else {
         Err(LayoutError::NotAnIfname {

@@ -102,8 +102,8 @@ impl Policy {
     }
 
     fn in_subnet(&self, ip: Ipv4Addr) -> Result<(), PolicyError> {
-        let mask = u32::MAX << (32 - u32::from(self.prefix_len));
-        if u32::from(ip) & mask == u32::from(self.bridge_ip) & mask && ip != self.bridge_ip {
+        let subnet = ipnet::Ipv4Net::new(self.bridge_ip, self.prefix_len).map(|n| n.trunc());
+        if subnet.is_ok_and(|n| n.contains(&ip)) && ip != self.bridge_ip {
             Ok(())
         } else {
             refuse(format!(
