@@ -60,6 +60,9 @@ pub struct FakeVmm {
     /// Whether the daemon should wait for a ready call (the test plays
     /// the guest that makes it).
     pub ready_calls: Mutex<bool>,
+    /// When true, a launched VMM "dies" at once (a guest that panics in
+    /// early boot), leaving nothing running.
+    pub die_after_launch: Mutex<bool>,
     next_pid: Mutex<u32>,
 }
 
@@ -118,6 +121,13 @@ impl Vmm for FakeVmm {
         let mut next = self.next_pid.lock().unwrap_or_else(|p| p.into_inner());
         *next += 1;
         let pid = 100_000 + *next;
+        if *self
+            .die_after_launch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            return Ok(pid);
+        }
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())

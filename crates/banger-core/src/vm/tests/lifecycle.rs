@@ -459,6 +459,36 @@ async fn a_ready_call_that_never_comes_fails_the_start_and_says_where_it_waited(
 }
 
 #[tokio::test]
+async fn a_vmm_that_dies_before_the_ready_call_ends_the_wait_with_why() {
+    let f = fixture();
+    *f.vmm.ready_calls.lock().expect("lock") = true;
+    *f.vmm.die_after_launch.lock().expect("lock") = true;
+    let id = create(&f, "doomed").await;
+    let err = run(
+        &f.core,
+        Command::VmStart {
+            vm: "doomed".into(),
+        },
+    )
+    .await
+    .expect_err("the vmm died");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("process exited before the guest agent reported ready"),
+        "{msg}"
+    );
+    assert!(!msg.contains("did not report ready within"), "{msg}");
+    assert_eq!(
+        f.core.find_vm("doomed").await.expect("find").state,
+        VmState::Error
+    );
+    assert!(
+        !ready_socket_path(&f.core.vm_files(&id).vsock).exists(),
+        "no socket left behind"
+    );
+}
+
+#[tokio::test]
 async fn starts_beyond_the_boot_limit_wait_for_a_slot() {
     let f = fixture();
     let admission = f
