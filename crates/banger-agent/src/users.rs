@@ -14,7 +14,18 @@ pub struct Account {
 
 /// Finds `user` (a name or a numeric uid) in the passwd file at `path`.
 pub fn lookup(path: &Path, user: &str) -> Result<Account, String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // No passwd file at all (a minimal image) still knows root; one that
+    // cannot be read is an error, not "no such user".
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(format!(
+                "cannot read {} to look up {user:?}: {e}",
+                path.display()
+            ));
+        }
+    };
     let by_uid: Option<u32> = user.parse().ok();
     for line in text.lines() {
         let f: Vec<&str> = line.split(':').collect();

@@ -119,13 +119,20 @@ pub fn find_kernel(tree: &Path) -> Result<(String, PathBuf), KernelError> {
     }
 }
 
-/// Module names the kernel has built in (`modules.builtin`).
-fn builtin_modules(modules_dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(modules_dir.join("modules.builtin"))
-        .unwrap_or_default()
+/// Module names the kernel has built in (`modules.builtin`; a package
+/// without the file builds nothing in). An unreadable file is an error:
+/// read as empty it would turn a built-in driver into a missing one.
+fn builtin_modules(modules_dir: &Path) -> Result<Vec<String>, KernelError> {
+    let path = modules_dir.join("modules.builtin");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(KernelError::Io { path, source }),
+    };
+    Ok(text
         .lines()
         .map(|l| crate::modules::module_name(Path::new(l.trim())))
-        .collect()
+        .collect())
 }
 
 /// Builds the kernel from an extracted package tree.
@@ -150,7 +157,7 @@ pub fn build_from_tree(tree: &Path, init_path: &Path) -> Result<BuiltKernel, Ker
         });
     };
     let index = ModuleIndex::load(&modules_dir)?;
-    let builtin = builtin_modules(&modules_dir);
+    let builtin = builtin_modules(&modules_dir)?;
     let mut wanted = Vec::new();
     for m in GUEST_MODULES {
         if index.contains(m) {
