@@ -54,8 +54,40 @@ pub struct ImageRecord {
     pub work_seed: Option<AssetFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packages: Vec<String>,
+    /// What runs as PID 1 in VMs of this image. Records written before
+    /// this field existed are systemd images: nothing else could reach
+    /// the agent then (it was a systemd unit).
+    #[serde(default)]
+    pub init: ImageInit,
     pub digest: String,
     pub created_at: DateTime<Utc>,
+}
+
+/// An image's init, found when it is built or imported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageInit {
+    /// `/sbin/init` is systemd: banger-init starts the agent early, then
+    /// hands PID 1 to systemd.
+    #[default]
+    Systemd,
+    /// No usable init: banger-init stays PID 1 for the VM's life.
+    Banger,
+}
+
+impl ImageInit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Systemd => "systemd",
+            Self::Banger => "banger",
+        }
+    }
+}
+
+impl std::fmt::Display for ImageInit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `POST /v1/kernels/import`. Paths are on the daemon's host.

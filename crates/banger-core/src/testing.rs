@@ -52,6 +52,7 @@ pub fn seed_default_assets(store: &Store) {
             rootfs: file("/nonexistent/rootfs.ext4"),
             work_seed: None,
             packages: vec![],
+            init: banger_api::asset::ImageInit::Systemd,
             digest: "00".into(),
             created_at: now,
         })
@@ -151,6 +152,7 @@ pub fn seed_real_default_assets(store: &Store, dir: &std::path::Path) {
             rootfs: write("rootfs.ext4", b"rootfs"),
             work_seed: Some(write("seed.ext4", b"seed")),
             packages: vec![],
+            init: banger_api::asset::ImageInit::Systemd,
             digest: "i".into(),
             created_at: now,
         })

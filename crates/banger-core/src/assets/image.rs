@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use banger_api::asset::{AssetFile, ImageBuildRequest, ImageImportRequest, ImageRecord};
+use banger_api::asset::{AssetFile, ImageBuildRequest, ImageImportRequest, ImageInit, ImageRecord};
 use banger_assets::files::{combine_digests, is_ext4, tree_size};
 use banger_host::tools::{Debootstrap, MkfsExt4};
 use banger_store::AssetKind;
@@ -92,6 +92,8 @@ impl Core {
             rootfs_rec,
             Some(seed_rec),
             packages,
+            // BASE_PACKAGES install systemd-sysv.
+            ImageInit::Systemd,
         );
         let rec = self.commit_image(staged, rec).await?;
         tracing::info!(name = %rec.name, "image built");
@@ -181,6 +183,7 @@ impl Core {
             rootfs_rec,
             seed_rec,
             Vec::new(),
+            ImageInit::Systemd,
         );
         self.commit_image(staged, rec).await
     }
@@ -192,6 +195,7 @@ fn new_image(
     rootfs: AssetFile,
     work_seed: Option<AssetFile>,
     packages: Vec<String>,
+    init: ImageInit,
 ) -> ImageRecord {
     let digest = combine_digests(&[
         Some(&rootfs.sha256),
@@ -204,6 +208,7 @@ fn new_image(
         rootfs,
         work_seed,
         packages,
+        init,
         digest,
         created_at: Utc::now(),
     }
