@@ -252,6 +252,8 @@ pub enum InternalError {
     NotAVmDir { dir: PathBuf, root: PathBuf },
     #[error("vm {0:?} has no address")]
     NoAddress(String),
+    #[error("vm {0:?} has no address for nat")]
+    NoNatAddress(String),
     #[error("could not find a free generated name")]
     NoFreeName,
 }

@@ -90,8 +90,18 @@ pub enum HandlesError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is corrupt: {message}")]
-    Corrupt { path: PathBuf, message: String },
+    #[error("removing {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Path of the scratch file for a VM directory.
@@ -126,10 +136,7 @@ pub fn read_scratch(vm_dir: &Path) -> Result<Option<VmHandles>, HandlesError> {
     };
     serde_json::from_slice(&data)
         .map(Some)
-        .map_err(|e| HandlesError::Corrupt {
-            path,
-            message: e.to_string(),
-        })
+        .map_err(|source| HandlesError::Corrupt { path, source })
 }
 
 /// The daemon's in-memory authority on live handles.
@@ -165,7 +172,7 @@ impl HandleCache {
             let path = scratch_path(dir);
             if let Err(source) = std::fs::remove_file(&path) {
                 if source.kind() != std::io::ErrorKind::NotFound {
-                    return Err(HandlesError::Write { path, source });
+                    return Err(HandlesError::Remove { path, source });
                 }
             }
         }

@@ -1,8 +1,9 @@
 //! SQLite persistence of durable intent: VMs, kernels, images.
 //!
 //! Only durable facts are stored. Kernel objects a VM holds while it runs
-//! (pid, tap, loop devices) are never authoritative here; the runtime JSON
-//! carries *mirrors* of the teardown-critical ones, nothing more.
+//! (pid, tap, jail) are never authoritative here; a VM row carries a
+//! *mirror* of the teardown-critical ones (`teardown_json`, written and
+//! read only by the daemon), nothing more.
 //!
 //! The schema is versioned with SQLite's `user_version` (see
 //! [`migrations`]); VM rows live in [`vms`], asset rows in [`assets`].

@@ -31,25 +31,26 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     /// it is gone. The pidfd is opened before the identity check, so a pid
     /// recycled after the check is never waited on.
     async fn wait_gone(&self, pid: u32, socket: &Path, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
         let exit = match crate::wait::PidExit::open(pid) {
             Ok(Some(exit)) => exit,
             Ok(None) => return true,
             Err(e) => {
                 tracing::debug!(pid, error = %e, "no pidfd; looking at /proc instead");
-                let deadline = tokio::time::Instant::now() + within;
-                while self.alive(pid, socket) && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                return !self.alive(pid, socket);
+                return poll_gone(self, pid, socket, deadline).await;
             }
         };
         if !self.alive(pid, socket) {
             return true;
         }
-        matches!(
-            tokio::time::timeout(within, exit.exited()).await,
-            Ok(Ok(()))
-        )
+        match tokio::time::timeout(within, exit.exited()).await {
+            Ok(Ok(())) => true,
+            Err(_) => false,
+            Ok(Err(e)) => {
+                tracing::debug!(pid, error = %e, "pidfd wait failed; looking at /proc instead");
+                poll_gone(self, pid, socket, deadline).await
+            }
+        }
     }
     /// Kills it, and any other process naming its socket (a launch cut
     /// short can leave two), and waits (bounded) until all are gone.
@@ -78,6 +79,20 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
             None => Ok(()),
         }
     }
+}
+
+/// Where no pidfd can be had (or waited on), nothing signals the exit of
+/// a process that is not our child: `/proc` is looked at until `deadline`.
+async fn poll_gone<V: Vmm + ?Sized>(
+    vmm: &V,
+    pid: u32,
+    socket: &Path,
+    deadline: tokio::time::Instant,
+) -> bool {
+    while vmm.alive(pid, socket) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    !vmm.alive(pid, socket)
 }
 
 #[cfg(test)]

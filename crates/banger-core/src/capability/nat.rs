@@ -32,7 +32,7 @@ impl Nat {
         let guest_ip = vm
             .runtime
             .guest_ip
-            .ok_or_else(|| InternalError::NoAddress(vm.name.clone()))?;
+            .ok_or_else(|| InternalError::NoNatAddress(vm.name.clone()))?;
         Ok(NatRule {
             tap: tap.to_owned(),
             guest_ip,
