@@ -44,12 +44,28 @@ pub trait Power: Send + Sync {
     fn power_off(&self, reboot: bool);
 }
 
-/// The real one: systemd when it runs, else the reboot syscall.
+/// The real one: banger-init when it is PID 1 (it shuts down cleanly on
+/// a signal), systemd when it runs, else the reboot syscall.
 #[derive(Debug, Default)]
 pub struct SystemPower;
 
+/// Set by banger-init in the agent's environment when it stays PID 1.
+pub const BANGER_INIT_PID1: &str = "BANGER_INIT_PID1";
+
 impl Power for SystemPower {
     fn power_off(&self, reboot: bool) {
+        if std::env::var_os(BANGER_INIT_PID1).is_some() {
+            // busybox init's convention, which banger-init follows.
+            let sig = if reboot {
+                nix::sys::signal::Signal::SIGTERM
+            } else {
+                nix::sys::signal::Signal::SIGUSR2
+            };
+            match nix::sys::signal::kill(nix::unistd::Pid::from_raw(1), sig) {
+                Ok(()) => return,
+                Err(e) => eprintln!("banger-agent: signalling PID 1: {e}; forcing"),
+            }
+        }
         if Path::new("/run/systemd/system").exists() {
             let verb = if reboot { "reboot" } else { "poweroff" };
             match std::process::Command::new("systemctl")

@@ -128,7 +128,11 @@ mod tests {
         );
         assert_eq!(c.hostname.as_deref(), Some("web"));
         assert_eq!(parse("banger.init=systemd").mode, Some(InitMode::Systemd));
-        for bad in ["banger.addr=10.0.0.2", "banger.addr=10.0.0.2/33", "banger.addr=x/24"] {
+        for bad in [
+            "banger.addr=10.0.0.2",
+            "banger.addr=10.0.0.2/33",
+            "banger.addr=x/24",
+        ] {
             assert_eq!(parse(bad).address, None, "{bad}");
         }
         assert_eq!(parse("banger.init=runit").mode, None);

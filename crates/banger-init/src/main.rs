@@ -3,32 +3,43 @@
 //!
 //! It loads the modules listed in `/etc/banger/modules.order` (dependency
 //! order, paths under `/lib/modules/<version>/`), waits for the root
-//! device, mounts it and switches root to the real init. It is built as a
-//! static binary (`scripts/build-guest.sh`): the initramfs has no libc.
+//! device, mounts it and switches root. Told by the daemon
+//! (`banger.init=`), it then readies the guest for commands before any
+//! distro init runs: `/dev/pts`, `/run`, `/tmp`, the work disk at
+//! `/root`, the hostname, the address and route; and starts the agent.
+//! With `banger.init=systemd` it then execs `/sbin/init`, so systemd boots
+//! behind an agent that already answers; with `banger.init=banger` (an
+//! image without an init) it stays PID 1 for the VM's life.
 //!
 //! Kernel command line it reads: `root=` (default `/dev/vda`),
 //! `rootfstype=` (default `ext4`), `rootflags=`, `ro`/`rw`, `init=`
-//! (default `/sbin/init`), `banger.rootwait=<seconds>` (default 30).
-//! On any failure it prints why and powers the VM off, so a broken boot
-//! ends instead of hanging.
+//! (default `/sbin/init`), `banger.rootwait=<seconds>` (default 30),
+//! `banger.init=systemd|banger`, `banger.addr=<ip>/<prefix>`,
+//! `banger.gw=<ip>`, `banger.hostname=<name>`.
+//! On a failure before the root is usable it prints why and powers the VM
+//! off, so a broken boot ends instead of hanging. It is built as a static
+//! binary (`scripts/build-guest.sh`): the initramfs has no libc.
+
+mod cmdline;
+mod log;
+mod net;
+mod pid1;
+mod setup;
 
 use std::ffi::CString;
-use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::kmod::{ModuleInitFlags, finit_module};
 use nix::mount::{MsFlags, mount};
 
+use crate::cmdline::{Cmdline, InitMode};
+use crate::log::log;
+use crate::setup::{mount_fs, wait_for};
+
 const ORDER_FILE: &str = "/etc/banger/modules.order";
 const NEW_ROOT: &str = "/newroot";
-
-fn log(msg: &str) {
-    // The console is init's stdio (the initramfs has /dev/console).
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "banger-init: {msg}");
-}
 
 fn main() {
     match run() {
@@ -46,57 +57,6 @@ fn main() {
 }
 
 enum Never {}
-
-struct Cmdline {
-    root: String,
-    fstype: String,
-    flags: String,
-    read_only: bool,
-    init: String,
-    root_wait: Duration,
-}
-
-fn parse_cmdline(text: &str) -> Cmdline {
-    let mut c = Cmdline {
-        root: "/dev/vda".into(),
-        fstype: "ext4".into(),
-        flags: String::new(),
-        read_only: false,
-        init: "/sbin/init".into(),
-        root_wait: Duration::from_secs(30),
-    };
-    for word in text.split_whitespace() {
-        match word.split_once('=') {
-            Some(("root", v)) => c.root = v.into(),
-            Some(("rootfstype", v)) => c.fstype = v.into(),
-            Some(("rootflags", v)) => c.flags = v.into(),
-            Some(("init", v)) => c.init = v.into(),
-            Some(("banger.rootwait", v)) => {
-                if let Ok(s) = v.parse() {
-                    c.root_wait = Duration::from_secs(s);
-                }
-            }
-            None if word == "ro" => c.read_only = true,
-            None if word == "rw" => c.read_only = false,
-            _ => {}
-        }
-    }
-    c
-}
-
-fn mount_fs(src: &str, target: &str, fstype: &str) -> Result<(), String> {
-    let _ = std::fs::create_dir_all(target);
-    match mount(
-        Some(src),
-        target,
-        Some(fstype),
-        MsFlags::empty(),
-        None::<&str>,
-    ) {
-        Ok(()) | Err(Errno::EBUSY) => Ok(()),
-        Err(e) => Err(format!("mount {fstype} on {target}: {e}")),
-    }
-}
 
 fn load_modules() -> Result<usize, String> {
     let order = match std::fs::read_to_string(ORDER_FILE) {
@@ -123,31 +83,9 @@ fn load_modules() -> Result<usize, String> {
     Ok(n)
 }
 
-fn wait_for(dev: &str, within: Duration) -> Result<(), String> {
-    let start = Instant::now();
-    while !Path::new(dev).exists() {
-        if start.elapsed() > within {
-            return Err(format!(
-                "root device {dev} did not appear within {}s (is the disk attached, and its driver loaded?)",
-                within.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-fn run() -> Result<Never, String> {
-    mount_fs("devtmpfs", "/dev", "devtmpfs")?;
-    mount_fs("proc", "/proc", "proc")?;
-    mount_fs("sysfs", "/sys", "sysfs")?;
-    let loaded = load_modules()?;
-    let cmdline =
-        std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
-    let c = parse_cmdline(&cmdline);
-    log(&format!("loaded {loaded} modules; waiting for {}", c.root));
-    wait_for(&c.root, c.root_wait)?;
-
+/// Mounts the root disk on NEW_ROOT and makes it "/" (switch_root),
+/// keeping the kernel filesystems mounted in the initramfs.
+fn switch_root(c: &Cmdline) -> Result<(), String> {
     std::fs::create_dir_all(NEW_ROOT).map_err(|e| format!("mkdir {NEW_ROOT}: {e}"))?;
     let flags = if c.read_only {
         MsFlags::MS_RDONLY
@@ -164,9 +102,10 @@ fn run() -> Result<Never, String> {
     )
     .map_err(|e| format!("mount {} ({}) on {NEW_ROOT}: {e}", c.root, c.fstype))?;
     // lstat, not stat: on merged-/usr systems /sbin/init is an absolute
-    // symlink that only resolves once the new root is "/".
+    // symlink that only resolves once the new root is "/". An image
+    // without an init needs none.
     let init_in_root = format!("{NEW_ROOT}{}", c.init);
-    if std::fs::symlink_metadata(&init_in_root).is_err() {
+    if c.mode != Some(InitMode::Banger) && std::fs::symlink_metadata(&init_in_root).is_err() {
         return Err(format!(
             "{} does not exist on the root filesystem {}",
             c.init, c.root
@@ -188,16 +127,58 @@ fn run() -> Result<Never, String> {
             let _ = nix::mount::umount(fs);
         }
     }
-    log(&format!(
-        "switching root to {} and starting {}",
-        c.root, c.init
-    ));
-    // switch_root: make the new root "/" of this mount namespace.
     std::env::set_current_dir(NEW_ROOT).map_err(|e| format!("chdir {NEW_ROOT}: {e}"))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
         .map_err(|e| format!("moving {NEW_ROOT} to /: {e}"))?;
     nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
-    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// Everything a command needs, then the agent. Any failure is returned
+/// before the marker is written, so banger's systemd units (where systemd
+/// boots next) still do the job.
+fn early(c: &Cmdline, mode: InitMode) -> Result<std::process::Child, String> {
+    setup::early_mounts()?;
+    if let Some(name) = &c.hostname {
+        setup::hostname(name)?;
+    }
+    if let Some(a) = &c.address {
+        net::configure(a)?;
+    }
+    setup::mark_early()?;
+    let agent = pid1::start_agent(mode == InitMode::Banger)?;
+    log(&format!("agent started (pid {})", agent.id()));
+    Ok(agent)
+}
+
+fn run() -> Result<Never, String> {
+    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::empty(), None)?;
+    mount_fs("proc", "/proc", "proc", MsFlags::empty(), None)?;
+    mount_fs("sysfs", "/sys", "sysfs", MsFlags::empty(), None)?;
+    let loaded = load_modules()?;
+    let text =
+        std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+    let c = cmdline::parse(&text);
+    log(&format!("loaded {loaded} modules; waiting for {}", c.root));
+    wait_for(&c.root, c.root_wait)?;
+    log(&format!("switching root to {}", c.root));
+    switch_root(&c)?;
+    match c.mode {
+        Some(InitMode::Banger) => {
+            let agent = early(&c, InitMode::Banger)?;
+            log("staying PID 1 (the image has no init)");
+            pid1::supervise(agent)
+        }
+        Some(InitMode::Systemd) => {
+            // The agent, once started, is systemd's child after the exec
+            // below; a failure here leaves the job to banger's units.
+            if let Err(e) = early(&c, InitMode::Systemd) {
+                log(&format!("early setup failed: {e}; leaving it to systemd"));
+            }
+        }
+        None => {}
+    }
+    log(&format!("starting {}", c.init));
     let init = CString::new(c.init.clone()).map_err(|_| "init path has a NUL byte".to_owned())?;
     let err = nix::unistd::execv(&init, &[&init]).err();
     Err(format!(
@@ -205,28 +186,4 @@ fn run() -> Result<Never, String> {
         c.init,
         err.map_or_else(String::new, |e| e.to_string())
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cmdline_defaults_and_overrides() {
-        let c = parse_cmdline("console=ttyS0 quiet");
-        assert_eq!(
-            (c.root.as_str(), c.fstype.as_str(), c.init.as_str()),
-            ("/dev/vda", "ext4", "/sbin/init")
-        );
-        assert!(!c.read_only);
-        let c = parse_cmdline(
-            "root=/dev/vdb rootfstype=xfs ro init=/bin/sh banger.rootwait=5 rootflags=noatime",
-        );
-        assert_eq!(c.root, "/dev/vdb");
-        assert_eq!(c.fstype, "xfs");
-        assert!(c.read_only);
-        assert_eq!(c.init, "/bin/sh");
-        assert_eq!(c.root_wait, Duration::from_secs(5));
-        assert_eq!(c.flags, "noatime");
-    }
 }

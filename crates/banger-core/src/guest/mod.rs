@@ -10,9 +10,12 @@ use banger_host::disk::GuestEntry;
 /// Where the guest agent lives in every VM's root disk.
 pub const AGENT_PATH: &str = "/usr/local/sbin/banger-agent";
 
-/// The agent's unit: early (no default dependencies), but after the local
-/// filesystems (the work disk at /root) and the network, so that "ready"
-/// means commands find /root and the bridge.
+/// The agent's unit, for kernels that boot without banger's initramfs
+/// (banger-init starts the agent itself otherwise, and leaves
+/// `/run/banger/early`, which makes this unit skip): early (no default
+/// dependencies), but after the local filesystems (the work disk at
+/// /root) and the network, so that "ready" means commands find /root and
+/// the bridge.
 pub const AGENT_UNIT: &str = include_str!("banger-agent.service");
 
 /// banger's public key; the sshd drop-in reads it beside the user's own
@@ -148,6 +151,13 @@ mod tests {
         );
         assert!(net.contains("route replace default via 10.99.0.1"), "{net}");
         assert!(!net.contains('@'), "{net}");
+        for unit in ["banger-net", "banger-agent"] {
+            let text = text(&e, &format!("/etc/systemd/system/{unit}.service"));
+            assert!(
+                text.contains("ConditionPathExists=!/run/banger/early"),
+                "{unit} must skip when banger-init did its job: {text}"
+            );
+        }
         assert_eq!(text(&e, "/etc/hostname"), "web\n");
         assert_eq!(
             text(&e, "/etc/resolv.conf"),

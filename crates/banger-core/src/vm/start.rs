@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use banger_api::asset::{ImageRecord, KernelRecord};
+use banger_api::asset::{ImageInit, ImageRecord, KernelRecord};
 use banger_api::doctor::{Accel, DoctorReport};
 use banger_api::vm::{VmRecord, VmState, VmmKind};
 use banger_host::layout::{TapName, VmFiles};
@@ -35,6 +35,13 @@ impl Core {
         check_action(&vm.name, vm.state, VmAction::Start)?;
         let kernel: KernelRecord = self.find_asset(&vm.spec.kernel).await?;
         let image: ImageRecord = self.find_asset(&vm.spec.image).await?;
+        if image.init == ImageInit::Banger && kernel.initrd.is_none() {
+            // Without banger's initramfs nothing would be PID 1.
+            return Err(CoreError::InvalidArgument(format!(
+                "image {:?} has no init of its own, and kernel {:?} boots without banger's initramfs, which would be its init; use a kernel from `banger kernel add --from-debian` (or the default kernel)",
+                image.name, kernel.name
+            )));
+        }
         let kernel_files = std::iter::once(kernel.vmlinux.clone()).chain(kernel.initrd.clone());
         self.verify_files(kernel_files.collect()).await?;
         let vmm = self.vmm_for(vm.spec.vmm)?;
@@ -172,12 +179,7 @@ impl Core {
             .map_err(InternalError::io("creating", socket_dir))?;
         let host = self.host_report().await?;
         let accel = host.default_vmm.map_or(Accel::Tcg, |c| c.accel);
-        let mut cmdline =
-            String::from("console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1 quiet");
-        if !kernel.cmdline.is_empty() {
-            cmdline.push(' ');
-            cmdline.push_str(&kernel.cmdline);
-        }
+        let cmdline = kernel_cmdline(kernel, image.init, &vm.name, ip, &self.config().network);
         let spec = LaunchSpec {
             vm_id: vm.id.to_string(),
             vcpus: vm.spec.vcpus,
@@ -319,5 +321,83 @@ fn start_failure_message(e: &CoreError) -> String {
             msg
         }
         other => other.to_string(),
+    }
+}
+
+/// The guest kernel's command line: the console and root, then what
+/// banger-init needs to ready the guest before any distro init (the init
+/// mode, address, gateway, hostname), then the kernel record's own.
+fn kernel_cmdline(
+    kernel: &KernelRecord,
+    init: ImageInit,
+    hostname: &str,
+    ip: Ipv4Addr,
+    net: &banger_config::NetworkConfig,
+) -> String {
+    let mut cmdline = format!(
+        "console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1 quiet banger.init={init} banger.addr={ip}/{prefix} banger.gw={gw} banger.hostname={hostname}",
+        prefix = net.prefix_len,
+        gw = net.bridge_ip,
+    );
+    if !kernel.cmdline.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&kernel.cmdline);
+    }
+    cmdline
+}
+
+#[cfg(test)]
+mod tests {
+    use banger_api::asset::AssetFile;
+
+    use super::*;
+
+    #[test]
+    fn the_kernel_is_told_the_init_mode_address_gateway_and_hostname() {
+        let file = AssetFile {
+            path: "/k".into(),
+            sha256: "00".into(),
+            size: 1,
+        };
+        let mut kernel = KernelRecord {
+            id: "k".into(),
+            name: "default".into(),
+            version: None,
+            source: "test".into(),
+            vmlinux: file,
+            initrd: None,
+            modules: vec![],
+            cmdline: String::new(),
+            booted_on: vec![],
+            digest: "00".into(),
+            created_at: chrono::Utc::now(),
+        };
+        let net = banger_config::NetworkConfig {
+            bridge: "banger0".into(),
+            bridge_ip: Ipv4Addr::new(10, 99, 0, 1),
+            prefix_len: 28,
+            uplink: None,
+        };
+        let line = kernel_cmdline(
+            &kernel,
+            ImageInit::Banger,
+            "web",
+            Ipv4Addr::new(10, 99, 0, 2),
+            &net,
+        );
+        assert_eq!(
+            line,
+            "console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1 quiet banger.init=banger banger.addr=10.99.0.2/28 banger.gw=10.99.0.1 banger.hostname=web"
+        );
+        kernel.cmdline = "mitigations=off".into();
+        let line = kernel_cmdline(
+            &kernel,
+            ImageInit::Systemd,
+            "db",
+            Ipv4Addr::new(10, 99, 0, 3),
+            &net,
+        );
+        assert!(line.contains("banger.init=systemd"), "{line}");
+        assert!(line.ends_with(" mitigations=off"), "{line}");
     }
 }

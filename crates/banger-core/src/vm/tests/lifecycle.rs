@@ -459,6 +459,44 @@ async fn a_ready_call_that_never_comes_fails_the_start_and_says_where_it_waited(
 }
 
 #[tokio::test]
+async fn an_image_without_init_needs_a_kernel_with_bangers_initramfs() {
+    let f = fixture();
+    let mut image: banger_api::asset::ImageRecord =
+        f.core.find_asset("default").await.expect("image");
+    image.id = "i-bare".into();
+    image.name = "bare".into();
+    image.init = banger_api::asset::ImageInit::Banger;
+    let rec = image.clone();
+    f.core
+        .db(move |s| s.insert_asset(&rec))
+        .await
+        .expect("insert");
+    vm(
+        &f.core,
+        Command::VmCreate(CreateVmRequest {
+            name: Some("busy".into()),
+            image: Some("bare".into()),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let err = run(&f.core, Command::VmStart { vm: "busy".into() })
+        .await
+        .expect_err("the fixture's kernel has no initramfs");
+    assert!(matches!(err, CoreError::InvalidArgument(_)), "{err}");
+    assert!(err.to_string().contains("no init of its own"), "{err}");
+    assert!(
+        f.vmm.vmm_calls().is_empty(),
+        "refused before anything was launched"
+    );
+    assert_eq!(
+        f.core.find_vm("busy").await.expect("find").state,
+        VmState::Created,
+        "a refusal changes nothing"
+    );
+}
+
+#[tokio::test]
 async fn a_vmm_that_dies_before_the_ready_call_ends_the_wait_with_why() {
     let f = fixture();
     *f.vmm.ready_calls.lock().expect("lock") = true;
