@@ -270,6 +270,10 @@ pub enum ImageCmd {
         json: bool,
     },
     /// Import an ext4 root filesystem image or a directory tree.
+    ///
+    /// Its init is read from its /sbin/init (never following a link out of
+    /// the image): systemd when that leads to systemd, otherwise banger's
+    /// own init stays PID 1. `image show` says which.
     Import {
         name: String,
         #[arg(

@@ -206,11 +206,16 @@ pub fn kernel_detail(k: &KernelRecord, verified: bool) {
 }
 
 pub fn image_table(is: &[ImageRecord]) {
-    let mut t = table(&["NAME", "SOURCE", "ROOTFS", "WORK SEED", "CREATED"]);
+    println!("{}", image_list(is));
+}
+
+fn image_list(is: &[ImageRecord]) -> Table {
+    let mut t = table(&["NAME", "SOURCE", "INIT", "ROOTFS", "WORK SEED", "CREATED"]);
     for i in is {
         t.add_row(vec![
             i.name.clone(),
             i.source.clone(),
+            i.init.to_string(),
             format_size(i.rootfs.size),
             i.work_seed
                 .as_ref()
@@ -218,13 +223,18 @@ pub fn image_table(is: &[ImageRecord]) {
             when(&i.created_at),
         ]);
     }
-    println!("{t}");
+    t
 }
 
 pub fn image_detail(i: &ImageRecord, verified: bool) {
+    detail(image_rows(i, verified));
+}
+
+fn image_rows(i: &ImageRecord, verified: bool) -> Vec<(&'static str, String)> {
     let mut rows = vec![
         ("name", i.name.clone()),
         ("source", i.source.clone()),
+        ("init", i.init.to_string()),
         ("rootfs", file_line(&i.rootfs)),
         (
             "work seed",
@@ -243,5 +253,48 @@ pub fn image_detail(i: &ImageRecord, verified: bool) {
     if verified {
         rows.push(("verified", "sha256 of every file matches".into()));
     }
-    detail(rows);
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use banger_api::asset::{AssetFile, ImageInit};
+
+    use super::*;
+
+    fn image(init: ImageInit) -> ImageRecord {
+        let file = |p: &str| AssetFile {
+            path: p.into(),
+            sha256: "ab".repeat(32),
+            size: 64 << 20,
+        };
+        ImageRecord {
+            id: "i1".into(),
+            name: "tiny".into(),
+            source: "import:/srv/tree".into(),
+            rootfs: file("/s/rootfs.ext4"),
+            work_seed: None,
+            packages: vec![],
+            init,
+            digest: "d".into(),
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn image_show_and_list_say_the_init() {
+        let rows = image_rows(&image(ImageInit::Banger), false);
+        assert!(rows.contains(&("init", "banger".into())), "{rows:?}");
+        let rows = image_rows(&image(ImageInit::Systemd), false);
+        assert!(rows.contains(&("init", "systemd".into())), "{rows:?}");
+        let list = image_list(&[image(ImageInit::Banger)]).to_string();
+        let mut lines = list.lines();
+        let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+        let row: Vec<&str> = lines.next().expect("row").split_whitespace().collect();
+        assert_eq!(header[..3], ["NAME", "SOURCE", "INIT"]);
+        assert_eq!(row[..3], ["tiny", "import:/srv/tree", "banger"]);
+        // `--json` prints the record itself.
+        let v = serde_json::to_value(image(ImageInit::Banger)).expect("json");
+        assert_eq!(v["init"], "banger");
+    }
 }

@@ -44,8 +44,10 @@ pub enum GuestEntry {
 
 #[cfg(any(test, feature = "testing"))]
 mod fake;
+mod inspect;
 #[cfg(any(test, feature = "testing"))]
 pub use fake::{DiskCall, FakeDisks};
+pub use inspect::GuestNode;
 
 /// Disk side effects the daemon needs.
 #[async_trait]
@@ -77,6 +79,9 @@ pub trait DiskOps: Send + Sync + std::fmt::Debug {
     ) -> Result<PathBuf, DiskError>;
     /// Writes entries into the ext4 `image` (creating parents as given).
     async fn write_entries(&self, image: &Path, entries: &[GuestEntry]) -> Result<(), DiskError>;
+    /// What the absolute `guest_path` names inside the ext4 `image` (no
+    /// mount); a symlink in its last component is read, not followed.
+    async fn guest_node(&self, image: &Path, guest_path: &Path) -> Result<GuestNode, DiskError>;
 }
 
 /// The real host: cp, e2fsck, resize2fs, mkfs.ext4, debugfs.
@@ -247,15 +252,11 @@ impl DiskOps for HostDisks {
         dest: &Path,
     ) -> Result<PathBuf, DiskError> {
         std::fs::create_dir_all(dest).map_err(io(dest))?;
-        let mut out = String::new();
-        ToolRun::new(&self.debugfs)
-            .arg("-R")
-            .arg(format!("rdump {guest_path} {}", dest.display()))
-            .arg(image.as_os_str())
-            .run(|l| {
-                out.push_str(l);
-                out.push('\n');
-            })
+        let out = self
+            .debugfs_read(
+                image,
+                format!("rdump {guest_path} {}", dest.display()).into(),
+            )
             .await?;
         let base = Path::new(guest_path)
             .file_name()
@@ -308,6 +309,10 @@ impl DiskOps for HostDisks {
                 message: errors.join("; "),
             })
         }
+    }
+
+    async fn guest_node(&self, image: &Path, guest_path: &Path) -> Result<GuestNode, DiskError> {
+        self.node(image, guest_path).await
     }
 }
 
@@ -448,6 +453,57 @@ mod tests {
             )
             .await
             .expect_err("no parent dir");
+        assert!(matches!(err, DiskError::Debugfs { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn real_tools_read_nodes_without_mounting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disks = HostDisks::with_defaults("mkfs.ext4".into(), dir.path().join("scratch"));
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr/lib/systemd")).expect("tree");
+        std::fs::create_dir_all(tree.join("usr/sbin")).expect("tree");
+        std::fs::write(tree.join("usr/lib/systemd/systemd"), "elf").expect("tree");
+        let link = |target: &str, at: &str| {
+            std::os::unix::fs::symlink(target, tree.join(at)).expect("symlink");
+        };
+        link("usr/sbin", "sbin");
+        link("../lib/systemd/systemd", "usr/sbin/init");
+        // Past the 60 bytes an inode holds: stored in a block of its own.
+        let long = format!("/{}/systemd", "d".repeat(80));
+        link(&long, "long");
+        link("/a \"quoted\" target", "odd \"name\"");
+        let img = dir.path().join("root.ext4");
+        if let Err(DiskError::Tool(ToolError::NotFound { .. })) =
+            disks.make_ext4(&img, 32 << 20, "root", Some(&tree)).await
+        {
+            eprintln!("SKIPPED: e2fsprogs missing (scripts/setup.sh installs it)");
+            return;
+        }
+        let node = |p: &'static str| {
+            let (disks, img) = (&disks, &img);
+            async move { disks.guest_node(img, Path::new(p)).await.expect(p) }
+        };
+        assert_eq!(node("/sbin").await, GuestNode::Symlink("usr/sbin".into()));
+        assert_eq!(node("/usr").await, GuestNode::Dir);
+        assert_eq!(
+            node("/usr/sbin/init").await,
+            GuestNode::Symlink("../lib/systemd/systemd".into())
+        );
+        assert_eq!(node("/usr/lib/systemd/systemd").await, GuestNode::File);
+        assert_eq!(node("/long").await, GuestNode::Symlink(long.into()));
+        assert_eq!(
+            node("/odd \"name\"").await,
+            GuestNode::Symlink("/a \"quoted\" target".into())
+        );
+        assert_eq!(node("/nope").await, GuestNode::Missing);
+        assert_eq!(node("/usr/lib/systemd/systemd/x").await, GuestNode::Missing);
+        let not_ext4 = dir.path().join("plain");
+        std::fs::write(&not_ext4, vec![0u8; 4096]).expect("plain");
+        let err = disks
+            .guest_node(&not_ext4, Path::new("/sbin"))
+            .await
+            .expect_err("not ext4");
         assert!(matches!(err, DiskError::Debugfs { .. }), "{err}");
     }
 }

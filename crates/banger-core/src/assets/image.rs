@@ -9,10 +9,11 @@ use banger_store::AssetKind;
 use chrono::Utc;
 
 use crate::core::Core;
-use crate::error::CoreError;
+use crate::error::{CoreError, HostError};
 use crate::ids::new_id;
 use crate::progress::ProgressSink;
 
+use super::init::{detect_init, tree_node};
 use super::{BASE_PACKAGES, blocking, file_record, io_err};
 
 impl Core {
@@ -141,7 +142,8 @@ impl Core {
         std::fs::create_dir_all(&staged).map_err(io_err("creating", &staged))?;
         let root_img = staged.join("rootfs.ext4");
         let mut seed: Option<PathBuf> = None;
-        if is_dir {
+        let init = if is_dir {
+            let init = self.tree_init(&src, progress).await?;
             let mkfs = MkfsExt4 {
                 bin: cfg.tools.mkfs_ext4.clone(),
             };
@@ -161,6 +163,7 @@ impl Core {
             mkfs.from_dir(&src, &root_img, ext4_size(&src, 64 << 20)?, "banger-root")
                 .run(|_| {})
                 .await?;
+            init
         } else {
             progress.stage("rootfs", format!("copying {}", src.display()));
             let (s, d) = (src.clone(), root_img.clone());
@@ -170,7 +173,9 @@ impl Core {
                     .map_err(io_err("copying", &s))
             })
             .await?;
-        }
+            // The copy, not the source: what is recorded is what was read.
+            self.ext4_init(&root_img, progress).await?
+        };
         progress.stage("store", "hashing and publishing");
         let (rootfs_rec, seed_rec) = {
             let (r, s) = (root_img.clone(), seed.clone());
@@ -183,10 +188,57 @@ impl Core {
             rootfs_rec,
             seed_rec,
             Vec::new(),
-            ImageInit::Systemd,
+            init,
         );
         self.commit_image(staged, rec).await
     }
+
+    /// The init of the image the directory `tree` becomes.
+    async fn tree_init(
+        &self,
+        tree: &Path,
+        progress: &ProgressSink,
+    ) -> Result<ImageInit, CoreError> {
+        progress.stage(
+            "init",
+            format!("resolving /sbin/init in {}", tree.display()),
+        );
+        let (init, target) = detect_init(|p: PathBuf| {
+            let tree = tree.to_owned();
+            blocking(move || tree_node(&tree, &p))
+        })
+        .await?;
+        log_init(tree, init, target.as_deref());
+        Ok(init)
+    }
+
+    /// The init of the ext4 `image`, read without mounting it.
+    async fn ext4_init(
+        &self,
+        image: &Path,
+        progress: &ProgressSink,
+    ) -> Result<ImageInit, CoreError> {
+        progress.stage("init", "resolving /sbin/init in the rootfs");
+        let disks = self.deps().disks.as_ref();
+        let (init, target) = detect_init(|p: PathBuf| async move {
+            disks
+                .guest_node(image, &p)
+                .await
+                .map_err(|e| CoreError::from(HostError::from(e)))
+        })
+        .await?;
+        log_init(image, init, target.as_deref());
+        Ok(init)
+    }
+}
+
+fn log_init(image: &Path, init: ImageInit, target: Option<&Path>) {
+    tracing::info!(
+        image = %image.display(),
+        %init,
+        sbin_init = %target.map_or_else(|| "nothing".into(), |t| t.display().to_string()),
+        "image init detected"
+    );
 }
 
 fn new_image(
@@ -251,27 +303,4 @@ fn prepare_rootfs(rootfs: &Path, seed: &Path) -> Result<(), CoreError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prepare_rootfs_strips_identity_and_moves_root_home() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("rootfs");
-        std::fs::create_dir_all(root.join("etc/ssh")).expect("mkdir");
-        std::fs::create_dir_all(root.join("root/.config")).expect("mkdir");
-        std::fs::write(root.join("etc/ssh/ssh_host_ed25519_key"), "k").expect("w");
-        std::fs::write(root.join("etc/ssh/sshd_config"), "c").expect("w");
-        std::fs::write(root.join("etc/machine-id"), "abc\n").expect("w");
-        std::fs::write(root.join("root/.bashrc"), "rc").expect("w");
-        let seed = dir.path().join("seed");
-        prepare_rootfs(&root, &seed).expect("prepare");
-        assert!(!root.join("etc/ssh/ssh_host_ed25519_key").exists());
-        assert!(root.join("etc/ssh/sshd_config").exists());
-        assert_eq!(std::fs::read(root.join("etc/machine-id")).expect("r"), b"");
-        assert!(root.join("root").is_dir());
-        assert_eq!(std::fs::read_dir(root.join("root")).expect("r").count(), 0);
-        assert_eq!(std::fs::read(seed.join(".bashrc")).expect("r"), b"rc");
-        assert!(seed.join(".config").is_dir());
-    }
-}
+mod tests;

@@ -9,6 +9,7 @@
 //! lock that a cancelled waiter simply leaves.
 
 mod image;
+mod init;
 mod kernel;
 mod provision;
 

@@ -1,13 +1,14 @@
 //! A recording fake that creates plain files where the real one would
 //! clone or format.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use banger_api::doctor::StorageStrategy;
 
-use super::{DiskError, DiskOps, GuestEntry, io};
+use super::{DiskError, DiskOps, GuestEntry, GuestNode, io};
 
 /// One recorded [`DiskOps`] call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,10 @@ pub enum DiskCall {
     Write {
         image: PathBuf,
         entries: Vec<GuestEntry>,
+    },
+    Node {
+        image: PathBuf,
+        guest_path: PathBuf,
     },
 }
 
@@ -63,6 +68,9 @@ impl std::fmt::Display for DiskCall {
             DiskCall::Write { image, entries } => {
                 write!(f, "write {} ({} entries)", image.display(), entries.len())
             }
+            DiskCall::Node { image, guest_path } => {
+                write!(f, "node {} {}", image.display(), guest_path.display())
+            }
         }
     }
 }
@@ -73,11 +81,22 @@ impl std::fmt::Display for DiskCall {
 pub struct FakeDisks {
     pub calls: Mutex<Vec<DiskCall>>,
     pub written: Mutex<Vec<(PathBuf, GuestEntry)>>,
+    /// What [`DiskOps::guest_node`] answers, by guest path, in every
+    /// image; a path not here is [`GuestNode::Missing`].
+    pub nodes: Mutex<HashMap<PathBuf, GuestNode>>,
 }
 
 impl FakeDisks {
     fn record(&self, c: DiskCall) {
         self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+    }
+
+    /// Makes `guest_path` read as `node` in every image.
+    pub fn set_node(&self, guest_path: impl Into<PathBuf>, node: GuestNode) {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(guest_path.into(), node);
     }
 
     /// Every operation asked for, in order.
@@ -154,5 +173,14 @@ impl DiskOps for FakeDisks {
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
         w.extend(entries.iter().map(|e| (image.to_owned(), e.clone())));
         Ok(())
+    }
+
+    async fn guest_node(&self, image: &Path, guest_path: &Path) -> Result<GuestNode, DiskError> {
+        self.record(DiskCall::Node {
+            image: image.to_owned(),
+            guest_path: guest_path.to_owned(),
+        });
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(nodes.get(guest_path).cloned().unwrap_or(GuestNode::Missing))
     }
 }
