@@ -57,6 +57,12 @@ mapfile -d '' qemu_cmd < "/proc/$qemu_pid/cmdline"
 mapfile -d '' backend_cmd < "/proc/$backend_pid/cmdline"
 b vm stop raw >/dev/null
 tap="bg-${id:0:12}"
+# banger hands QEMU its tap as a descriptor; by hand, QEMU opens it by name.
+for i in "${!qemu_cmd[@]}"; do
+  case "${qemu_cmd[$i]}" in
+    tap,id=n0,fd=*) qemu_cmd[$i]="tap,id=n0,ifname=$tap,script=no,downscript=no" ;;
+  esac
+done
 for run in $(seq "$runs"); do
   ip -n "$ns" tuntap add "$tap" mode tap
   ip -n "$ns" link set "$tap" master banger0 up
