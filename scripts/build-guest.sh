@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-gnu
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked --target "$target" -p banger-init -p banger-agent >&2
-echo "$(pwd)/target/$target/release"
+echo "${CARGO_TARGET_DIR:-$(pwd)/target}/$target/release"

@@ -35,6 +35,18 @@ const HOSTKEYS_UNIT: &str = include_str!("banger-hostkeys.service");
 const FSTAB: &str = include_str!("fstab");
 
 const UNITS: &str = "/etc/systemd/system";
+/// Every directory the entries below write into, parents first.
+const PARENTS: &[&str] = &[
+    "/etc",
+    "/etc/systemd",
+    UNITS,
+    WANTS,
+    "/etc/ssh",
+    "/etc/ssh/sshd_config.d",
+    "/usr",
+    "/usr/local",
+    "/usr/local/sbin",
+];
 const WANTS: &str = "/etc/systemd/system/multi-user.target.wants";
 
 /// What the guest files say about one VM.
@@ -77,7 +89,17 @@ pub fn entries(cfg: GuestConfig<'_>) -> Vec<GuestEntry> {
     let net_unit = NET_UNIT
         .replace("@ADDRESS@", &format!("{}/{}", cfg.ip, cfg.prefix_len))
         .replace("@GATEWAY@", &cfg.gateway.to_string());
-    let mut out = vec![
+    // debugfs makes only the last component of a path: every directory a
+    // file below needs, for images that lack them (a busybox tree has no
+    // /etc/systemd or /usr/local). Existing ones keep their content.
+    let mut out: Vec<GuestEntry> = PARENTS
+        .iter()
+        .map(|p| GuestEntry::Dir {
+            path: (*p).into(),
+            mode: 0o755,
+        })
+        .collect();
+    out.extend([
         file("/etc/hostname", format!("{name}\n")),
         file(
             "/etc/hosts",
@@ -91,21 +113,13 @@ pub fn entries(cfg: GuestConfig<'_>) -> Vec<GuestEntry> {
             format!("nameserver {}\nsearch vm\n", cfg.gateway),
         ),
         file("/etc/fstab", FSTAB.into()),
-        GuestEntry::Dir {
-            path: WANTS.into(),
-            mode: 0o755,
-        },
-    ];
+    ]);
     out.extend(enabled_unit("banger-net.service", net_unit));
     out.extend(enabled_unit(
         "banger-hostkeys.service",
         HOSTKEYS_UNIT.into(),
     ));
     out.extend([
-        GuestEntry::Dir {
-            path: "/etc/ssh/sshd_config.d".into(),
-            mode: 0o755,
-        },
         file("/etc/ssh/sshd_config.d/99-banger.conf", SSHD_DROP_IN.into()),
         file(AUTHORIZED_KEYS, format!("{}\n", cfg.authorized_key)),
         GuestEntry::File {
@@ -159,6 +173,23 @@ mod tests {
             );
         }
         assert_eq!(text(&e, "/etc/hostname"), "web\n");
+        // Every file's directory is made before it, for trees without them.
+        let mut made = std::collections::HashSet::new();
+        for entry in &e {
+            let path = match entry {
+                GuestEntry::Dir { path, .. } => {
+                    made.insert(path.clone());
+                    continue;
+                }
+                GuestEntry::File { path, .. } | GuestEntry::Symlink { path, .. } => path,
+            };
+            let parent = std::path::Path::new(path).parent().expect("parent");
+            assert!(
+                parent == std::path::Path::new("/")
+                    || made.contains(parent.to_str().expect("utf8")),
+                "{path}: its directory comes first"
+            );
+        }
         assert_eq!(
             text(&e, "/etc/resolv.conf"),
             "nameserver 10.99.0.1\nsearch vm\n"
