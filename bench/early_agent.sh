@@ -4,7 +4,8 @@
 # in a private network namespace. Per run: `vm create`, then `vm start`
 # (returns at agent ready), then `vm exec -- systemctl is-system-running
 # --wait`; the daemon's start stages; and the guest's boot timeline by
-# stage, in kernel time. Prints figures; asserts nothing.
+# stage, in kernel time, from the console and from the guest's journal.
+# Prints figures; asserts nothing.
 #
 #   sudo bench/early_agent.sh [RUNS]
 #
@@ -74,9 +75,10 @@ for run in $(seq "$runs"); do
   echo "  from the start command: agent ready $ready ms, systemd done $full ms  [daemon $stages]"
   echo "  console (vm logs), kernel time:"
   b vm logs "$name" | timeline
-  # With `quiet` systemd keeps its progress off the console; its journal
-  # has the same lines on the same clock (CLOCK_MONOTONIC since boot).
-  echo "  journal (systemd's side of the same boot), kernel time:"
+  # Under `quiet` the console carries few kernel stamps and none of
+  # systemd's progress; the journal has banger-init's kernel-log lines and
+  # systemd's on one clock (CLOCK_MONOTONIC since boot).
+  echo "  journal (kernel log and systemd), kernel time:"
   b vm exec "$name" -- journalctl -b -o short-monotonic --no-pager \
     | grep -E 'banger-init|Reached target|Startup finished|Started banger|systemd-journald.service' \
     | sed 's/^\(\[ *[0-9.]*\]\) [^ ]* /\1 /' | timeline || true
