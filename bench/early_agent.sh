@@ -18,13 +18,17 @@ runs="${1:-3}"
 . bench/cached-assets.sh
 
 cargo build --release --locked -q -p banger --bin banger --bin bangerd
+# Where cargo put them: build-guest.sh names ./target, whatever
+# CARGO_TARGET_DIR says.
+target_dir="${CARGO_TARGET_DIR:-$(pwd)/target}"
 guest_dir=$(scripts/build-guest.sh)
-B="$(pwd)/target/release/banger"
+guest_dir="$target_dir/${guest_dir#"$(pwd)/target/"}"
+B="$target_dir/release/banger"
 
 . bench/lab.sh
 envs=(BANGER_CONFIG=/dev/null BANGER_STATE_DIR="$work/state" BANGER_RUNTIME_DIR="$work/run"
       BANGER_AUTO_PROVISION=false BANGER_GUEST_INIT="$guest_dir/banger-init"
-      BANGER_GUEST_AGENT="$guest_dir/banger-agent" BANGER_DAEMON_BIN="$(pwd)/target/release/bangerd")
+      BANGER_GUEST_AGENT="$guest_dir/banger-agent" BANGER_DAEMON_BIN="$target_dir/release/bangerd")
 
 b kernel import default --vmlinux "$kernel_dir/vmlinux" --initrd "$kernel_dir/initrd.img" >/dev/null
 b image import default --rootfs "$rootfs" >/dev/null
@@ -32,19 +36,19 @@ b image import default --rootfs "$rootfs" >/dev/null
 # The ms of stage $1 in a `start stages` log line ("... agent=1234ms ...").
 stage_ms() { sed -n "s/.* $1=\([0-9]*\)ms.*/\1/p; s/.*stages=$1=\([0-9]*\)ms.*/\1/p" | head -1; }
 
-# Boot stages from kernel-stamped text on stdin ("[   2.345678] ..."), one
-# line each with its time in seconds. A line the kernel did not stamp
-# (banger-init's own stderr, systemd's status lines) gets the time of the
-# last stamped line before it, marked ">=".
+# Boot stages from text on stdin, one line each with its kernel time in
+# seconds ("[   2.345678] ..."), in the order they came; "-" for a line the
+# kernel did not stamp (banger-init's and the agent's own stderr on the
+# console, systemd's status lines).
 timeline() {
   sed 's/\x1b\[[0-9;]*[A-Za-z]//g' | awk '
-    match($0, /^\[ *[0-9]+\.[0-9]+\]/) {
-      ts = substr($0, RSTART + 1, RLENGTH - 2); gsub(/ /, "", ts); stamped = 1
-    }
-    !/^\[ *[0-9]+\.[0-9]+\]/ { stamped = 0 }
     /banger-init: |Reached target|Welcome to|Startup finished|systemd-journald|banger-agent/ {
-      line = $0; sub(/^\[ *[0-9]+\.[0-9]+\] */, "", line)
-      printf "    %2s %9s s  %s\n", (stamped ? "" : ">="), (ts == "" ? "?" : ts), line
+      ts = "-"; line = $0
+      if (match(line, /^\[ *[0-9]+\.[0-9]+\]/)) {
+        ts = substr(line, RSTART + 1, RLENGTH - 2); gsub(/ /, "", ts)
+        sub(/^\[ *[0-9]+\.[0-9]+\] */, "", line)
+      }
+      printf "    %9s s  %s\n", ts, line
     }'
 }
 
@@ -56,7 +60,13 @@ for run in $(seq "$runs"); do
   t0=$(now)
   b vm start "$name" >/dev/null
   t1=$(now)
-  state=$(b vm exec "$name" -- systemctl is-system-running --wait || true)
+  # Right after the agent's ready call systemd may not answer yet
+  # (`offline`, or no bus: `unknown`) and --wait does not wait: the guest
+  # asks again every 50 ms until systemd can answer.
+  state=$(b vm exec "$name" -- sh -c 'for t in $(seq 1200); do
+      s=$(systemctl is-system-running --wait 2>/dev/null)
+      case "$s" in offline|unknown|"") sleep 0.05 ;; *) break ;; esac
+    done; echo "$s"')
   t2=$(now)
   stages=$(grep 'start stages' "$work/state/bangerd.log" | tail -1 | sed 's/.*stages=/stages=/')
   launch=$(stage_ms vmm-launch <<<"$stages")
