@@ -21,6 +21,7 @@ PACKAGES=(
   debootstrap       # root images from Debian packages
   cpio              # checking the initramfs we write
   tmux              # driving interactive sessions in tests
+  busybox-static    # a root tree without systemd, for the banger-init tests
   openssh-client    # banger vm ssh
   ca-certificates
   pkg-config

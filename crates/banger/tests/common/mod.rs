@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod busybox;
 pub mod helper;
 pub mod stream;
 pub mod wait;
