@@ -2,7 +2,8 @@
 //! its own: reap orphans, keep the agent running, and turn a power-off or
 //! reboot request into a clean shutdown.
 //!
-//! Requests arrive as signals, busybox init's convention: SIGUSR2 powers
+//! Requests arrive as signals, busybox init's convention (the power
+//! button, read from its input device, becomes SIGUSR2 too): SIGUSR2 powers
 //! off, SIGTERM reboots, and SIGINT (the kernel's Ctrl-Alt-Del, which
 //! Firecracker's graceful stop sends) reboots; a reboot ends a
 //! Firecracker VMM, which has no power off.
@@ -100,6 +101,14 @@ pub fn supervise(mut agent: Child) -> ! {
         log(&format!("blocking signals: {e}; shutting down"));
         shutdown(false);
     }
+    // Spawned after the block, so the thread leaves every signal to the
+    // sigwait below.
+    if let Err(e) = std::thread::Builder::new()
+        .name("power-button".into())
+        .spawn(watch_power_button)
+    {
+        log(&format!("watching the power button: {e}"));
+    }
     // A child may have exited before the block.
     let mut agent_pid = Pid::from_raw(agent.id() as i32);
     if reap(agent_pid) {
@@ -118,6 +127,49 @@ pub fn supervise(mut agent: Child) -> ! {
             Ok(Signal::SIGTERM | Signal::SIGINT) => shutdown(true),
             Ok(other) => log(&format!("ignoring {other}")),
             Err(e) => log(&format!("sigwait: {e}")),
+        }
+    }
+}
+
+/// The ACPI power button's input device (the `button` and `evdev`
+/// modules are in the initramfs when the kernel has them as modules).
+fn power_button() -> Option<std::fs::File> {
+    let dir = std::fs::read_dir("/sys/class/input").ok()?;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| n.starts_with("event")) else {
+            continue;
+        };
+        let Ok(label) = std::fs::read_to_string(entry.path().join("device/name")) else {
+            continue;
+        };
+        if label.trim() == "Power Button" {
+            return std::fs::File::open(format!("/dev/input/{name}")).ok();
+        }
+    }
+    None
+}
+
+/// Turns a press of the power button (the VMM's graceful stop when the
+/// agent does not take it) into the power-off signal to PID 1.
+fn watch_power_button() {
+    use std::io::Read;
+    // struct input_event on 64-bit: timeval (16), type (2), code (2), value (4).
+    const EVENT: usize = 24;
+    const EV_KEY: u16 = 1;
+    const KEY_POWER: u16 = 116;
+    let Some(mut dev) = power_button() else {
+        log("no power button device; the agent's power off still works");
+        return;
+    };
+    let mut buf = [0u8; EVENT];
+    while dev.read_exact(&mut buf).is_ok() {
+        let kind = u16::from_ne_bytes([buf[16], buf[17]]);
+        let code = u16::from_ne_bytes([buf[18], buf[19]]);
+        let value = i32::from_ne_bytes([buf[20], buf[21], buf[22], buf[23]]);
+        if kind == EV_KEY && code == KEY_POWER && value == 1 {
+            log("power button pressed");
+            let _ = kill(Pid::from_raw(1), Signal::SIGUSR2);
         }
     }
 }
@@ -143,6 +195,8 @@ pub fn shutdown(reboot_after: bool) -> ! {
         "powering off"
     });
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    // A stopped process handles SIGTERM only once continued.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGCONT);
     let deadline = Instant::now() + TERM_GRACE;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {

@@ -339,6 +339,29 @@ fn a_busybox_image_without_systemd_boots_with_banger_init_as_pid_1() {
     assert_ne!(first, second, "a new agent");
 
     assert_graceful_stop(&lab, "bb1");
+
+    // The power button (the VMM's part of a graceful stop, used when the
+    // agent does not answer) reaches banger-init too: pressed here over
+    // QMP directly, it ends in a clean power off of its own.
+    lab.ok(&["vm", "start", "bb1"]);
+    let shown = lab.json(&["vm", "show", "bb1", "--json"]);
+    let qmp = shown["runtime"]["api_socket"]
+        .as_str()
+        .expect("qmp socket")
+        .to_owned();
+    let pid = qemu_pid(&qmp);
+    press_power_button(&qmp);
+    assert!(
+        common::wait::exited(pid, Duration::from_secs(60)),
+        "the guest did not power off on the button\n{}",
+        lab.diagnostics()
+    );
+    let tail = lab.ok(&["vm", "logs", "bb1", "-n", "30"]);
+    for line in ["banger-init: power button pressed", "reboot: Power down"] {
+        assert!(tail.contains(line), "{line:?} not on the console:\n{tail}");
+    }
+    // The record catches up with the VM that went away by itself.
+    lab.ok(&["vm", "stop", "bb1"]);
     lab.ok(&["vm", "delete", "bb1"]);
 
     // A kernel with no initramfs never runs banger-init: such an image
@@ -363,4 +386,50 @@ fn a_busybox_image_without_systemd_boots_with_banger_init_as_pid_1() {
     lab.ok(&["vm", "delete", "bare"]);
     lab.assert_no_leaks();
     lab.ok(&["daemon", "stop"]);
+}
+
+/// QEMU's pid, found by the QMP socket in its command line.
+fn qemu_pid(qmp: &str) -> i32 {
+    let needle = format!("unix:{qmp},");
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
+            return pid;
+        }
+    }
+    panic!("no QEMU with {needle}");
+}
+
+/// `system_powerdown` over QMP: what the daemon's stop sends when the
+/// agent does not take the power off.
+fn press_power_button(qmp: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::os::unix::net::UnixStream::connect(qmp).expect("qmp connect");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("qmp greeting");
+    assert!(line.contains("QMP"), "{line}");
+    for cmd in ["qmp_capabilities", "system_powerdown"] {
+        writeln!(writer, "{{\"execute\":\"{cmd}\"}}").expect("qmp write");
+        // Events may come first; the answer is the line with "return".
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("qmp answer");
+            assert!(!line.contains("\"error\""), "{cmd}: {line}");
+            if line.contains("\"return\"") {
+                break;
+            }
+        }
+    }
 }
