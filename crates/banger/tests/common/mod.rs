@@ -363,6 +363,19 @@ pub fn cached_default_assets(init: &Path) -> CachedAssets {
         candidate_version("linux-image-cloud-amd64"),
     );
     let key = sha256_hex(key_material.as_bytes())[..16].to_owned();
+    // One user of the cache at a time, across the tests of a binary and
+    // across binaries: each runs a daemon on the cache's state dir, and an
+    // Env going away kills the daemon of its state dir, whoever started it.
+    std::fs::create_dir_all(&cache_root).expect("cache root");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(cache_root.join(".lock"))
+        .expect("cache lock file");
+    let _cache_lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("locking the test cache");
     let entry = cache_root.join(&key);
     let complete = entry.join("complete");
     if !complete.exists() {
@@ -373,7 +386,7 @@ pub fn cached_default_assets(init: &Path) -> CachedAssets {
         .flatten()
         .flatten()
     {
-        if e.file_name() != *key {
+        if e.file_name() != *key && e.file_name() != ".lock" {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
