@@ -18,11 +18,8 @@ runs="${1:-3}"
 . bench/cached-assets.sh
 
 cargo build --release --locked -q -p banger --bin banger --bin bangerd
-# Where cargo put them: build-guest.sh names ./target, whatever
-# CARGO_TARGET_DIR says.
 target_dir="${CARGO_TARGET_DIR:-$(pwd)/target}"
 guest_dir=$(scripts/build-guest.sh)
-guest_dir="$target_dir/${guest_dir#"$(pwd)/target/"}"
 B="$target_dir/release/banger"
 
 . bench/lab.sh
