@@ -340,14 +340,7 @@ async fn stop_without_an_agent_presses_the_power_button() {
 async fn a_guest_whose_agent_never_answers_is_an_error_and_leaves_nothing() {
     let f = fixture();
     f.agent.set_ready(false);
-    vm(
-        &f.core,
-        Command::VmCreate(CreateVmRequest {
-            name: Some("mute".into()),
-            ..Default::default()
-        }),
-    )
-    .await;
+    create(&f, "mute").await;
     let id = f.core.find_vm("mute").await.expect("find").id;
     std::fs::create_dir_all(f.core.vm_files(&id).dir).expect("dir");
     std::fs::write(
@@ -566,14 +559,7 @@ async fn starts_beyond_the_boot_limit_wait_for_a_slot() {
 #[tokio::test]
 async fn failed_launch_cleans_up_and_marks_error_with_the_reason() {
     let f = fixture();
-    vm(
-        &f.core,
-        Command::VmCreate(CreateVmRequest {
-            name: Some("bad".into()),
-            ..Default::default()
-        }),
-    )
-    .await;
+    create(&f, "bad").await;
     *f.vmm.fail_launch.lock().expect("lock") = Some("qemu: could not open tap".into());
     let err = run(&f.core, Command::VmStart { vm: "bad".into() })
         .await
@@ -690,14 +676,7 @@ async fn nat_rules_live_exactly_as_long_as_the_vm_runs() {
 async fn set_nat_applies_live_and_is_a_noop_when_unchanged_or_not_alive() {
     let f = fixture();
     // Not running: only the spec changes; the host is not touched.
-    vm(
-        &f.core,
-        Command::VmCreate(CreateVmRequest {
-            name: Some("live".into()),
-            ..Default::default()
-        }),
-    )
-    .await;
+    create(&f, "live").await;
     let v = set_nat(&f, "live", true).await;
     assert!(v.spec.nat);
     assert!(f.firewall.calls().is_empty(), "{:?}", f.firewall.calls());
@@ -974,14 +953,7 @@ async fn concurrent_starts_get_distinct_addresses_and_delete_releases_everything
     for i in 10..13 {
         create_and_start(&f, &format!("vm{i}")).await;
     }
-    vm(
-        &f.core,
-        Command::VmCreate(CreateVmRequest {
-            name: Some("full".into()),
-            ..Default::default()
-        }),
-    )
-    .await;
+    create(&f, "full").await;
     let err = run(&f.core, Command::VmStart { vm: "full".into() })
         .await
         .expect_err("exhausted");
