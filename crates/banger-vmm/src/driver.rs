@@ -37,7 +37,7 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
             Ok(None) => return true,
             Err(e) => {
                 tracing::debug!(pid, error = %e, "no pidfd; looking at /proc instead");
-                return poll_gone(self, pid, socket, deadline).await;
+                return poll_gone(self, pid, socket, deadline, PROC_POLL).await;
             }
         };
         if !self.alive(pid, socket) {
@@ -48,7 +48,7 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
             Err(_) => false,
             Ok(Err(e)) => {
                 tracing::debug!(pid, error = %e, "pidfd wait failed; looking at /proc instead");
-                poll_gone(self, pid, socket, deadline).await
+                poll_gone(self, pid, socket, deadline, PROC_POLL).await
             }
         }
     }
@@ -81,16 +81,21 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Where no pidfd can be had (or waited on), nothing signals the exit of
-/// a process that is not our child: `/proc` is looked at until `deadline`.
-async fn poll_gone<V: Vmm + ?Sized>(
+/// Between looks at `/proc` when no pidfd serves.
+const PROC_POLL: Duration = Duration::from_millis(100);
+
+/// Where nothing signals the exit (no pidfd to be had or waited on, or a
+/// fake whose "processes" are table entries): `alive` is looked at every
+/// `every` until `deadline`.
+pub(crate) async fn poll_gone<V: Vmm + ?Sized>(
     vmm: &V,
     pid: u32,
     socket: &Path,
     deadline: tokio::time::Instant,
+    every: Duration,
 ) -> bool {
     while vmm.alive(pid, socket) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
     !vmm.alive(pid, socket)
 }

@@ -155,10 +155,7 @@ impl Vmm for FakeVmm {
     /// Fake pids are no processes: the fake's own table is watched.
     async fn wait_gone(&self, pid: u32, socket: &Path, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
-        while self.alive(pid, socket) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        !self.alive(pid, socket)
+        crate::driver::poll_gone(self, pid, socket, deadline, Duration::from_millis(5)).await
     }
 
     fn alive(&self, pid: u32, socket: &Path) -> bool {
