@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use banger_api::vm::VmRecord;
-use banger_host::layout::TapName;
 
 use crate::capability;
 use crate::core::Core;
@@ -47,10 +46,7 @@ impl Core {
         }
         // 2. Capabilities (NAT rules), keyed by the tap, then the tap
         // itself (named by id, so also derivable when all else is lost).
-        let tap = handles
-            .tap
-            .clone()
-            .unwrap_or_else(|| TapName::for_vm(&vm.id).to_string());
+        let tap = super::tap_of(&handles, vm);
         for cap in capability::all().iter().rev() {
             if let Err(e) = cap.cleanup(self.cap_context(), vm, &tap).await {
                 errors.push(CleanupError::Capability {

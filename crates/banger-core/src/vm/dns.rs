@@ -25,17 +25,15 @@ impl Core {
             .into_iter()
             .filter_map(|v| {
                 let ip: Ipv4Addr = v.runtime.guest_ip?;
-                let pid = self.handles().get(&v.id)?.pid?;
-                let socket = v.runtime.api_socket.clone()?;
-                let vmm = self.vmm_arc(v.spec.vmm).ok()?;
-                Some((v.name, ip, pid, socket, vmm))
+                let live = self.liveness(&v)?;
+                Some((v.name, ip, live))
             })
             .collect();
         let records = match tokio::task::spawn_blocking(move || {
             candidates
                 .into_iter()
-                .filter(|(_, _, pid, socket, vmm)| vmm.alive(*pid, socket))
-                .map(|(name, ip, ..)| (name, ip))
+                .filter(|(_, _, live)| live.check())
+                .map(|(name, ip, _)| (name, ip))
                 .collect()
         })
         .await

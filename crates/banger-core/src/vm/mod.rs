@@ -17,6 +17,9 @@ mod stop;
 #[cfg(test)]
 mod tests;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use banger_api::vm::{VmRecord, VmState, VmmKind};
 use banger_host::layout::{TapName, VmFiles};
 use banger_vmm::Vmm;
@@ -59,9 +62,9 @@ impl Core {
     }
 
     /// The driver as a shared handle, for work moved off the async workers.
-    fn vmm_arc(&self, kind: VmmKind) -> Result<std::sync::Arc<dyn Vmm>, CoreError> {
+    fn vmm_arc(&self, kind: VmmKind) -> Result<Arc<dyn Vmm>, CoreError> {
         match kind {
-            VmmKind::Qemu => Ok(std::sync::Arc::clone(&self.deps().qemu)),
+            VmmKind::Qemu => Ok(Arc::clone(&self.deps().qemu)),
             VmmKind::Firecracker => self.deps().firecracker.clone().ok_or_else(no_firecracker),
         }
     }
@@ -119,16 +122,18 @@ impl Core {
     /// Whether the VM's VMM runs right now: pid from the cache, verified
     /// against the control socket in its command line.
     pub fn vm_alive(&self, vm: &VmRecord) -> bool {
-        let Some(pid) = self.handles().get(&vm.id).and_then(|h| h.pid) else {
-            return false;
-        };
-        let Ok(vmm) = self.vmm_for(vm.spec.vmm) else {
-            return false;
-        };
-        vm.runtime
-            .api_socket
-            .as_deref()
-            .is_some_and(|s| vmm.alive(pid, s))
+        self.liveness(vm).is_some_and(|l| l.check())
+    }
+
+    /// What checking the VM's liveness takes, owned, so the check (a
+    /// `/proc` read) can also run off the async workers. `None`: no pid
+    /// known, no socket, or no driver: not alive.
+    pub(crate) fn liveness(&self, vm: &VmRecord) -> Option<Liveness> {
+        Some(Liveness {
+            pid: self.handles().get(&vm.id)?.pid?,
+            socket: vm.runtime.api_socket.clone()?,
+            vmm: self.vmm_arc(vm.spec.vmm).ok()?,
+        })
     }
 
     /// The VM's handles from the best source left: memory first; the
@@ -160,11 +165,29 @@ impl Core {
     /// The VM's tap as cleanup finds it: recovered handles, else the name
     /// derived from the id.
     pub(crate) async fn vm_tap(&self, vm: &VmRecord) -> String {
-        self.recovered_handles(vm)
-            .await
-            .tap
-            .unwrap_or_else(|| TapName::for_vm(&vm.id).to_string())
+        tap_of(&self.recovered_handles(vm).await, vm)
     }
+}
+
+/// One VM's liveness check, ready to run anywhere.
+pub(crate) struct Liveness {
+    pid: u32,
+    socket: PathBuf,
+    vmm: Arc<dyn Vmm>,
+}
+
+impl Liveness {
+    pub(crate) fn check(&self) -> bool {
+        self.vmm.alive(self.pid, &self.socket)
+    }
+}
+
+/// The tap recovered handles name, else the one derived from the id.
+fn tap_of(handles: &VmHandles, vm: &VmRecord) -> String {
+    handles
+        .tap
+        .clone()
+        .unwrap_or_else(|| TapName::for_vm(&vm.id).to_string())
 }
 
 fn no_firecracker() -> CoreError {
