@@ -11,7 +11,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(
-  qemu-system-x86   # QEMU microvm: the VMM where there is no hardware KVM
   e2fsprogs         # mkfs.ext4 -d, debugfs, resize2fs: disks without mounting
   xfsprogs          # mkfs.xfs -m reflink=1 for a reflink-capable state dir
   nftables          # per-VM NAT
@@ -52,6 +51,30 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
   echo "==> system packages already installed"
+fi
+
+# QEMU microvm is the VMM where there is no hardware KVM. Snapshots want
+# QEMU >= 9 (the `mapped-ram` migration format restores in about half the
+# time of 7.2's stream), which bookworm has in its backports suite.
+qemu_ok() {
+  qemu-system-x86_64 --version 2>/dev/null | awk 'NR==1 { split($4, v, "."); exit !(v[1] >= 9) }'
+}
+if ! qemu_ok; then
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  qemu_suite=()
+  if [ "$codename" = bookworm ]; then
+    list=/etc/apt/sources.list.d/banger-bookworm-backports.sources
+    if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      echo "==> adding bookworm-backports to apt's sources ($list), for QEMU 10"
+      printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' |
+        as_root tee "$list" >/dev/null
+    fi
+    qemu_suite=(-t bookworm-backports)
+  fi
+  echo "==> installing QEMU ${qemu_suite[*]}"
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${qemu_suite[@]}" qemu-system-x86
+  qemu_ok || { echo "setup.sh: QEMU >= 9 is needed for snapshots; found: $(qemu-system-x86_64 --version | head -1)" >&2; exit 1; }
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

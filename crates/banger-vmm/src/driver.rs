@@ -63,6 +63,48 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     fn ready_call(&self) -> bool {
         false
     }
+    /// Why this VM could not be snapshotted, naming the device that
+    /// cannot be saved; `None` when `save` can work.
+    fn snapshot_blocker(&self, _spec: &LaunchSpec) -> Option<String> {
+        Some(format!("the {} driver has no snapshot support", self.kind()))
+    }
+    /// Freezes the guest's vCPUs (the VMM process stays).
+    async fn pause(&self, _socket: &Path) -> Result<(), VmmError> {
+        Err(VmmError::Unsupported {
+            vmm: self.kind(),
+            what: "pause",
+        })
+    }
+    /// Lets a paused guest run again.
+    async fn resume(&self, _socket: &Path) -> Result<(), VmmError> {
+        Err(VmmError::Unsupported {
+            vmm: self.kind(),
+            what: "resume",
+        })
+    }
+    /// Whether the guest is paused now (a daemon restart asks).
+    async fn is_paused(&self, _socket: &Path) -> Result<bool, VmmError> {
+        Ok(false)
+    }
+    /// Writes a paused VM's memory and device state into `dir` (an
+    /// existing, empty directory; the file names are the driver's). The VM
+    /// stays paused. Its disks are the caller's to freeze.
+    async fn save(&self, _socket: &Path, _dir: &Path) -> Result<(), VmmError> {
+        Err(VmmError::Unsupported {
+            vmm: self.kind(),
+            what: "snapshots",
+        })
+    }
+    /// Starts the VM of `spec` from the state `save` wrote into `dir`
+    /// instead of booting it, and lets it run. `spec` must describe the
+    /// same machine (vCPUs, memory, device set) with this VM's own paths.
+    /// Returns the VMM's pid, like `launch`.
+    async fn restore(&self, _spec: &LaunchSpec, _dir: &Path) -> Result<u32, VmmError> {
+        Err(VmmError::Unsupported {
+            vmm: self.kind(),
+            what: "snapshots",
+        })
+    }
     /// Who must own the VM's tap: the jail's uid/gid, `None` for root.
     fn tap_owner(&self) -> Option<(u32, u32)> {
         None

@@ -44,6 +44,14 @@ pub enum VmmError {
     Blocking(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Jail(#[from] JailError),
+    #[error("{vmm} VMs have no {what} here")]
+    Unsupported {
+        vmm: banger_api::vm::VmmKind,
+        what: &'static str,
+    },
+    /// A snapshot could not be written or read back.
+    #[error("snapshot {path}: {why}")]
+    Snapshot { path: PathBuf, why: String },
 }
 
 /// Why a VMM (or the vsock backend it needs) did not start.
