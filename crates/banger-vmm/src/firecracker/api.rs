@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use banger_http::header::{ACCEPT, CONTENT_TYPE};
 use banger_http::{HttpError, Method, Request, StatusCode, UdsHttp};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::VmmError;
@@ -18,6 +19,13 @@ pub enum ApiError {
     Http(#[source] hyper::Error),
     #[error("{0}")]
     Encode(#[source] serde_json::Error),
+    /// A 2xx answer that is not what the API documents.
+    #[error("{path}: unexpected answer: {source}")]
+    Decode {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{0}")]
     Request(#[source] hyper::http::Error),
     /// A non-2xx answer; `fault` is Firecracker's `fault_message` (or the
@@ -99,20 +107,52 @@ impl FcApi {
     /// `PUT path` with `body` (one of [`models`](super::models), or any
     /// JSON).
     pub async fn put(&self, path: &str, body: impl Serialize) -> Result<(), VmmError> {
-        let put = || async {
-            let req = self.request(Method::PUT, path).json(&body)?;
-            self.send(Method::PUT, req).await
+        self.send_json(Method::PUT, path, body).await
+    }
+
+    /// `PATCH path` with `body`.
+    pub async fn patch(&self, path: &str, body: impl Serialize) -> Result<(), VmmError> {
+        self.send_json(Method::PATCH, path, body).await
+    }
+
+    async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Serialize,
+    ) -> Result<(), VmmError> {
+        let send = || async {
+            let req = self.request(method.clone(), path).json(&body)?;
+            self.send(method.clone(), req).await
         };
-        put().await.map(drop).map_err(|e| self.err(e))
+        send().await.map(drop).map_err(|e| self.err(e))
+    }
+
+    /// `GET path`, its answer as JSON.
+    async fn get_value(&self, path: &str) -> Result<Value, ApiError> {
+        // Firecracker has always been sent a JSON content type, body or not.
+        let req = self
+            .request(Method::GET, path)
+            .header(CONTENT_TYPE, "application/json");
+        self.send(Method::GET, req).await
+    }
+
+    /// `GET path`, its answer read as `T` (one of
+    /// [`models`](super::models)).
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, VmmError> {
+        let get = || async {
+            let value = self.get_value(path).await?;
+            serde_json::from_value(value).map_err(|source| ApiError::Decode {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        get().await.map_err(|e| self.err(e))
     }
 
     /// `GET /`: instance info (`state`: `Not started`, `Running`, ...).
     pub async fn instance_info(&self) -> Result<Value, VmmError> {
-        // Firecracker has always been sent a JSON content type, body or not.
-        let req = self
-            .request(Method::GET, "/")
-            .header(CONTENT_TYPE, "application/json");
-        self.send(Method::GET, req).await.map_err(|e| self.err(e))
+        self.get_value("/").await.map_err(|e| self.err(e))
     }
 }
 
@@ -122,7 +162,7 @@ mod tests {
     use tokio::net::UnixListener;
 
     use super::*;
-    use crate::firecracker::models::{ActionType, InstanceAction};
+    use crate::firecracker::models::{ActionType, InstanceAction, InstanceInfo, Vm, VmState};
 
     /// Answers one request with `response`; hands back what it was sent.
     fn serve_once(
@@ -189,5 +229,43 @@ mod tests {
         );
         let info = FcApi::new(&sock).instance_info().await.expect("info");
         assert_eq!(info["state"], "Running");
+    }
+
+    #[tokio::test]
+    async fn patch_sends_its_method_and_body() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("api.sock");
+        let server = serve_once(&sock, "HTTP/1.1 204 No Content\r\n\r\n");
+        let paused = Vm {
+            state: VmState::Paused,
+        };
+        FcApi::new(&sock)
+            .patch("/vm", paused)
+            .await
+            .expect("accepted");
+        let sent = server.await.expect("server").to_ascii_lowercase();
+        assert!(
+            sent.starts_with("patch http://localhost/vm http/1.1\r\n"),
+            "{sent}"
+        );
+        assert!(sent.ends_with("{\"state\":\"paused\"}"), "{sent}");
+    }
+
+    #[tokio::test]
+    async fn a_typed_get_reports_an_answer_it_cannot_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("api.sock");
+        let _server = serve_once(
+            &sock,
+            "HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n{\"state\":\"Sleeping\"}",
+        );
+        let err = FcApi::new(&sock)
+            .get::<InstanceInfo>("/")
+            .await
+            .expect_err("an unknown state");
+        assert!(
+            matches!(&err, VmmError::Api { source: ApiError::Decode { path, .. }, .. } if path == "/"),
+            "{err}"
+        );
     }
 }
