@@ -66,7 +66,10 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     /// Why this VM could not be snapshotted, naming the device that
     /// cannot be saved; `None` when `save` can work.
     fn snapshot_blocker(&self, _spec: &LaunchSpec) -> Option<String> {
-        Some(format!("the {} driver has no snapshot support", self.kind()))
+        Some(format!(
+            "the {} driver has no snapshot support",
+            self.kind()
+        ))
     }
     /// Freezes the guest's vCPUs (the VMM process stays).
     async fn pause(&self, _socket: &Path) -> Result<(), VmmError> {

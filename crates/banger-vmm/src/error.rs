@@ -52,6 +52,14 @@ pub enum VmmError {
     /// A snapshot could not be written or read back.
     #[error("snapshot {path}: {why}")]
     Snapshot { path: PathBuf, why: String },
+    /// A snapshot's file could not be moved or read: `what` says which
+    /// and how.
+    #[error("snapshot {what}: {source}")]
+    SnapshotFile {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a VMM (or the vsock backend it needs) did not start.

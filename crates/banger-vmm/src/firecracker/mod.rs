@@ -5,32 +5,24 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use banger_api::vm::VmmKind;
-use tokio::net::UnixStream;
 
 use crate::driver::Vmm;
-use crate::jail::{self, Jail, JailStage};
-use crate::{LaunchError, LaunchSpec, NotUp, VmmError, process};
+use crate::jail::{self, Jail};
+use crate::{LaunchError, LaunchSpec, VmmError, process};
 
 mod api;
 pub mod models;
+mod snapshot;
+mod spawn;
 pub use api::{ApiError, FcApi};
 use models::{
     ActionType, BootSource, Drive, InstanceAction, LogLevel, Logger, MachineConfig, Metrics,
-    NetworkInterface, Vsock,
+    NetworkInterface, VmState, Vsock,
 };
+pub use snapshot::{MEMORY_FILE, STATE_FILE};
 
-/// How long a fresh Firecracker may take to open its API socket.
-const SOCKET_WAIT: Duration = Duration::from_secs(5);
-
-/// Resolves once Firecracker's API socket takes connections.
-async fn api_socket_up(socket: &Path) {
-    crate::wait::path_exists(socket).await;
-    // bind(2) makes the name a moment before listen(2), and nothing
-    // signals the listen: a refused connect is retried shortly.
-    while UnixStream::connect(socket).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+/// The guest's one network interface, by the name Firecracker knows it.
+const NET_IFACE: &str = "eth0";
 
 /// Firecracker, run directly or under its jailer (`jail`). Jailed, the
 /// privileged steps (staging, spawning, removing the jail) are the jail's
@@ -43,8 +35,9 @@ pub struct FirecrackerVmm {
     pub jail: Option<Jail>,
 }
 
-/// Where Firecracker finds a VM's files: host paths when run directly,
-/// chroot-relative names when jailed.
+/// Where Firecracker finds a VM's files: chroot-relative names when
+/// jailed; run directly, names relative to the VM's directory for the
+/// disks (see [`spawn::drive_link`]) and host paths for the rest.
 struct FcPaths {
     kernel: PathBuf,
     initrd: Option<PathBuf>,
@@ -69,11 +62,11 @@ impl FirecrackerVmm {
             },
             None => {
                 // Firecracker's own log and metrics, next to the console log.
-                let dir = spec.console_log.parent().unwrap_or(Path::new("/"));
+                let dir = spawn::vm_dir(spec);
                 FcPaths {
                     kernel: spec.kernel.clone(),
                     initrd: spec.initrd.clone(),
-                    drives: spec.disks.clone(),
+                    drives: (0..spec.disks.len()).map(spawn::drive_link).collect(),
                     log: dir.join("firecracker.log"),
                     metrics: dir.join("firecracker.metrics"),
                     vsock: spec.vsock.clone(),
@@ -82,7 +75,35 @@ impl FirecrackerVmm {
         }
     }
 
-    async fn configure(
+    /// What a booted and a restored VM share: Firecracker's own log and
+    /// metrics (the only things it takes before a snapshot load).
+    async fn configure_process(&self, api: &FcApi, p: &FcPaths) -> Result<(), LaunchError> {
+        if self.jail.is_none() {
+            for f in [&p.log, &p.metrics] {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(f)
+                    .map_err(|source| LaunchError::File {
+                        what: format!("creating {}", f.display()),
+                        source,
+                    })?;
+            }
+        }
+        let logger = Logger {
+            log_path: p.log.clone(),
+            level: LogLevel::Info,
+            show_level: true,
+        };
+        api.put("/logger", logger).await?;
+        let metrics = Metrics {
+            metrics_path: p.metrics.clone(),
+        };
+        Ok(api.put("/metrics", metrics).await?)
+    }
+
+    /// The machine of a boot, then the boot.
+    async fn configure_boot(
         &self,
         api: &FcApi,
         spec: &LaunchSpec,
@@ -117,11 +138,12 @@ impl FirecrackerVmm {
         }
         if let Some(net) = &spec.net {
             let iface = NetworkInterface {
-                iface_id: "eth0".into(),
+                iface_id: NET_IFACE.into(),
                 host_dev_name: net.tap.clone(),
                 guest_mac: net.mac.clone(),
             };
-            api.put("/network-interfaces/eth0", iface).await?;
+            api.put(&format!("/network-interfaces/{NET_IFACE}"), iface)
+                .await?;
         }
         if let Some(uds) = &p.vsock {
             let vsock = Vsock {
@@ -130,32 +152,34 @@ impl FirecrackerVmm {
             };
             api.put("/vsock", vsock).await?;
         }
-        if self.jail.is_none() {
-            for f in [&p.log, &p.metrics] {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(f)
-                    .map_err(|source| LaunchError::File {
-                        what: format!("creating {}", f.display()),
-                        source,
-                    })?;
-            }
-        }
-        let logger = Logger {
-            log_path: p.log.clone(),
-            level: LogLevel::Info,
-            show_level: true,
-        };
-        api.put("/logger", logger).await?;
-        let metrics = Metrics {
-            metrics_path: p.metrics.clone(),
-        };
-        api.put("/metrics", metrics).await?;
         let start = InstanceAction {
             action_type: ActionType::InstanceStart,
         };
         Ok(api.put("/actions", start).await?)
+    }
+
+    /// Configures the started process `pid` with `configure`; kills it if
+    /// that fails, else records the pid.
+    async fn finish_start(
+        &self,
+        spec: &LaunchSpec,
+        pid: u32,
+        configure: impl std::future::Future<Output = Result<(), LaunchError>>,
+    ) -> Result<u32, VmmError> {
+        if let Err(source) = configure.await {
+            let _ = self.kill(pid, &spec.control_socket).await;
+            return Err(VmmError::Launch {
+                bin: self.bin.clone(),
+                source,
+            });
+        }
+        // The pid is returned and recorded by the caller; the file is for
+        // people and tools looking at the VM dir, so a failed write is not
+        // a failed start.
+        if let Err(e) = tokio::fs::write(&spec.pid_file, format!("{pid}\n")).await {
+            tracing::warn!(pid_file = %spec.pid_file.display(), "writing the pid file: {e}");
+        }
+        Ok(pid)
     }
 
     /// What names this VM's process in its command line: the control
@@ -184,119 +208,14 @@ impl Vmm for FirecrackerVmm {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
-        let err = |source: LaunchError| VmmError::Launch {
-            bin: self.bin.clone(),
-            source,
-        };
-        let _ = std::fs::remove_file(&spec.control_socket);
-        let console = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.console_log)
-            .map_err(|source| {
-                err(LaunchError::File {
-                    what: format!("opening {}", spec.console_log.display()),
-                    source,
-                })
-            })?;
-        let (pid, mut child) = match &self.jail {
-            Some(j) => {
-                j.ops
-                    .stage(&JailStage {
-                        vm_id: spec.vm_id.clone(),
-                        kernel: spec.kernel.clone(),
-                        initrd: spec.initrd.clone(),
-                        disks: spec.disks.clone(),
-                    })
-                    .await?;
-                // Short names in our runtime dir for the sockets the jailed
-                // process makes inside its chroot (sun_path is 108 bytes).
-                let c = &j.config;
-                let mut links = vec![(
-                    spec.control_socket.clone(),
-                    c.host_path(&spec.vm_id, jail::API_SOCKET),
-                )];
-                if let Some(v) = &spec.vsock {
-                    links.push((v.clone(), c.host_path(&spec.vm_id, jail::VSOCK)));
-                }
-                for (short, long) in links {
-                    let _ = std::fs::remove_file(&short);
-                    std::os::unix::fs::symlink(&long, &short).map_err(|source| {
-                        err(LaunchError::File {
-                            what: format!("linking {}", short.display()),
-                            source,
-                        })
-                    })?;
-                }
-                // Opened above so that it exists as ours: the helper only
-                // appends to a console the daemon owns.
-                drop(console);
-                (j.ops.spawn(&spec.vm_id, &spec.console_log).await?, None)
-            }
-            None => {
-                let mut cmd = tokio::process::Command::new(&self.bin);
-                cmd.arg("--api-sock")
-                    .arg(&spec.control_socket)
-                    .arg("--id")
-                    .arg(format!("banger-{}", spec.vm_id));
-                let child = banger_host::tools::spawn_detached(cmd, console)
-                    .map_err(|e| err(LaunchError::Spawn(e)))?;
-                let pid = child.id().ok_or_else(|| err(LaunchError::ExitedAtOnce))?;
-                (pid, Some(child))
-            }
-        };
+        let pid = self.spawn(spec).await?;
         let api = FcApi::new(&spec.control_socket);
-        // Not by command line: right after fork it is still its parent's.
-        // Our own child by waiting on it; a jailer the helper started (and
-        // reaps) by its pid.
-        let exited = async {
-            match child.as_mut() {
-                Some(c) => c.wait().await.map(Some),
-                None => {
-                    crate::wait::pid_exited(pid).await;
-                    Ok(None)
-                }
-            }
+        let p = self.paths(spec);
+        let configure = async {
+            self.configure_process(&api, &p).await?;
+            self.configure_boot(&api, spec, &p).await
         };
-        let up = tokio::select! {
-            () = api_socket_up(&spec.control_socket) => Ok(()),
-            status = exited => Err(NotUp::Exited(status.map_err(|e| err(LaunchError::Wait(e)))?)),
-            () = tokio::time::sleep(SOCKET_WAIT) => Err(NotUp::TimedOut),
-        };
-        if let Err(why) = up {
-            match child.as_mut() {
-                Some(c) => {
-                    let _ = c.start_kill();
-                    let _ = c.wait().await;
-                }
-                None => {
-                    let _ = self.kill(pid, &spec.control_socket).await;
-                }
-            }
-            return Err(err(LaunchError::ApiSocket {
-                socket: spec.control_socket.clone(),
-                why,
-                console: spec.console_log.clone(),
-            }));
-        }
-        // Reap it while this daemon lives; after a daemon restart it is
-        // init's child and identified through /proc.
-        if let Some(mut c) = child {
-            tokio::spawn(async move {
-                let _ = c.wait().await;
-            });
-        }
-        if let Err(e) = self.configure(&api, spec, &self.paths(spec)).await {
-            let _ = self.kill(pid, &spec.control_socket).await;
-            return Err(err(e));
-        }
-        // The pid is returned and recorded by the caller; the file is for
-        // people and tools looking at the VM dir, so a failed write is not
-        // a failed start.
-        if let Err(e) = tokio::fs::write(&spec.pid_file, format!("{pid}\n")).await {
-            tracing::warn!(pid_file = %spec.pid_file.display(), "writing the pid file: {e}");
-        }
-        Ok(pid)
+        self.finish_start(spec, pid, configure).await
     }
 
     async fn request_shutdown(&self, socket: &Path) -> Result<(), VmmError> {
@@ -316,6 +235,31 @@ impl Vmm for FirecrackerVmm {
 
     async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
         process::kill_vmm(pid, &self.identity(socket), Duration::from_secs(10)).await
+    }
+
+    /// Nothing Firecracker runs for banger is beyond its snapshots.
+    fn snapshot_blocker(&self, _spec: &LaunchSpec) -> Option<String> {
+        None
+    }
+
+    async fn pause(&self, socket: &Path) -> Result<(), VmmError> {
+        snapshot::set_state(socket, VmState::Paused).await
+    }
+
+    async fn resume(&self, socket: &Path) -> Result<(), VmmError> {
+        snapshot::set_state(socket, VmState::Resumed).await
+    }
+
+    async fn is_paused(&self, socket: &Path) -> Result<bool, VmmError> {
+        snapshot::is_paused(socket).await
+    }
+
+    async fn save(&self, socket: &Path, dir: &Path) -> Result<(), VmmError> {
+        self.save_to(socket, dir).await
+    }
+
+    async fn restore(&self, spec: &LaunchSpec, dir: &Path) -> Result<u32, VmmError> {
+        self.restore_from(spec, dir).await
     }
 
     /// Removes the jail (chroot and cgroups) once the process is gone.
