@@ -144,9 +144,50 @@ pub enum Message {
     GetArchive {
         path: String,
     },
+    /// Take on this machine's identity (a VM restored from a snapshot
+    /// is a copy of another until it does). Answered with `Pong`, or
+    /// `Error` naming the step that failed.
+    Identify(Box<Identity>),
     Error {
         message: String,
     },
+}
+
+/// Who a restored guest now is: everything a snapshot copied from the
+/// VM it was taken of that must differ between copies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub hostname: String,
+    pub nic: Option<NicIdentity>,
+    /// 32 hex digits, for `/etc/machine-id`.
+    pub machine_id: String,
+    /// The guest's new ssh host key, made by the host (so it is pinned
+    /// before anyone connects); every other host key is removed.
+    pub ssh_host_key: Option<HostKey>,
+    /// The host's wall clock when sent (the guest's stopped at the save).
+    pub unix_secs: i64,
+    pub unix_nanos: u32,
+    /// Fresh host randomness, credited to the guest kernel's pool, which
+    /// is then reseeded: copies must not share a random stream.
+    pub entropy: Vec<u8>,
+}
+
+/// The NIC's address after a restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicIdentity {
+    pub mac: String,
+    pub ip: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<std::net::Ipv4Addr>,
+}
+
+/// An OpenSSH host key pair (ed25519).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostKey {
+    /// The private key file's text (OpenSSH format).
+    pub private: String,
+    /// `ssh-ed25519 AAAA…`.
+    pub public: String,
 }
 
 /// One received frame.

@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 mod exec;
+pub mod identity;
 pub mod users;
 
 /// Identifies this build in the hello.
@@ -125,6 +126,23 @@ where
             }
             Frame::Control(Message::PutArchive { dest }) => return put(dest.into(), r, w).await,
             Frame::Control(Message::GetArchive { path }) => return get(path.into(), w).await,
+            Frame::Control(Message::Identify(id)) => {
+                let targets = identity::Targets {
+                    root: Path::new("/"),
+                    kernel: true,
+                };
+                let done = tokio::task::spawn_blocking(move || identity::apply(&id, targets)).await;
+                let answer = match done {
+                    Ok(Ok(())) => Message::Pong,
+                    Ok(Err(e)) => Message::Error {
+                        message: format!("taking on the new identity: {e}"),
+                    },
+                    Err(e) => Message::Error {
+                        message: format!("taking on the new identity: {e}"),
+                    },
+                };
+                send(&mut w, &answer).await?;
+            }
             other => {
                 send(
                     &mut w,

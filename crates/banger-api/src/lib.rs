@@ -14,6 +14,7 @@ pub mod error;
 pub mod event;
 pub mod name;
 pub mod size;
+pub mod snapshot;
 pub mod vm;
 
 pub use error::{ApiError, ErrorCode};

@@ -26,16 +26,19 @@ pub enum VmState {
     Created,
     Starting,
     Running,
+    /// vCPUs frozen, the VMM process kept (`vm pause`).
+    Paused,
     Stopping,
     Stopped,
     Error,
 }
 
 impl VmState {
-    pub const ALL: [VmState; 6] = [
+    pub const ALL: [VmState; 7] = [
         Self::Created,
         Self::Starting,
         Self::Running,
+        Self::Paused,
         Self::Stopping,
         Self::Stopped,
         Self::Error,
@@ -46,6 +49,7 @@ impl VmState {
             Self::Created => "created",
             Self::Starting => "starting",
             Self::Running => "running",
+            Self::Paused => "paused",
             Self::Stopping => "stopping",
             Self::Stopped => "stopped",
             Self::Error => "error",
@@ -138,6 +142,14 @@ pub struct VmRuntime {
     pub work_disk_path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The kernel command line the running guest booted with (a restored
+    /// guest's is its snapshot's): a snapshot of it records this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_cmdline: Option<String>,
+    /// The snapshot (id) this VM's next start restores from instead of
+    /// booting; cleared once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<String>,
     /// The guest's ssh host key (`ssh-ed25519 AAAA…`), captured through
     /// the agent on first boot and pinned from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,6 +251,11 @@ pub struct CreateVmRequest {
     pub nat: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm: Option<VmmKind>,
+    /// Start from this snapshot (name or id) instead of booting; the
+    /// machine (vCPUs, memory, kernel, image, VMM, disks) is the
+    /// snapshot's, so those fields must be absent or equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 /// `PATCH /v1/vms/{vm}`: changes to a VM's spec; absent fields stay.
@@ -274,7 +291,7 @@ mod tests {
                 serde_json::Value::String(st.as_str().into())
             );
         }
-        assert!("paused".parse::<VmState>().is_err());
+        assert!("hibernating".parse::<VmState>().is_err());
     }
 
     #[test]

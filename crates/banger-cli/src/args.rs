@@ -28,6 +28,11 @@ pub enum Top {
         #[command(subcommand)]
         command: ImageCmd,
     },
+    /// List, inspect and remove snapshots (`banger vm snapshot` takes them).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCmd,
+    },
     /// Control the bangerd daemon (it starts by itself when needed).
     Daemon {
         #[command(subcommand)]
@@ -127,6 +132,14 @@ pub enum VmCmd {
         /// Destination: a host path or NAME:/path.
         dst: String,
     },
+    /// Freeze a running VM's vCPUs (its memory and processes are kept).
+    Pause { vm: String },
+    /// Let a paused VM run again.
+    Resume { vm: String },
+    /// Save a running VM's memory, devices and disks as a snapshot, then resume it.
+    Snapshot(SnapshotArgs),
+    /// Snapshot a running VM and start copies of it, each its own machine.
+    Fork(ForkArgs),
     /// Log in with the system ssh (banger's key, the VM's pinned host key).
     Ssh {
         /// Name or id.
@@ -134,6 +147,57 @@ pub enum VmCmd {
         /// Command to run instead of a login shell.
         #[arg(last = true)]
         command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Name or id of a running (or paused) VM.
+    pub vm: String,
+    /// Snapshot name; generated when omitted.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Stop the VM instead of resuming it; its next start restores the snapshot.
+    #[arg(long)]
+    pub stop: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ForkArgs {
+    /// Name or id of a running VM.
+    pub vm: String,
+    /// The copy's name; with --count K, NAME-1 … NAME-K. Generated when omitted.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How many copies.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// List snapshots with their sizes.
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one snapshot: what it restores (kernel, image, VMM, shape, devices).
+    Show {
+        /// Name or id.
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove snapshots no VM still needs.
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -340,6 +404,10 @@ pub struct CreateArgs {
     /// VMM to use; default picked from the host's capabilities.
     #[arg(long, value_enum)]
     pub vmm: Option<VmmArg>,
+    /// Start from this snapshot instead of booting (its machine: cpus,
+    /// memory, disks, image, kernel, VMM).
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub snapshot: Option<String>,
     #[arg(long)]
     pub json: bool,
 }

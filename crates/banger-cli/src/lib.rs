@@ -10,6 +10,7 @@ pub mod progress;
 pub mod render;
 pub mod session;
 pub mod settings;
+mod snapshots;
 pub mod ssh;
 
 use std::io::{BufRead, Read, Seek, SeekFrom, Write};
@@ -70,6 +71,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Top::Vm { command } => vm(&config, command).await,
         Top::Kernel { command } => kernel(&config, command).await,
         Top::Image { command } => image(&config, command).await,
+        Top::Snapshot { command } => {
+            snapshots::snapshot(&daemon_ctl::connect(&config).await?, command).await
+        }
     }
 }
 
@@ -452,6 +456,7 @@ async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
                 kernel: a.kernel,
                 nat: a.nat,
                 vmm: a.vmm.map(Into::into),
+                snapshot: a.snapshot,
             };
             let rec = staged(a.json, async |b: &mut Stages| {
                 client.create_vm(&req, |p| b.update(p)).await
@@ -519,6 +524,10 @@ async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
             return Ok(exit_with(session::exec(&client, &vm, req).await?));
         }
         VmCmd::Run(a) => return run_vm(&client, a).await,
+        VmCmd::Pause { vm } => snapshots::pause(&client, &vm, true).await?,
+        VmCmd::Resume { vm } => snapshots::pause(&client, &vm, false).await?,
+        VmCmd::Snapshot(a) => snapshots::take(&client, a).await?,
+        VmCmd::Fork(a) => snapshots::fork(&client, a).await?,
         VmCmd::Cp { src, dst } => session::copy(&client, &src, &dst).await?,
         VmCmd::Ssh { vm, command } => {
             let info = client.vm_ssh(&vm).await?;

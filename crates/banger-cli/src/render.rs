@@ -15,7 +15,7 @@ pub fn json<T: Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
-fn table(headers: &[&str]) -> Table {
+pub(crate) fn table(headers: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING);
     t.set_header(headers.to_vec());

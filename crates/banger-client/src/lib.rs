@@ -6,6 +6,7 @@
 
 mod assets;
 mod paths;
+mod snapshots;
 mod transport;
 mod vms;
 

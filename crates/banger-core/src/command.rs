@@ -6,6 +6,7 @@ use banger_api::asset::{
 };
 use banger_api::daemon::DaemonStatus;
 use banger_api::doctor::DoctorReport;
+use banger_api::snapshot::{ForkVmRequest, SnapshotRecord, SnapshotVmRequest};
 use banger_api::vm::{AttachRequest, CreateVmRequest, SetVmRequest, SshInfo, VmRecord};
 
 use crate::agent::AgentConn;
@@ -49,6 +50,27 @@ pub enum Command {
     VmSsh {
         vm: String,
     },
+    VmPause {
+        vm: String,
+    },
+    VmResume {
+        vm: String,
+    },
+    VmSnapshot {
+        vm: String,
+        request: SnapshotVmRequest,
+    },
+    VmFork {
+        vm: String,
+        request: ForkVmRequest,
+    },
+    SnapshotList,
+    SnapshotShow {
+        name: String,
+    },
+    SnapshotRm {
+        name: String,
+    },
     KernelList,
     KernelShow {
         name: String,
@@ -85,6 +107,8 @@ pub enum Reply {
     Logs(String),
     Attached(AgentConn),
     Ssh(SshInfo),
+    Snapshots(Vec<SnapshotRecord>),
+    Snapshot(SnapshotRecord),
     Kernels(Vec<KernelRecord>),
     Kernel(KernelRecord),
     Images(Vec<ImageRecord>),

@@ -2,6 +2,7 @@
 //! dispatches each [`Command`] to its room (`vm/`, `assets/`). The rooms
 //! reach this state only through the accessors below.
 
+use banger_api::snapshot::SnapshotKind;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -243,6 +244,18 @@ impl Core {
                 self.attach(&vm, request).await.map(Reply::Attached)
             }
             Command::VmSsh { vm } => self.ssh_info(&vm).await.map(Reply::Ssh),
+            Command::VmPause { vm } => self.pause_vm(&vm, true).await.map(Reply::Vm),
+            Command::VmResume { vm } => self.pause_vm(&vm, false).await.map(Reply::Vm),
+            Command::VmSnapshot { vm, request } => self
+                .snapshot_vm(&vm, request, SnapshotKind::User, progress)
+                .await
+                .map(Reply::Snapshot),
+            Command::VmFork { vm, request } => {
+                self.fork_vm(&vm, request, progress).await.map(Reply::Vms)
+            }
+            Command::SnapshotList => self.list_snapshots().await.map(Reply::Snapshots),
+            Command::SnapshotShow { name } => self.find_snapshot(&name).await.map(Reply::Snapshot),
+            Command::SnapshotRm { name } => self.remove_snapshot(&name).await.map(Reply::Snapshot),
             Command::KernelList => self.list_assets().await.map(Reply::Kernels),
             Command::KernelShow { name, verify } => {
                 let k: KernelRecord = self.find_asset(&name).await?;

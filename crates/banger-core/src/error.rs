@@ -39,6 +39,15 @@ pub enum CoreError {
         name: String,
         vms: Vec<String>,
     },
+    #[error("snapshot {0:?} not found; `banger snapshot list` shows the existing ones")]
+    SnapshotNotFound(String),
+    #[error("a snapshot named {0:?} already exists; pick another name or omit --name")]
+    SnapshotNameTaken(String),
+    #[error("snapshot {name:?} is used by vm(s) {}, which restore from it at their first start; delete them (or start them) first", vms.join(", "))]
+    SnapshotInUse { name: String, vms: Vec<String> },
+    /// A device whose state the VMM cannot save.
+    #[error("vm {vm:?} cannot be snapshotted: {why}")]
+    NotSnapshottable { vm: String, why: String },
     #[error(transparent)]
     AssetBuild(#[from] AssetBuildError),
     #[error("asset corrupt: {0}")]
@@ -85,6 +94,7 @@ impl From<StoreError> for CoreError {
             StoreError::NameTaken(n) => Self::NameTaken(n),
             StoreError::VmNotFound(id) => Self::VmNotFound(id),
             StoreError::AssetNameTaken { kind, name } => Self::AssetNameTaken { kind, name },
+            StoreError::SnapshotNameTaken(n) => Self::SnapshotNameTaken(n),
             other => Self::Store(other),
         }
     }

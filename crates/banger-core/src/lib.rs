@@ -2,7 +2,7 @@
 //!
 //! The core knows nothing of HTTP. The API layer parses a request into a
 //! [`Command`], [`Core::execute`] dispatches it to its room (`vm`,
-//! `assets`), which checks it against the VM state machine ([`lifecycle`]),
+//! `snapshot`, `assets`), which checks it against the VM state machine ([`lifecycle`]),
 //! acts through the store and the host traits, and answers with a
 //! [`Reply`] or a [`CoreError`] that says why not.
 //!
@@ -26,6 +26,7 @@ pub mod locks;
 pub mod names;
 pub mod progress;
 pub mod ready;
+pub mod snapshot;
 mod ssh_keys;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -21,6 +21,9 @@ pub enum VmAction {
     /// Toggle a capability such as NAT: allowed live.
     SetCapability,
     Exec,
+    Pause,
+    Resume,
+    Snapshot,
 }
 
 impl fmt::Display for VmAction {
@@ -33,6 +36,9 @@ impl fmt::Display for VmAction {
             Self::Reconfigure => "change vcpus, memory or disk size of",
             Self::SetCapability => "change capabilities of",
             Self::Exec => "run a command in",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Snapshot => "snapshot",
         })
     }
 }
@@ -58,7 +64,8 @@ pub fn can_transition(from: VmState, to: VmState) -> bool {
         (from, to),
         (Created | Stopped | Error, Starting)
             | (Starting, Running | Stopped | Error)
-            | (Running, Stopping | Stopped | Error)
+            | (Running, Paused | Stopping | Stopped | Error)
+            | (Paused, Running | Stopping | Stopped | Error)
             | (Stopping, Stopped | Error)
             // Cleanup of a failed VM settles it as stopped.
             | (Error, Stopped)
@@ -91,8 +98,10 @@ pub fn check_action(vm: &str, state: VmState, action: VmAction) -> Result<(), Li
         (Start, Running) => refuse("it is already running"),
         (Start, Starting) => refuse("a start is already in progress; wait for it"),
         (Start, Stopping) => refuse("wait for the stop to finish, then start it"),
+        (Start, Paused) => refuse("it is paused; `banger vm resume` lets it run"),
 
-        (Stop, Running) => Ok(()),
+        // A paused guest is resumed first so it can shut down cleanly.
+        (Stop, Running | Paused) => Ok(()),
         (Stop, Starting | Stopping) => {
             refuse("wait for the operation in progress, or use `banger vm kill`")
         }
@@ -101,24 +110,37 @@ pub fn check_action(vm: &str, state: VmState, action: VmAction) -> Result<(), Li
             refuse("it is not running; `banger vm start` retries, `banger vm delete` removes it")
         }
 
-        (Kill, Running | Starting | Stopping | Error) => Ok(()),
+        (Kill, Running | Paused | Starting | Stopping | Error) => Ok(()),
         (Kill, Created | Stopped) => refuse("it is not running"),
 
         (Delete, Created | Stopped | Error) => Ok(()),
-        (Delete, Running | Starting | Stopping) => {
+        (Delete, Running | Paused | Starting | Stopping) => {
             refuse("stop it first with `banger vm stop` (or `banger vm kill`)")
         }
 
         (Reconfigure, Created | Stopped | Error) => Ok(()),
-        (Reconfigure, Running | Starting | Stopping) => {
+        (Reconfigure, Running | Paused | Starting | Stopping) => {
             refuse("stop it first; vcpus, memory and disk sizes apply at the next start")
         }
 
-        (SetCapability, Created | Stopped | Error | Running) => Ok(()),
+        (SetCapability, Created | Stopped | Error | Running | Paused) => Ok(()),
         (SetCapability, Starting | Stopping) => refuse("wait for the operation in progress"),
 
         (Exec, Running) => Ok(()),
+        (Exec, Paused) => refuse("it is paused; `banger vm resume` lets it run"),
         (Exec, _) => refuse("start it first with `banger vm start`"),
+
+        (Pause, Running) => Ok(()),
+        (Pause, Paused) => refuse("it is already paused"),
+        (Pause, _) => refuse("only a running vm can be paused"),
+
+        (Resume, Paused) => Ok(()),
+        (Resume, Running) => refuse("it is not paused"),
+        (Resume, _) => refuse("only a paused vm can be resumed; `banger vm start` starts it"),
+
+        (Snapshot, Running | Paused) => Ok(()),
+        (Snapshot, Starting | Stopping) => refuse("wait for the operation in progress"),
+        (Snapshot, _) => refuse("a snapshot is taken of a running vm; start it first"),
     }
 }
 
@@ -136,9 +158,14 @@ mod tests {
             (Starting, Running),
             (Starting, Stopped),
             (Starting, Error),
+            (Running, Paused),
             (Running, Stopping),
             (Running, Stopped),
             (Running, Error),
+            (Paused, Running),
+            (Paused, Stopping),
+            (Paused, Stopped),
+            (Paused, Error),
             (Stopping, Stopped),
             (Stopping, Error),
             (Error, Stopped),
@@ -181,6 +208,10 @@ mod tests {
         assert!(ok(Running, Kill) && ok(Starting, Kill) && !ok(Stopped, Kill));
         assert!(ok(Stopped, Reconfigure) && !ok(Running, Reconfigure));
         assert!(ok(Running, SetCapability) && !ok(Starting, SetCapability));
-        assert!(ok(Running, Exec) && !ok(Stopped, Exec));
+        assert!(ok(Running, Exec) && !ok(Stopped, Exec) && !ok(Paused, Exec));
+        assert!(ok(Running, Pause) && !ok(Paused, Pause) && !ok(Stopped, Pause));
+        assert!(ok(Paused, Resume) && !ok(Running, Resume));
+        assert!(ok(Running, Snapshot) && ok(Paused, Snapshot) && !ok(Stopped, Snapshot));
+        assert!(ok(Paused, Stop) && ok(Paused, Kill) && !ok(Paused, Delete));
     }
 }

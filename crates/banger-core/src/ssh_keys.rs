@@ -63,4 +63,38 @@ impl SshKeys {
             .map_err(InternalError::io("reading", &public))?;
         Ok((key, line.trim().to_owned()))
     }
+
+    /// A fresh ed25519 host key for a guest, made in `scratch` (removed
+    /// after): `(private key file text, public key line)`. The host makes
+    /// it so the key is pinned before anyone connects.
+    pub async fn host_key(&self, scratch: &std::path::Path) -> Result<(String, String), CoreError> {
+        let dir = tempfile::Builder::new()
+            .prefix("hostkey-")
+            .tempdir_in(scratch)
+            .map_err(InternalError::io("making a temp dir in", scratch))?;
+        let key = dir.path().join("ssh_host_ed25519_key");
+        SshKeygen {
+            bin: self.keygen.clone(),
+        }
+        .ed25519(&key, "root@banger")
+        .run(|_| {})
+        .await
+        .map_err(|source| HostError::Tool {
+            what: format!("creating a guest host key {}", key.display()),
+            source,
+        })?;
+        let public = key.with_extension("pub");
+        let private = tokio::fs::read_to_string(&key)
+            .await
+            .map_err(InternalError::io("reading", &key))?;
+        let line = tokio::fs::read_to_string(&public)
+            .await
+            .map_err(InternalError::io("reading", &public))?;
+        let mut parts = line.split_whitespace();
+        let public = match (parts.next(), parts.next()) {
+            (Some(kind), Some(k)) => format!("{kind} {k}"),
+            _ => line.trim().to_owned(),
+        };
+        Ok((private, public))
+    }
 }

@@ -200,6 +200,19 @@ impl VmLayout {
         }
     }
 
+    /// `<state>/snapshots`: one directory per snapshot, published by
+    /// rename from a `.staging-<id>` sibling.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.state_dir.join("snapshots")
+    }
+
+    /// Whether `dir` is a directory directly in [`Self::snapshots_dir`]
+    /// (published or staging): the only snapshot trees banger removes.
+    pub fn is_snapshot_dir(&self, dir: &Path) -> bool {
+        dir.parent() == Some(self.snapshots_dir().as_path())
+            && dir.file_name().is_some_and(|n| n != "." && n != "..")
+    }
+
     /// Whether `dir` names one VM's directory (directly inside
     /// `<state>/vms`, not `.` or `..`): the guard before removing it.
     pub fn is_vm_dir(&self, dir: &Path) -> bool {

@@ -12,13 +12,7 @@ pub enum InitMode {
     Banger,
 }
 
-/// The guest's address, as the daemon allocated it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Address {
-    pub ip: Ipv4Addr,
-    pub prefix: u8,
-    pub gateway: Option<Ipv4Addr>,
-}
+pub use banger_guest_net::Address;
 
 #[derive(Debug)]
 pub struct Cmdline {

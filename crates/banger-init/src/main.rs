@@ -22,7 +22,6 @@
 
 mod cmdline;
 mod log;
-mod net;
 mod pid1;
 mod setup;
 
@@ -137,13 +136,22 @@ fn switch_root(c: &Cmdline) -> Result<(), String> {
 /// Everything a command needs, then the agent. Any failure is returned
 /// before the marker is written, so banger's systemd units (where systemd
 /// boots next) still do the job.
+const NIC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn early(c: &Cmdline, mode: InitMode) -> Result<std::process::Child, String> {
     setup::early_mounts()?;
     if let Some(name) = &c.hostname {
         setup::hostname(name)?;
     }
     if let Some(a) = &c.address {
-        net::configure(a)?;
+        // The driver (a module) registers the NIC shortly after loading;
+        // nothing announces it without netlink, so its sysfs entry is
+        // looked for until NIC_WAIT.
+        setup::wait_for(
+            &format!("/sys/class/net/{}", banger_guest_net::NIC),
+            NIC_WAIT,
+        )?;
+        banger_guest_net::configure(a).map_err(|e| e.to_string())?;
     }
     setup::mark_early()?;
     let agent = pid1::start_agent(mode == InitMode::Banger)?;

@@ -31,6 +31,14 @@ pub enum StoreError {
     NameTaken(String),
     #[error("vm {0} not found")]
     VmNotFound(String),
+    #[error("a snapshot named {0:?} already exists")]
+    SnapshotNameTaken(String),
+    #[error("snapshot {id}: stored row is unreadable: {source}")]
+    CorruptSnapshot {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("a {kind} named {name:?} already exists")]
     AssetNameTaken { kind: AssetKind, name: String },
     #[error("vm {id}: stored row is unreadable: {what}: {source}")]

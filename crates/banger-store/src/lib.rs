@@ -11,6 +11,7 @@
 mod assets;
 mod error;
 mod migrations;
+mod snapshots;
 mod vms;
 
 use std::path::{Path, PathBuf};

@@ -12,7 +12,11 @@ use crate::error::{StoreError, sql};
 
 /// Schema migrations; index + 1 is the `user_version` after applying.
 /// Never edit an entry that has shipped: append a new one.
-pub const MIGRATIONS: &[M<'static>] = &[M::up(V1_INITIAL), M::up(V2_TEARDOWN_COLUMN)];
+pub const MIGRATIONS: &[M<'static>] = &[
+    M::up(V1_INITIAL),
+    M::up(V2_TEARDOWN_COLUMN),
+    M::up(V3_SNAPSHOTS),
+];
 
 /// 1: initial schema.
 pub(crate) const V1_INITIAL: &str = r#"
@@ -48,6 +52,16 @@ pub(crate) const V2_TEARDOWN_COLUMN: &str = r#"
        SET teardown_json = json_extract(runtime_json, '$.teardown')
      WHERE json_type(runtime_json, '$.teardown') = 'object';
     UPDATE vms SET runtime_json = json_remove(runtime_json, '$.teardown');
+    "#;
+
+/// 3: snapshots, one row per published snapshot.
+pub(crate) const V3_SNAPSHOTS: &str = r#"
+    CREATE TABLE snapshots (
+        id          TEXT PRIMARY KEY NOT NULL,
+        name        TEXT NOT NULL UNIQUE,
+        record_json TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
     "#;
 
 /// Brings the database to the latest schema, refusing one written by a

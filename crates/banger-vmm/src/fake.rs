@@ -28,7 +28,23 @@ pub enum VmmCall {
     Kill {
         pid: u32,
     },
+    Pause {
+        socket: PathBuf,
+    },
+    Resume {
+        socket: PathBuf,
+    },
+    Save {
+        socket: PathBuf,
+    },
+    Restore {
+        vm_id: String,
+        from: PathBuf,
+    },
 }
+
+/// What the fake writes as a VM's saved state, and checks on restore.
+pub const FAKE_STATE: &[u8] = b"fake vm state\n";
 
 /// The one-line form [`FakeVmm::recorded`] gives.
 impl std::fmt::Display for VmmCall {
@@ -40,6 +56,10 @@ impl std::fmt::Display for VmmCall {
                 write!(f, "release {vm_id} {}", jail_root.display())
             }
             Self::Kill { pid } => write!(f, "kill {pid}"),
+            Self::Pause { socket } => write!(f, "pause {}", socket.display()),
+            Self::Resume { socket } => write!(f, "resume {}", socket.display()),
+            Self::Save { socket } => write!(f, "save {}", socket.display()),
+            Self::Restore { vm_id, from } => write!(f, "restore {vm_id} {}", from.display()),
         }
     }
 }
@@ -150,6 +170,57 @@ impl Vmm for FakeVmm {
                 .retain(|_, s| s != socket);
         }
         Ok(())
+    }
+
+    fn snapshot_blocker(&self, spec: &LaunchSpec) -> Option<String> {
+        spec.vsock
+            .as_ref()
+            .map(|_| "a vsock device (fake)".to_owned())
+    }
+
+    async fn pause(&self, socket: &Path) -> Result<(), VmmError> {
+        self.record(VmmCall::Pause {
+            socket: socket.to_owned(),
+        });
+        Ok(())
+    }
+
+    async fn resume(&self, socket: &Path) -> Result<(), VmmError> {
+        self.record(VmmCall::Resume {
+            socket: socket.to_owned(),
+        });
+        Ok(())
+    }
+
+    async fn save(&self, socket: &Path, dir: &Path) -> Result<(), VmmError> {
+        self.record(VmmCall::Save {
+            socket: socket.to_owned(),
+        });
+        let file = dir.join("vmstate");
+        std::fs::write(&file, FAKE_STATE).map_err(|e| VmmError::Snapshot {
+            path: file,
+            why: e.to_string(),
+        })
+    }
+
+    /// A launch that first checks the state `save` wrote.
+    async fn restore(&self, spec: &LaunchSpec, dir: &Path) -> Result<u32, VmmError> {
+        self.record(VmmCall::Restore {
+            vm_id: spec.vm_id.clone(),
+            from: dir.to_owned(),
+        });
+        let file = dir.join("vmstate");
+        match std::fs::read(&file) {
+            Ok(b) if b == FAKE_STATE => self.launch(spec).await,
+            Ok(_) => Err(VmmError::Snapshot {
+                path: file,
+                why: "not a saved state".into(),
+            }),
+            Err(e) => Err(VmmError::Snapshot {
+                path: file,
+                why: e.to_string(),
+            }),
+        }
     }
 
     /// Fake pids are no processes: the fake's own table is watched.

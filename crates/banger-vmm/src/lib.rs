@@ -20,7 +20,7 @@ pub mod firecracker;
 pub use banger_host::jail;
 pub use driver::Vmm;
 #[cfg(feature = "testing")]
-pub use fake::{FakeVmm, VmmCall};
+pub use fake::{FAKE_STATE, FakeVmm, VmmCall};
 pub use qemu::QemuVmm;
 pub mod process;
 pub mod qemu;
@@ -67,7 +67,15 @@ pub struct LaunchSpec {
     /// Host end of the guest's vsock: a unix socket speaking the
     /// `CONNECT <port>` handshake, whichever VMM runs the guest.
     pub vsock: Option<PathBuf>,
+    /// Host end of the guest agent's virtio-serial port (QEMU): a unix
+    /// socket the VMM serves, one connection at a time, carrying the
+    /// agent's multiplexed sessions. Unlike vsock it can be snapshotted.
+    pub agent_serial: Option<PathBuf>,
 }
+
+/// The name of the agent's virtio-serial port, as the guest sees it in
+/// `/sys/class/virtio-ports/*/name`.
+pub const AGENT_PORT_NAME: &str = "org.banger.agent";
 
 /// The guest's vsock context id. Every VM has its own vsock device and
 /// backend, so the id only has to be unique inside one VM.

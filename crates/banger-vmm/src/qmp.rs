@@ -35,6 +35,8 @@ pub enum QmpError {
     /// QEMU refused the command; `error` is its `{class, desc}`.
     #[error("{command}: {error}")]
     Command { command: String, error: Value },
+    #[error("no {0} event in time")]
+    NoEvent(String),
     #[error("{command}: unexpected answer {answer}")]
     Answer { command: String, answer: Value },
 }
@@ -76,7 +78,11 @@ impl Qmp {
     }
 
     async fn read_message(&mut self) -> Result<Value, VmmError> {
-        let line = tokio::time::timeout(TIMEOUT, self.reader.next_line())
+        self.read_message_within(TIMEOUT).await
+    }
+
+    async fn read_message_within(&mut self, within: Duration) -> Result<Value, VmmError> {
+        let line = tokio::time::timeout(within, self.reader.next_line())
             .await
             .map_err(|_| Self::err(&self.path, QmpError::NoAnswer))?
             .map_err(|e| Self::err(&self.path, QmpError::Io(e)))?
@@ -116,6 +122,35 @@ impl Qmp {
                     error: e.clone(),
                 };
                 return Err(Self::err(&self.path, source));
+            }
+        }
+    }
+
+    /// Waits up to `within` for the event `name` whose data `done` accepts
+    /// (returning what it says); commands must not be in flight.
+    pub async fn wait_event<T>(
+        &mut self,
+        name: &str,
+        within: Duration,
+        mut done: impl FnMut(&Value) -> Option<T>,
+    ) -> Result<T, VmmError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(Self::err(&self.path, QmpError::NoEvent(name.to_owned())));
+            }
+            let msg = match self.read_message_within(left).await {
+                Err(VmmError::Qmp {
+                    source: QmpError::NoAnswer,
+                    ..
+                }) => return Err(Self::err(&self.path, QmpError::NoEvent(name.to_owned()))),
+                other => other?,
+            };
+            if msg.get("event").and_then(Value::as_str) == Some(name) {
+                if let Some(t) = done(msg.get("data").unwrap_or(&Value::Null)) {
+                    return Ok(t);
+                }
             }
         }
     }

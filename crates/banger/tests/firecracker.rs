@@ -81,6 +81,7 @@ fn launch_spec(
         pid_file: dir.join("fc.pid"),
         accel: Accel::Kvm,
         vsock: Some(vsock),
+        agent_serial: None,
     }
 }
 

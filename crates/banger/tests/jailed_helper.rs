@@ -78,6 +78,7 @@ impl Layout {
             pid_file: vm.join("vmm.pid"),
             accel: Accel::Kvm,
             vsock: Some(self.run().join(format!("{VM}.vsock"))),
+            agent_serial: None,
         }
     }
     fn vmm(&self) -> FirecrackerVmm {

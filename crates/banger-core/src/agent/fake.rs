@@ -60,7 +60,7 @@ impl AgentConnector for FakeAgent {
                         protocol: banger_agent_proto::PROTOCOL_VERSION,
                         software: "fake".into(),
                     }),
-                    Message::Ping => Message::Pong,
+                    Message::Ping | Message::Identify(_) => Message::Pong,
                     Message::PowerOff { reboot } => {
                         power_offs
                             .lock()

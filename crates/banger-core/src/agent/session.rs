@@ -53,6 +53,7 @@ impl<'a> Session<'a> {
         })??;
         match answer {
             Some(Frame::Control(Message::Pong)) => Ok(()),
+            Some(Frame::Control(Message::Error { message })) => Err(AgentError::Guest(message)),
             other => Err(AgentError::Unexpected {
                 what: what.to_owned(),
                 answer: format!("{other:?}"),
@@ -63,6 +64,15 @@ impl<'a> Session<'a> {
     /// Asks the guest to shut itself down; `Ok` once the agent took it.
     pub(crate) async fn power_off(&self, reboot: bool) -> Result<(), AgentError> {
         self.acknowledged(Message::PowerOff { reboot }, "power off")
+            .await
+    }
+
+    /// A restored guest takes on its own identity; `Ok` once it has.
+    pub(crate) async fn identify(
+        &self,
+        id: banger_agent_proto::Identity,
+    ) -> Result<(), AgentError> {
+        self.acknowledged(Message::Identify(Box::new(id)), "identify")
             .await
     }
 

@@ -28,6 +28,9 @@ impl Core {
         progress: &ProgressSink,
     ) -> Result<VmRecord, CoreError> {
         progress.stage("validate", "checking the request");
+        if let Some(snap) = req.snapshot.clone() {
+            return self.create_from_snapshot(req, &snap, progress).await;
+        }
         let d = &self.config().defaults;
         let vcpus = check_vcpus(req.vcpus.unwrap_or(d.vcpus))?;
         let memory_mib = check_memory(req.memory_mib.unwrap_or(d.memory_mib))?;
@@ -48,9 +51,9 @@ impl Core {
         self.ensure_assets(&kernel, &image, progress).await?;
 
         let now = Utc::now();
-        let mut vm = VmRecord {
+        let vm = VmRecord {
             id: new_id().into(),
-            name: String::new(),
+            name: req.name.clone().unwrap_or_default(),
             state: VmState::Created,
             spec: VmSpec {
                 vcpus,
@@ -66,11 +69,94 @@ impl Core {
             created_at: now,
             updated_at: now,
         };
+        self.insert_named(vm, req.name.is_none(), progress).await
+    }
+
+    /// A VM whose first start restores `snap`: its machine is the
+    /// snapshot's, so the request may only repeat it.
+    async fn create_from_snapshot(
+        &self,
+        req: CreateVmRequest,
+        snap: &str,
+        progress: &ProgressSink,
+    ) -> Result<VmRecord, CoreError> {
+        if let Some(name) = &req.name {
+            validate_name(name).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        }
+        let snap = self.find_snapshot(snap).await?;
+        let m = &snap.machine;
+        let clash = |what: &str, asked: String, has: String| {
+            CoreError::InvalidArgument(format!(
+                "snapshot {:?} is of a vm with {what} {has}; a vm made from it has the same (asked for {asked}): leave --{what} out",
+                snap.name
+            ))
+        };
+        let same = |what: &str, asked: Option<String>, has: String| match asked {
+            Some(a) if a != has => Err(clash(what, a, has)),
+            _ => Ok(()),
+        };
+        same(
+            "vcpus",
+            req.vcpus.map(|v| v.to_string()),
+            m.vcpus.to_string(),
+        )?;
+        same(
+            "memory",
+            req.memory_mib.map(|v| format!("{v} MiB")),
+            format!("{} MiB", m.memory_mib),
+        )?;
+        same("image", req.image.clone(), m.image.clone())?;
+        same("kernel", req.kernel.clone(), m.kernel.clone())?;
+        same("vmm", req.vmm.map(|v| v.to_string()), m.vmm.to_string())?;
+        same(
+            "root-disk",
+            req.root_disk_bytes.map(format_size),
+            format_size(m.root_disk_bytes),
+        )?;
+        same(
+            "work-disk",
+            req.work_disk_bytes.map(format_size),
+            format_size(m.work_disk_bytes),
+        )?;
+        let now = Utc::now();
+        let vm = VmRecord {
+            id: new_id().into(),
+            name: req.name.clone().unwrap_or_default(),
+            state: VmState::Created,
+            spec: VmSpec {
+                vcpus: m.vcpus,
+                memory_mib: m.memory_mib,
+                root_disk_bytes: m.root_disk_bytes,
+                work_disk_bytes: m.work_disk_bytes,
+                image: m.image.clone(),
+                kernel: m.kernel.clone(),
+                nat: req.nat,
+                vmm: m.vmm,
+            },
+            runtime: VmRuntime {
+                restore_from: Some(snap.id.clone()),
+                ..VmRuntime::default()
+            },
+            created_at: now,
+            updated_at: now,
+        };
+        self.insert_named(vm, req.name.is_none(), progress).await
+    }
+
+    /// Records `vm`, generating its name when `generate` (else its name
+    /// is the user's, and a clash is the user's error).
+    async fn insert_named(
+        &self,
+        mut vm: VmRecord,
+        generate: bool,
+        progress: &ProgressSink,
+    ) -> Result<VmRecord, CoreError> {
         progress.stage("persist", "recording the vm");
-        // A user-given name that clashes is the user's error. A generated
-        // one can lose a race with a concurrent create: pick another.
+        let given = (!generate).then(|| vm.name.clone());
+        // A generated name can lose a race with a concurrent create: pick
+        // another.
         for _ in 0..8 {
-            vm.name = match &req.name {
+            vm.name = match &given {
                 Some(n) => n.clone(),
                 None => {
                     self.db(|s| names::generate_unique(&mut rand::rng(), |n| s.vm_name_exists(n)))
@@ -79,7 +165,7 @@ impl Core {
             };
             let rec = vm.clone();
             match self.db(move |s| s.insert_vm(&rec)).await {
-                Err(CoreError::NameTaken(_)) if req.name.is_none() => continue,
+                Err(CoreError::NameTaken(_)) if generate => continue,
                 Err(e) => return Err(e),
                 Ok(()) => {
                     tracing::info!(vm_id = %vm.id, name = %vm.name, vmm = %vm.spec.vmm, "vm created");

@@ -10,7 +10,9 @@ mod delete;
 mod disks;
 mod dns;
 mod logs;
+mod pause;
 mod reconcile;
+mod restore;
 mod set;
 mod start;
 mod stop;
@@ -32,6 +34,7 @@ use crate::handles::{HandlesError, TeardownMirror, VmHandles, read_scratch, writ
 use crate::lifecycle::check_transition;
 use crate::locks::KeyGuard;
 
+pub(crate) use cleanup::remove_tree;
 pub use create::{MAX_DISK_BYTES, MAX_MEMORY_MIB, MAX_VCPUS, MIN_DISK_BYTES, MIN_MEMORY_MIB};
 pub use dns::DNS_PORT;
 
@@ -50,7 +53,7 @@ impl Core {
         self.layout().files(vm_id)
     }
 
-    fn vmm_for(&self, kind: VmmKind) -> Result<&dyn Vmm, CoreError> {
+    pub(crate) fn vmm_for(&self, kind: VmmKind) -> Result<&dyn Vmm, CoreError> {
         match kind {
             VmmKind::Qemu => Ok(self.deps().qemu.as_ref()),
             VmmKind::Firecracker => self
@@ -75,7 +78,7 @@ impl Core {
         self.db(move |s| s.update_vm(&rec)).await
     }
 
-    async fn transition(&self, vm: &mut VmRecord, to: VmState) -> Result<(), CoreError> {
+    pub(crate) async fn transition(&self, vm: &mut VmRecord, to: VmState) -> Result<(), CoreError> {
         check_transition(vm.state, to)?;
         vm.state = to;
         self.save(vm).await

@@ -1,6 +1,6 @@
 //! Daemon start: adopt VMs whose VMM still runs, tear down the rest.
 
-use banger_api::vm::VmState;
+use banger_api::vm::{VmRecord, VmState};
 use banger_store::Store;
 
 use crate::core::Core;
@@ -14,7 +14,7 @@ impl Core {
         for mut vm in vms {
             if !matches!(
                 vm.state,
-                VmState::Starting | VmState::Running | VmState::Stopping
+                VmState::Starting | VmState::Running | VmState::Paused | VmState::Stopping
             ) {
                 continue;
             }
@@ -27,8 +27,14 @@ impl Core {
                     .or_else(|| vmm.find(s)),
                 _ => None,
             };
+            // A restore cut short left a guest that is still a copy of
+            // its snapshot (its address, its keys): never adopted. The VM
+            // keeps its snapshot and restores again at its next start.
+            let restoring = vm.state == VmState::Starting && vm.runtime.restore_from.is_some();
             match (pid, vm.state) {
-                (Some(pid), VmState::Running | VmState::Starting) => {
+                (Some(pid), VmState::Running | VmState::Starting | VmState::Paused)
+                    if !restoring =>
+                {
                     let h = VmHandles {
                         pid: Some(pid),
                         ..recovered
@@ -36,7 +42,11 @@ impl Core {
                     // Rewrites a lost or corrupt scratch file from what was
                     // recovered, so disk and memory agree again.
                     self.record_handles(&mut vm, h).await?;
-                    vm.state = VmState::Running;
+                    // A paused VM stays paused: its VMM says so too.
+                    if vm.state != VmState::Paused {
+                        vm.state = VmState::Running;
+                        self.resume_interrupted_snapshot(&vm).await;
+                    }
                     self.save(&mut vm).await?;
                     tracing::info!(vm_id = %vm.id, name = %vm.name, pid, "adopted running vm");
                 }
@@ -59,7 +69,34 @@ impl Core {
                 }
             }
         }
+        if let Err(e) = self.sweep_snapshots().await {
+            tracing::warn!(error = %e, "sweeping interrupted snapshots");
+        }
         self.rebuild_dns().await;
         Ok(())
+    }
+
+    /// A VM recorded running whose VMM is paused was being snapshotted
+    /// when the daemon died (a user's pause is recorded as paused): it
+    /// runs on.
+    async fn resume_interrupted_snapshot(&self, vm: &VmRecord) {
+        let (Ok(vmm), Some(sock)) = (self.vmm_for(vm.spec.vmm), vm.runtime.api_socket.as_deref())
+        else {
+            return;
+        };
+        match vmm.is_paused(sock).await {
+            Ok(true) => match vmm.resume(sock).await {
+                Ok(()) => {
+                    tracing::info!(vm_id = %vm.id, "resumed a vm paused by an interrupted snapshot")
+                }
+                Err(e) => {
+                    tracing::warn!(vm_id = %vm.id, error = %e, "resuming after an interrupted snapshot")
+                }
+            },
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(vm_id = %vm.id, error = %e, "asking whether the vm is paused")
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use banger_api::asset::{ImageInit, ImageRecord, KernelRecord};
 use banger_api::doctor::{Accel, DoctorReport};
+use banger_api::snapshot::SnapshotRecord;
 use banger_api::vm::{VmRecord, VmState, VmmKind};
 use banger_host::layout::{TapName, VmFiles};
 use banger_store::Store;
@@ -25,6 +26,14 @@ use crate::progress::ProgressSink;
 use crate::ready::{ReadyListener, ready_socket_path};
 use crate::timer::StageTimer;
 
+/// How a start brings the guest up.
+pub(super) enum Boot {
+    /// From the image's disks and the kernel.
+    Cold(Box<ImageRecord>),
+    /// From a snapshot's memory and disks.
+    Restore(Box<SnapshotRecord>),
+}
+
 impl Core {
     pub(crate) async fn start_vm(
         &self,
@@ -34,8 +43,15 @@ impl Core {
         let (mut vm, _lock) = self.lock_vm(name).await?;
         check_action(&vm.name, vm.state, VmAction::Start)?;
         let kernel: KernelRecord = self.find_asset(&vm.spec.kernel).await?;
-        let image: ImageRecord = self.find_asset(&vm.spec.image).await?;
-        if image.init == ImageInit::Banger && kernel.initrd.is_none() {
+        let boot = match vm.runtime.restore_from.clone() {
+            // The snapshot's disks and memory, not the image, make this VM.
+            Some(snap) => Boot::Restore(Box::new(self.find_snapshot(&snap).await?)),
+            None => Boot::Cold(Box::new(self.find_asset(&vm.spec.image).await?)),
+        };
+        if let Boot::Cold(image) = &boot
+            && image.init == ImageInit::Banger
+            && kernel.initrd.is_none()
+        {
             // Without banger's initramfs nothing would be PID 1.
             return Err(CoreError::InvalidArgument(format!(
                 "image {:?} has no init of its own, and kernel {:?} boots without banger's initramfs, which would be its init; use a kernel from `banger kernel add --from-debian` (or the default kernel)",
@@ -58,10 +74,12 @@ impl Core {
         progress.stage("starting", format!("{} on {}", vm.name, vm.spec.vmm));
 
         match self
-            .bring_up(&mut vm, vmm, &kernel, &image, &paths, progress)
+            .bring_up(&mut vm, vmm, &kernel, &boot, &paths, progress)
             .await
         {
             Ok(()) => {
+                // Restored once: later starts boot its own disks.
+                vm.runtime.restore_from = None;
                 self.transition(&mut vm, VmState::Running).await?;
                 tracing::info!(vm_id = %vm.id, name = %vm.name, "vm running");
                 self.note_booted_on(&kernel, vm.spec.vmm).await;
@@ -96,41 +114,25 @@ impl Core {
         vm: &mut VmRecord,
         vmm: &dyn Vmm,
         kernel: &KernelRecord,
-        image: &ImageRecord,
+        boot: &Boot,
         paths: &VmFiles,
         progress: &ProgressSink,
     ) -> Result<(), CoreError> {
         let mut timer = StageTimer::new(&vm.id);
         let ip = self.allocate_ip(vm).await?;
-        self.prepare_disks(vm, paths, image, progress).await?;
-        timer.lap("storage");
-        progress.stage(
-            "guest-config",
-            "writing hostname, network, ssh config and the agent into the root disk",
-        );
-        let agent_bin = &self.config().guest.agent;
-        let agent = tokio::fs::read(agent_bin).await.map_err(|e| {
-            CoreError::Unavailable(format!(
-                "guest agent binary {}: {e}; build it with scripts/build-guest.sh (scripts/setup.sh installs it) or set guest.agent",
-                agent_bin.display()
-            ))
-        })?;
-        let (_, authorized_key) = self.ssh_keys().ensure().await?;
+        match boot {
+            Boot::Cold(image) => {
+                self.prepare_disks(vm, paths, image, progress).await?;
+                timer.lap("storage");
+                self.write_guest_config(vm, ip, paths, progress).await?;
+                timer.lap("guest-config");
+            }
+            Boot::Restore(snap) => {
+                self.restore_disks(snap, paths, progress).await?;
+                timer.lap("storage");
+            }
+        }
         let net = &self.config().network;
-        let entries = guest::entries(GuestConfig {
-            hostname: &vm.name,
-            ip,
-            prefix_len: net.prefix_len,
-            gateway: net.bridge_ip,
-            agent,
-            authorized_key: &authorized_key,
-        });
-        self.deps()
-            .disks
-            .write_entries(&paths.root_disk, &entries)
-            .await
-            .map_err(HostError::from)?;
-        timer.lap("guest-config");
 
         progress.stage(
             "network",
@@ -179,7 +181,14 @@ impl Core {
             .map_err(InternalError::io("creating", socket_dir))?;
         let host = self.host_report().await?;
         let accel = host.default_vmm.map_or(Accel::Tcg, |c| c.accel);
-        let cmdline = kernel_cmdline(kernel, image.init, &vm.name, ip, &self.config().network);
+        let cmdline = match boot {
+            Boot::Cold(image) => {
+                kernel_cmdline(kernel, image.init, &vm.name, ip, &self.config().network)
+            }
+            // The machine restored is the one that booted with this.
+            Boot::Restore(snap) => snap.machine.cmdline.clone(),
+        };
+        vm.runtime.boot_cmdline = Some(cmdline.clone());
         let spec = LaunchSpec {
             vm_id: vm.id.to_string(),
             vcpus: vm.spec.vcpus,
@@ -197,7 +206,8 @@ impl Core {
             control_socket: paths.socket.clone(),
             pid_file: paths.pid_file.clone(),
             accel,
-            vsock: Some(paths.vsock.clone()),
+            vsock: vm.runtime.vsock_path.clone(),
+            agent_serial: None,
         };
         if let Some(root) = vmm.jail_root(&vm.id) {
             // Write-ahead, like the tap: a crash mid-launch leaves cleanup
@@ -210,13 +220,25 @@ impl Core {
         let _slot = self.boot_admission(&host).acquire(progress).await;
         timer.lap("boot-queue");
         // Bound before launch: the agent's call cannot come too early.
-        let ready = if vmm.ready_call() {
+        let ready = if vmm.ready_call() && spec.vsock.is_some() && matches!(boot, Boot::Cold(_)) {
             Some(ReadyListener::bind(ready_socket_path(&paths.vsock)).map_err(HostError::from)?)
         } else {
             None
         };
-        progress.stage("boot", format!("launching {}", vm.spec.vmm));
-        let pid = vmm.launch(&spec).await.map_err(HostError::from)?;
+        let pid = match boot {
+            Boot::Cold(_) => {
+                progress.stage("boot", format!("launching {}", vm.spec.vmm));
+                vmm.launch(&spec).await
+            }
+            Boot::Restore(snap) => {
+                progress.stage(
+                    "restore",
+                    format!("restoring from snapshot {} instead of booting", snap.name),
+                );
+                vmm.restore(&spec, &super::restore::vmm_state(snap)).await
+            }
+        }
+        .map_err(HostError::from)?;
         handles.pid = Some(pid);
         self.record_handles(vm, handles).await?;
         timer.lap("vmm-launch");
@@ -236,8 +258,50 @@ impl Core {
         )
         .await;
         timer.lap("agent");
+        waited?;
+        if let Boot::Restore(_) = boot {
+            self.take_identity(vm, ip, &paths.dir, progress).await?;
+            timer.lap("identity");
+        }
         timer.log();
-        waited
+        Ok(())
+    }
+    /// Hostname, network, ssh and the agent written into a cold boot's
+    /// root disk.
+    async fn write_guest_config(
+        &self,
+        vm: &VmRecord,
+        ip: Ipv4Addr,
+        paths: &VmFiles,
+        progress: &ProgressSink,
+    ) -> Result<(), CoreError> {
+        progress.stage(
+            "guest-config",
+            "writing hostname, network, ssh config and the agent into the root disk",
+        );
+        let agent_bin = &self.config().guest.agent;
+        let agent = tokio::fs::read(agent_bin).await.map_err(|e| {
+            CoreError::Unavailable(format!(
+                "guest agent binary {}: {e}; build it with scripts/build-guest.sh (scripts/setup.sh installs it) or set guest.agent",
+                agent_bin.display()
+            ))
+        })?;
+        let (_, authorized_key) = self.ssh_keys().ensure().await?;
+        let net = &self.config().network;
+        let entries = guest::entries(GuestConfig {
+            hostname: &vm.name,
+            ip,
+            prefix_len: net.prefix_len,
+            gateway: net.bridge_ip,
+            agent,
+            authorized_key: &authorized_key,
+        });
+        self.deps()
+            .disks
+            .write_entries(&paths.root_disk, &entries)
+            .await
+            .map_err(HostError::from)?;
+        Ok(())
     }
     /// The boot queue, sized on first use: `limits.concurrent_boots`, or
     /// one per CPU under software emulation (more with hardware KVM).

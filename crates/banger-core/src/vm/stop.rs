@@ -44,7 +44,18 @@ impl Core {
                 VmAction::Kill
             },
         )?;
-        if vm.state == VmState::Running {
+        if graceful && vm.state == VmState::Paused {
+            // Only a running guest can shut itself down.
+            if let Some(sock) = vm.runtime.api_socket.clone() {
+                match self.vmm_for(vm.spec.vmm)?.resume(&sock).await {
+                    Ok(()) => self.transition(&mut vm, VmState::Running).await?,
+                    Err(e) => {
+                        tracing::warn!(vm_id = %vm.id, error = %e, "resuming to stop it");
+                    }
+                }
+            }
+        }
+        if matches!(vm.state, VmState::Running | VmState::Paused) {
             self.transition(&mut vm, VmState::Stopping).await?;
         }
         if graceful {

@@ -9,8 +9,11 @@ use banger_core::lifecycle::LifecycleError;
 /// Maps a core error to its wire form.
 pub fn to_api_error(e: &CoreError) -> ApiError {
     let code = match e {
-        CoreError::VmNotFound(_) => ErrorCode::NotFound,
-        CoreError::NameTaken(_) => ErrorCode::Conflict,
+        CoreError::VmNotFound(_) | CoreError::SnapshotNotFound(_) => ErrorCode::NotFound,
+        CoreError::NameTaken(_) | CoreError::SnapshotNameTaken(_) => ErrorCode::Conflict,
+        CoreError::SnapshotInUse { .. } | CoreError::NotSnapshottable { .. } => {
+            ErrorCode::InvalidState
+        }
         CoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
         CoreError::Lifecycle(LifecycleError::ActionRefused { .. }) => ErrorCode::InvalidState,
         CoreError::Lifecycle(LifecycleError::IllegalTransition { .. }) => ErrorCode::Internal,

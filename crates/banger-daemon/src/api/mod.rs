@@ -5,7 +5,7 @@
 //! `{code, message}` body, naming the offending field; query flags go
 //! through axum's `Query` into typed structs, with the same error body.
 //!
-//! [`routes`] is the table; [`daemon`], [`vm`] and [`assets`] hold the
+//! [`routes`] is the table; [`daemon`], [`vm`], [`snapshot`] and [`assets`] hold the
 //! handlers, [`request`] what they check on the way in, [`reply`] and
 //! [`stream`] the two ways out, [`error`] the mapping of core errors.
 
@@ -15,6 +15,7 @@ mod error;
 mod reply;
 mod request;
 mod routes;
+mod snapshot;
 mod stream;
 mod vm;
 

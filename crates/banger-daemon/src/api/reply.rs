@@ -30,6 +30,8 @@ fn reply_response(reply: Reply) -> Response {
             "an agent connection can only be answered by an upgrade",
         )
         .into_response(),
+        Reply::Snapshots(s) => axum::Json(s).into_response(),
+        Reply::Snapshot(s) => axum::Json(s).into_response(),
         Reply::Kernels(k) => axum::Json(k).into_response(),
         Reply::Kernel(k) => axum::Json(k).into_response(),
         Reply::Images(i) => axum::Json(i).into_response(),
@@ -48,6 +50,8 @@ pub(crate) fn reply_value(reply: Reply) -> Result<serde_json::Value, serde_json:
         Reply::Logs(text) => Ok(serde_json::Value::String(text)),
         Reply::Ssh(info) => serde_json::to_value(info),
         Reply::Attached(_) => Ok(serde_json::Value::Null),
+        Reply::Snapshots(s) => serde_json::to_value(s),
+        Reply::Snapshot(s) => serde_json::to_value(s),
         Reply::Kernels(k) => serde_json::to_value(k),
         Reply::Kernel(k) => serde_json::to_value(k),
         Reply::Images(i) => serde_json::to_value(i),

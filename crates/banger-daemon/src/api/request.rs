@@ -32,6 +32,10 @@ pub(crate) fn vm_ref(raw: &str) -> Result<String, ErrorResponse> {
     checked_name("vm reference", raw)
 }
 
+pub(crate) fn snapshot_ref(raw: &str) -> Result<String, ErrorResponse> {
+    checked_name("snapshot reference", raw)
+}
+
 pub(crate) fn asset_name(raw: &str) -> Result<String, ErrorResponse> {
     checked_name("asset name", raw)
 }

@@ -15,6 +15,9 @@ use super::assets::{
 };
 use super::daemon::{daemon_shutdown, daemon_status, doctor};
 use super::error::ErrorResponse;
+use super::snapshot::{
+    snapshot_list, snapshot_rm, snapshot_show, vm_fork, vm_pause, vm_resume, vm_snapshot,
+};
 use super::vm::{
     vm_attach, vm_create, vm_delete, vm_kill, vm_list, vm_logs, vm_set, vm_show, vm_ssh, vm_start,
     vm_stop,
@@ -34,6 +37,15 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/vms/{vm}/logs", get(vm_logs))
         .route("/v1/vms/{vm}/attach", post(vm_attach))
         .route("/v1/vms/{vm}/ssh", get(vm_ssh))
+        .route("/v1/vms/{vm}/pause", post(vm_pause))
+        .route("/v1/vms/{vm}/resume", post(vm_resume))
+        .route("/v1/vms/{vm}/snapshot", post(vm_snapshot))
+        .route("/v1/vms/{vm}/fork", post(vm_fork))
+        .route("/v1/snapshots", get(snapshot_list))
+        .route(
+            "/v1/snapshots/{name}",
+            get(snapshot_show).delete(snapshot_rm),
+        )
         .route("/v1/kernels", get(kernel_list))
         .route("/v1/kernels/import", post(kernel_import))
         .route("/v1/kernels/add", post(kernel_add))

@@ -98,6 +98,32 @@ impl QemuCommand {
             a.push("-device".into());
             a.push("vhost-user-vsock-device,chardev=vsock".into());
         }
+        // Fresh host entropy for the guest's kernel: a restored VM must not
+        // keep the random state of the snapshot it came from.
+        a.push("-object".into());
+        a.push("rng-random,id=rng,filename=/dev/urandom".into());
+        a.push("-device".into());
+        a.push("virtio-rng-device,rng=rng".into());
+        if let Some(serial) = &spec.agent_serial {
+            a.push("-device".into());
+            a.push("virtio-serial-device,max_ports=2".into());
+            a.push("-chardev".into());
+            a.push(
+                format!(
+                    "socket,id=agent,path={},server=on,wait=off",
+                    serial.display()
+                )
+                .into(),
+            );
+            a.push("-device".into());
+            a.push(
+                format!(
+                    "virtserialport,chardev=agent,name={}",
+                    crate::AGENT_PORT_NAME
+                )
+                .into(),
+            );
+        }
         a.push("-chardev".into());
         a.push(format!("file,id=con,path={}", spec.console_log.display()).into());
         a.push("-serial".into());
@@ -145,7 +171,26 @@ mod tests {
             pid_file: "/v/vmm.pid".into(),
             accel: Accel::Tcg,
             vsock: None,
+            agent_serial: None,
         }
+    }
+
+    #[test]
+    fn the_agent_serial_port_is_a_named_virtserialport_on_a_served_socket() {
+        let mut s = spec();
+        s.agent_serial = Some("/run/banger/0123.agent".into());
+        let q = QemuCommand {
+            bin: "qemu-system-x86_64".into(),
+            tsc_khz: None,
+        };
+        let joined = q
+            .args(&s)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains("-device virtio-serial-device,max_ports=2 -chardev socket,id=agent,path=/run/banger/0123.agent,server=on,wait=off -device virtserialport,chardev=agent,name=org.banger.agent"), "{joined}");
+        assert!(!joined.contains("memory-backend-memfd"), "{joined}");
     }
 
     #[test]
@@ -192,6 +237,9 @@ mod tests {
         assert!(joined.contains("-drive id=d0,file=/v/root.ext4,format=raw,if=none,cache=writeback -device virtio-blk-device,drive=d0"));
         assert!(joined.contains("-drive id=d1,file=/v/work.ext4"));
         assert!(joined.contains("-netdev tap,id=n0,ifname=bg-01234567,script=no,downscript=no -device virtio-net-device,netdev=n0,mac=02:b6:01:23:45:67"));
+        assert!(joined.contains(
+            "-object rng-random,id=rng,filename=/dev/urandom -device virtio-rng-device,rng=rng"
+        ));
         assert!(joined.contains("-qmp unix:/run/banger/0123.qmp,server=on,wait=off"));
         assert!(joined.ends_with("-daemonize -pidfile /v/vmm.pid"));
     }

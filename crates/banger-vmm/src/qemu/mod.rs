@@ -1,7 +1,9 @@
 //! QEMU `microvm`, daemonized, controlled over QMP.
 
 mod command;
+mod snapshot;
 pub use command::{QemuCommand, host_tsc_khz};
+pub use snapshot::STATE_FILE;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -109,6 +111,61 @@ impl Vmm for QemuVmm {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
+        self.spawn(spec, &[]).await
+    }
+
+    fn snapshot_blocker(&self, spec: &LaunchSpec) -> Option<String> {
+        snapshot::blocker(spec)
+    }
+
+    async fn pause(&self, socket: &Path) -> Result<(), VmmError> {
+        snapshot::pause(socket).await
+    }
+
+    async fn resume(&self, socket: &Path) -> Result<(), VmmError> {
+        snapshot::resume(socket).await
+    }
+
+    async fn is_paused(&self, socket: &Path) -> Result<bool, VmmError> {
+        snapshot::is_paused(socket).await
+    }
+
+    async fn save(&self, socket: &Path, dir: &Path) -> Result<(), VmmError> {
+        snapshot::save(socket, dir).await
+    }
+
+    /// Started like a boot, but waiting for the state (`-incoming defer`);
+    /// a load that fails leaves no QEMU behind.
+    async fn restore(&self, spec: &LaunchSpec, dir: &Path) -> Result<u32, VmmError> {
+        let pid = self.spawn(spec, &["-incoming", "defer"]).await?;
+        match snapshot::load(&spec.control_socket, dir).await {
+            Ok(()) => Ok(pid),
+            Err(e) => {
+                if let Err(k) = self.kill(pid, &spec.control_socket).await {
+                    tracing::warn!(pid, error = %k, "killing the QEMU of a failed restore");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn request_shutdown(&self, socket: &Path) -> Result<(), VmmError> {
+        Qmp::connect(socket).await?.powerdown().await
+    }
+
+    /// QEMU first (it holds the backend's socket), then the vsock backend.
+    async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
+        let vmm = process::kill_vmm(pid, &socket.to_string_lossy(), Duration::from_secs(10)).await;
+        let backend =
+            process::kill_all(&crate::vhost_user_socket(socket), Duration::from_secs(10)).await;
+        vmm.and(backend)
+    }
+}
+
+impl QemuVmm {
+    /// Runs QEMU for `spec` (with `extra` arguments) until it daemonizes;
+    /// returns the daemon's pid.
+    async fn spawn(&self, spec: &LaunchSpec, extra: &[&str]) -> Result<u32, VmmError> {
         let _ = std::fs::remove_file(&spec.control_socket);
         let _ = std::fs::remove_file(&spec.pid_file);
         if let Some(uds) = &spec.vsock {
@@ -120,7 +177,9 @@ impl Vmm for QemuVmm {
         };
         // With -daemonize, QEMU exits 0 once the VM is set up and running
         // in the background, or non-zero with the reason on stderr.
-        let mut run = ToolRun::new(&self.command.bin).args(self.command.args(spec));
+        let mut run = ToolRun::new(&self.command.bin)
+            .args(self.command.args(spec))
+            .args(extra.iter().copied());
         if let Some(fd) = spec.net.as_ref().and_then(|n| n.fd) {
             run = run.pass_fd(fd, crate::TAP_FD);
         }
@@ -139,17 +198,5 @@ impl Vmm for QemuVmm {
                 content: pid,
             })
         })
-    }
-
-    async fn request_shutdown(&self, socket: &Path) -> Result<(), VmmError> {
-        Qmp::connect(socket).await?.powerdown().await
-    }
-
-    /// QEMU first (it holds the backend's socket), then the vsock backend.
-    async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
-        let vmm = process::kill_vmm(pid, &socket.to_string_lossy(), Duration::from_secs(10)).await;
-        let backend =
-            process::kill_all(&crate::vhost_user_socket(socket), Duration::from_secs(10)).await;
-        vmm.and(backend)
     }
 }

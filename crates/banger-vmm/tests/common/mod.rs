@@ -100,6 +100,7 @@ impl VmDir {
             pid_file: self.path("fc.pid"),
             accel: Accel::Kvm,
             vsock: Some(self.path("v.sock")),
+            agent_serial: None,
         }
     }
 }

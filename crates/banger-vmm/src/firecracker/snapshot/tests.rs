@@ -25,6 +25,7 @@ fn spec(net: bool) -> LaunchSpec {
         pid_file: "/v/b/fc.pid".into(),
         accel: Accel::Kvm,
         vsock: Some("/run/banger/vms/89abcdef01234567.vsock".into()),
+        agent_serial: None,
     }
 }
 

@@ -1,0 +1,39 @@
+//! `vm pause` and `vm resume`: the guest's vCPUs frozen and thawed, the
+//! VMM process kept. The state is recorded, so a daemon restart keeps a
+//! paused VM paused.
+
+use banger_api::vm::{VmRecord, VmState};
+
+use crate::core::Core;
+use crate::error::{CoreError, HostError, InternalError};
+use crate::lifecycle::{VmAction, check_action};
+
+impl Core {
+    pub(crate) async fn pause_vm(&self, name: &str, pause: bool) -> Result<VmRecord, CoreError> {
+        let (mut vm, _lock) = self.lock_vm(name).await?;
+        check_action(
+            &vm.name,
+            vm.state,
+            if pause {
+                VmAction::Pause
+            } else {
+                VmAction::Resume
+            },
+        )?;
+        let vmm = self.vmm_for(vm.spec.vmm)?;
+        let socket = vm
+            .runtime
+            .api_socket
+            .clone()
+            .ok_or_else(|| InternalError::NoAddress(vm.name.clone()))?;
+        if pause {
+            vmm.pause(&socket).await.map_err(HostError::from)?;
+            self.transition(&mut vm, VmState::Paused).await?;
+        } else {
+            vmm.resume(&socket).await.map_err(HostError::from)?;
+            self.transition(&mut vm, VmState::Running).await?;
+        }
+        tracing::info!(vm_id = %vm.id, name = %vm.name, state = %vm.state, "vm {}", if pause { "paused" } else { "resumed" });
+        Ok(vm)
+    }
+}
