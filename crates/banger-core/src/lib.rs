@@ -31,6 +31,7 @@ mod ssh_keys;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod timer;
+mod trees;
 pub mod vm;
 
 pub use command::{Command, Reply};

@@ -104,7 +104,7 @@ impl Core {
             }
             .into());
         }
-        crate::vm::remove_tree(dir, "removing a snapshot directory").await
+        crate::trees::remove_tree(dir, "removing a snapshot directory").await
     }
 }
 

@@ -34,7 +34,6 @@ use crate::handles::{HandlesError, TeardownMirror, VmHandles, read_scratch, writ
 use crate::lifecycle::check_transition;
 use crate::locks::KeyGuard;
 
-pub(crate) use cleanup::remove_tree;
 pub use create::{MAX_DISK_BYTES, MAX_MEMORY_MIB, MAX_VCPUS, MIN_DISK_BYTES, MIN_MEMORY_MIB};
 pub use dns::DNS_PORT;
 
