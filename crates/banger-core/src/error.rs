@@ -260,8 +260,13 @@ pub enum InternalError {
     },
     #[error("refusing to remove {}: not a vm directory under {}", dir.display(), root.display())]
     NotAVmDir { dir: PathBuf, root: PathBuf },
+    #[error("refusing to remove {}: not a snapshot directory under {}", dir.display(), root.display())]
+    NotASnapshotDir { dir: PathBuf, root: PathBuf },
     #[error("vm {0:?} has no address")]
     NoAddress(String),
+    /// A running VM's record lacks a path its start records.
+    #[error("vm {vm:?} has no recorded {what}")]
+    NoRuntimePath { vm: String, what: &'static str },
     #[error("vm {0:?} has no address for nat")]
     NoNatAddress(String),
     #[error("could not find a free generated name")]

@@ -98,7 +98,7 @@ impl Core {
     /// directory (a corrupt record must not delete arbitrary trees).
     pub(crate) async fn remove_snapshot_dir(&self, dir: PathBuf) -> Result<(), CoreError> {
         if !self.layout().is_snapshot_dir(&dir) {
-            return Err(InternalError::NotAVmDir {
+            return Err(InternalError::NotASnapshotDir {
                 dir,
                 root: self.layout().snapshots_dir(),
             }

@@ -40,7 +40,10 @@ impl Core {
             .runtime
             .api_socket
             .clone()
-            .ok_or_else(|| InternalError::NoAddress(vm.name.clone()))?;
+            .ok_or_else(|| InternalError::NoRuntimePath {
+                vm: vm.name.clone(),
+                what: "control socket",
+            })?;
         let snap_name = match req.name.clone() {
             Some(n) => {
                 let taken = n.clone();
@@ -121,11 +124,14 @@ impl Core {
         progress.stage("save", "freezing the disks with it");
         let strategy = self.host_report().await?.storage;
         let disks = self.deps().disks.as_ref();
-        for (from, name) in [
-            (vm.runtime.root_disk_path.as_ref(), ROOT_DISK),
-            (vm.runtime.work_disk_path.as_ref(), WORK_DISK),
+        for (from, name, what) in [
+            (vm.runtime.root_disk_path.as_ref(), ROOT_DISK, "root disk"),
+            (vm.runtime.work_disk_path.as_ref(), WORK_DISK, "work disk"),
         ] {
-            let from = from.ok_or_else(|| InternalError::NoAddress(vm.name.clone()))?;
+            let from = from.ok_or_else(|| InternalError::NoRuntimePath {
+                vm: vm.name.clone(),
+                what,
+            })?;
             disks
                 .clone_image(from, &staging.join(name), strategy)
                 .await

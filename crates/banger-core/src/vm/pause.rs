@@ -25,7 +25,10 @@ impl Core {
             .runtime
             .api_socket
             .clone()
-            .ok_or_else(|| InternalError::NoAddress(vm.name.clone()))?;
+            .ok_or_else(|| InternalError::NoRuntimePath {
+                vm: vm.name.clone(),
+                what: "control socket",
+            })?;
         if pause {
             vmm.pause(&socket).await.map_err(HostError::from)?;
             self.transition(&mut vm, VmState::Paused).await?;
