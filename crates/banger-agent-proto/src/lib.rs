@@ -9,6 +9,7 @@
 //! version mismatch is refused with a message that names both versions.
 
 pub mod archive;
+pub mod mux;
 pub mod vsock;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 52;
+/// The name of the virtio-serial port QEMU guests reach the agent over
+/// (multiplexed, see [`mux`]); the guest finds it in
+/// `/sys/class/virtio-ports/*/name`.
+pub const SERIAL_PORT_NAME: &str = "org.banger.agent";
 /// The host port the agent calls once it listens: the daemon waits for
 /// that call instead of knocking on the guest while it boots (QEMU's
 /// vsock backend can wedge on connections made before the guest's driver

@@ -1,10 +1,11 @@
-//! The guest side of banger: one session per vsock connection.
+//! The guest side of banger: one session per vsock connection, or per
+//! stream multiplexed over the virtio-serial port ([`serial`]).
 //!
 //! A session opens with the versioned hello, then serves one request:
 //! `Ping` (any number, for readiness), `Exec` (pipes or a PTY), an archive
 //! in or out (`vm cp`), or `PowerOff`. It is written against any byte
 //! stream so the tests drive it over an in-memory pipe; `main.rs` feeds it
-//! vsock connections.
+//! vsock connections and mux streams.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 
 mod exec;
 pub mod identity;
+pub mod serial;
 pub mod users;
 
 /// Identifies this build in the hello.

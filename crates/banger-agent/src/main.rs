@@ -1,10 +1,15 @@
-//! banger-agent: started early in the guest's boot, listens on vsock
-//! port [`AGENT_PORT`] for bangerd. Static, so any image can run it.
+//! banger-agent: started early in the guest's boot, serves bangerd on
+//! every channel the VM has: vsock port [`AGENT_PORT`] (Firecracker) and
+//! the virtio-serial port [`SERIAL_PORT_NAME`] (QEMU), whose streams are
+//! multiplexed ([`banger_agent_proto::mux`]). Static, so any image can
+//! run it.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use banger_agent::serial::{self, Port};
 use banger_agent::{SOFTWARE, SystemPower, session};
-use banger_agent_proto::{AGENT_PORT, READY_GREETING, READY_PORT};
+use banger_agent_proto::{AGENT_PORT, READY_GREETING, READY_PORT, SERIAL_PORT_NAME, mux};
 use tokio::io::AsyncWriteExt;
 use tokio_vsock::{VMADDR_CID_ANY, VMADDR_CID_HOST, VsockAddr, VsockListener, VsockStream};
 
@@ -20,31 +25,85 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async {
-        let listener = match VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, AGENT_PORT)) {
-            Ok(l) => l,
+        // Either channel alone is enough: a VM has the one its VMM gives.
+        let vsock = match VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, AGENT_PORT)) {
+            Ok(l) => Some(l),
             Err(e) => {
-                eprintln!("banger-agent: listening on vsock port {AGENT_PORT}: {e}");
-                return ExitCode::FAILURE;
+                eprintln!("banger-agent: no vsock port {AGENT_PORT}: {e}");
+                None
             }
         };
-        eprintln!("{SOFTWARE}: listening on vsock port {AGENT_PORT}");
-        tokio::spawn(report_ready());
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(async move {
-                        if let Err(e) = session(stream, &SystemPower).await {
-                            eprintln!("banger-agent: session: {e}");
-                        }
-                    });
-                }
+        let port = match serial::find_port(SERIAL_PORT_NAME) {
+            None => {
+                eprintln!("banger-agent: no virtio-serial port {SERIAL_PORT_NAME}");
+                None
+            }
+            Some(path) => match Port::open(&path) {
+                Ok(p) => Some((path, p)),
                 Err(e) => {
-                    eprintln!("banger-agent: accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    eprintln!("banger-agent: opening {}: {e}", path.display());
+                    None
                 }
+            },
+        };
+        let mut channels = Vec::new();
+        if let Some(l) = vsock {
+            channels.push(format!("vsock port {AGENT_PORT}"));
+            tokio::spawn(report_ready());
+            tokio::spawn(accept_vsock(l));
+        }
+        if let Some((path, p)) = port {
+            channels.push(format!("virtio-serial {}", path.display()));
+            tokio::spawn(serve_serial(p));
+        }
+        if channels.is_empty() {
+            eprintln!("banger-agent: no channel to the host");
+            return ExitCode::FAILURE;
+        }
+        eprintln!("{SOFTWARE}: listening on {}", channels.join(" and "));
+        std::future::pending::<()>().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn accept_vsock(listener: VsockListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = session(stream, &SystemPower).await {
+                        eprintln!("banger-agent: session: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                eprintln!("banger-agent: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
-    })
+    }
+}
+
+/// One mux epoch per host connection, for the agent's life.
+async fn serve_serial(port: Arc<Port>) {
+    loop {
+        if let Err(e) = port.wait_for_host().await {
+            eprintln!("banger-agent: virtio-serial port: {e}; giving it up");
+            return;
+        }
+        let served = mux::serve(port.epoch(), |s| {
+            tokio::spawn(async move {
+                if let Err(e) = session(s, &SystemPower).await {
+                    eprintln!("banger-agent: session: {e}");
+                }
+            });
+        })
+        .await;
+        match served {
+            Ok(()) => eprintln!("banger-agent: the host left the virtio-serial port"),
+            Err(e) => eprintln!("banger-agent: virtio-serial port: {e}"),
+        }
+    }
 }
 
 /// Tells the host the agent listens: one connection to the host's

@@ -36,7 +36,7 @@ struct Outcome {
     exit: Option<Message>,
 }
 
-async fn collect(s: &mut DuplexStream) -> Outcome {
+async fn collect<S: AsyncRead + Unpin>(s: &mut S) -> Outcome {
     let mut o = Outcome::default();
     while let Some(f) = read_frame(s).await.expect("frame") {
         match f {
@@ -340,4 +340,73 @@ async fn an_old_daemon_gets_our_hello_and_nothing_else() {
         other => panic!("{other:?}"),
     }
     assert_eq!(read_frame(&mut ours).await.expect("end"), None);
+}
+
+/// Sessions as QEMU guests serve them: streams of one mux carrier.
+#[tokio::test]
+async fn sessions_run_unchanged_over_mux_streams() {
+    use banger_agent_proto::mux::{self, MuxClient};
+    let (host, guest) = tokio::io::duplex(64 << 10);
+    tokio::spawn(mux::serve(guest, |s| {
+        tokio::spawn(async move { session(s, &*POWER).await });
+    }));
+    let client = MuxClient::connect(host, Duration::from_secs(10))
+        .await
+        .expect("sync");
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        let client = client.clone();
+        jobs.push(tokio::spawn(async move {
+            let mut s = client.open().await.expect("open");
+            handshake(&mut s, "test").await.expect("handshake");
+            send(&mut s, &Message::Ping).await.expect("ping");
+            assert_eq!(
+                read_frame(&mut s).await.expect("pong"),
+                Some(Frame::Control(Message::Pong))
+            );
+            let req = ExecRequest {
+                stdin: true,
+                ..sh("wc -c")
+            };
+            send(&mut s, &Message::Exec(req)).await.expect("exec");
+            let input = vec![b'x'; 100_000 * (i + 1)];
+            banger_agent_proto::send_data(&mut s, Kind::Stdin, &input)
+                .await
+                .expect("stdin");
+            send(&mut s, &Message::StdinEof).await.expect("eof");
+            let o = collect(&mut s).await;
+            assert_eq!(o.exit, exit(0));
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout).trim(),
+                input.len().to_string()
+            );
+        }));
+    }
+    for j in jobs {
+        j.await.expect("session");
+    }
+
+    // A dropped stream is a vanished client: its command is killed.
+    let mut s = client.open().await.expect("open");
+    handshake(&mut s, "test").await.expect("handshake");
+    send(&mut s, &Message::Exec(sh("echo $$; exec sleep 30")))
+        .await
+        .expect("exec");
+    let pid: i32 = loop {
+        if let Some(Frame::Stdout(d)) = read_frame(&mut s).await.expect("frame") {
+            break String::from_utf8_lossy(&d).trim().parse().expect("pid");
+        }
+    };
+    drop(s);
+    let gone = async {
+        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|st| st.contains(") Z"))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("the command outlived its stream");
 }

@@ -283,7 +283,7 @@ mod tests {
             "kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko\n\
              kernel/drivers/virtio/virtio.ko:\n\
              kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko\n",
-            "kernel/drivers/net/virtio_net.ko\nkernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko\n",
+            "kernel/drivers/net/virtio_net.ko\nkernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko\nkernel/drivers/char/virtio_console.ko\n",
         );
         let k = build_from_tree(dir.path(), &static_init(dir.path())).expect("build");
         assert_eq!(k.version, "6.1.0-test");

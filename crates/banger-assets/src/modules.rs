@@ -17,12 +17,14 @@ pub const OPTIONAL_GUEST_MODULES: &[&str] = &["button", "evdev"];
 
 /// Modules a banger guest needs when the kernel has them as modules:
 /// virtio-mmio transport (devices found through ACPI), block (root and work
-/// disks), net (the tap), vsock over virtio (the agent channel).
+/// disks), net (the tap), the agent's channel: vsock over virtio
+/// (Firecracker) and virtio-serial, `virtio_console` (QEMU).
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
     "virtio_net",
     "vmw_vsock_virtio_transport",
+    "virtio_console",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +229,7 @@ kernel/net/vmw_vsock/vsock.ko:
 kernel/drivers/net/virtio_net.ko: kernel/net/core/failover.ko kernel/drivers/net/net_failover.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
 kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
 kernel/net/core/failover.ko:
+kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
 ";
 
     fn index() -> ModuleIndex {
@@ -248,7 +251,7 @@ kernel/net/core/failover.ko:
         let names: Vec<_> = order.iter().map(|(n, _)| n.as_str()).collect();
         let unique: HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len(), "duplicates in {names:?}");
-        assert_eq!(names.len(), 10);
+        assert_eq!(names.len(), 11);
         for (module, dep) in [
             ("virtio_ring", "virtio"),
             ("virtio_mmio", "virtio_ring"),
@@ -260,6 +263,7 @@ kernel/net/core/failover.ko:
                 "vmw_vsock_virtio_transport_common",
             ),
             ("vmw_vsock_virtio_transport_common", "vsock"),
+            ("virtio_console", "virtio_ring"),
         ] {
             assert!(
                 pos(&order, dep) < pos(&order, module),

@@ -78,7 +78,7 @@ fn kernel_repo(env: &Env) -> PathBuf {
             ),
             (
                 &format!("{m}/modules.builtin"),
-                b"kernel/drivers/net/virtio_net.ko\nkernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko\n".to_vec(),
+                b"kernel/drivers/net/virtio_net.ko\nkernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko\nkernel/drivers/char/virtio_console.ko\n".to_vec(),
             ),
             (&format!("{m}/kernel/drivers/virtio/virtio.ko"), b"ko virtio".to_vec()),
             (&format!("{m}/kernel/drivers/virtio/virtio_mmio.ko"), b"ko mmio".to_vec()),
