@@ -245,7 +245,9 @@ pub fn build_initramfs(
     w.file("etc/banger/modules.order", 0o644, list.as_bytes())
         .map_err(cpio_err)?;
     w.file("init", 0o755, init).map_err(cpio_err)?;
-    w.finish().map_err(cpio_err)
+    let mut archive = w.finish().map_err(cpio_err)?;
+    crate::initrd::pad(&mut archive);
+    Ok(archive)
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ impl Core {
                         let dst = staged.join("initrd.img");
                         reflink_copy::reflink_or_copy(&src, &dst)
                             .map_err(io_err("copying", &src))?;
+                        banger_assets::initrd::pad_file(&dst).map_err(io_err("padding", &dst))?;
                         Some(file_record(&dst)?)
                     }
                 };

@@ -305,7 +305,7 @@ pub fn guest_prereqs() -> Result<PathBuf, String> {
 }
 
 /// Bump to invalidate every cached asset entry.
-const CACHE_VERSION: &str = "3";
+const CACHE_VERSION: &str = "4";
 
 fn sha256_hex(data: &[u8]) -> String {
     use std::io::Write;
