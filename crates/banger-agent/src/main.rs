@@ -33,34 +33,22 @@ fn main() -> ExitCode {
                 None
             }
         };
-        let port = match serial::find_port(SERIAL_PORT_NAME) {
-            None => {
-                eprintln!("banger-agent: no virtio-serial port {SERIAL_PORT_NAME}");
-                None
+        let serial = tokio::spawn(find_and_serve_serial(vsock.is_none()));
+        match vsock {
+            Some(l) => {
+                eprintln!("{SOFTWARE}: listening on vsock port {AGENT_PORT}");
+                tokio::spawn(report_ready());
+                tokio::spawn(accept_vsock(l));
             }
-            Some(path) => match Port::open(&path) {
-                Ok(p) => Some((path, p)),
-                Err(e) => {
-                    eprintln!("banger-agent: opening {}: {e}", path.display());
-                    None
+            // The serial port is the only way to the host.
+            None => {
+                if serial.await.is_err() {
+                    eprintln!("banger-agent: virtio-serial task failed");
                 }
-            },
-        };
-        let mut channels = Vec::new();
-        if let Some(l) = vsock {
-            channels.push(format!("vsock port {AGENT_PORT}"));
-            tokio::spawn(report_ready());
-            tokio::spawn(accept_vsock(l));
+                eprintln!("banger-agent: no channel to the host");
+                return ExitCode::FAILURE;
+            }
         }
-        if let Some((path, p)) = port {
-            channels.push(format!("virtio-serial {}", path.display()));
-            tokio::spawn(serve_serial(p));
-        }
-        if channels.is_empty() {
-            eprintln!("banger-agent: no channel to the host");
-            return ExitCode::FAILURE;
-        }
-        eprintln!("{SOFTWARE}: listening on {}", channels.join(" and "));
         std::future::pending::<()>().await;
         ExitCode::SUCCESS
     })
@@ -81,6 +69,31 @@ async fn accept_vsock(listener: VsockListener) {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Waits for the agent's virtio-serial port (it appears after the agent
+/// starts) and serves it; returns only if there is none or it fails.
+/// `alone`: no vsock either, so say so sooner.
+async fn find_and_serve_serial(alone: bool) {
+    let quiet = std::time::Duration::from_secs(if alone { 10 } else { 3600 });
+    let path = match serial::wait_port(SERIAL_PORT_NAME, quiet).await {
+        Ok(Some(path)) => path,
+        Ok(None) => {
+            eprintln!("banger-agent: no virtio-serial port {SERIAL_PORT_NAME}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("banger-agent: waiting for virtio-serial port {SERIAL_PORT_NAME}: {e}");
+            return;
+        }
+    };
+    match Port::open(&path) {
+        Ok(p) => {
+            eprintln!("{SOFTWARE}: listening on virtio-serial {}", path.display());
+            serve_serial(p).await;
+        }
+        Err(e) => eprintln!("banger-agent: opening {}: {e}", path.display()),
     }
 }
 

@@ -46,6 +46,84 @@ pub fn find_port_in(class: &Path, dev: &Path, name: &str) -> Option<PathBuf> {
     })
 }
 
+/// Waits for the port named `name` and returns its device.
+///
+/// virtio_console adds ports asynchronously: the driver binds, then asks
+/// the host for its ports over a control queue, creates each device, and
+/// only then learns its name (a later message, announced by a `change`
+/// uevent). The agent starts right after switch_root, often before that.
+/// So it listens to the kernel's uevents (the same multicast udev reads)
+/// and looks again after each: subscribed before the first look, so no
+/// event can fall between the look and the wait. Returns `Ok(None)` only
+/// if the kernel has no virtio-serial at all (the class never appears and
+/// no uevent comes for `max_quiet`).
+pub async fn wait_port(name: &str, max_quiet: std::time::Duration) -> io::Result<Option<PathBuf>> {
+    let uevents = Uevents::subscribe()?;
+    loop {
+        if let Some(p) = find_port(name).filter(|p| p.exists()) {
+            return Ok(Some(p));
+        }
+        let has_class = Path::new(VIRTIO_PORTS).exists();
+        match tokio::time::timeout(max_quiet, uevents.next()).await {
+            Ok(r) => r?,
+            // A VM with virtio-serial keeps the wait going: its port comes.
+            Err(_) if has_class => {}
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// A kernel uevent subscription (`NETLINK_KOBJECT_UEVENT`, group 1).
+#[derive(Debug)]
+struct Uevents {
+    sock: AsyncFd<OwnedFd>,
+}
+
+impl Uevents {
+    fn subscribe() -> io::Result<Self> {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType, netlink};
+        let sock = rustix::net::socket_with(
+            AddressFamily::NETLINK,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            Some(netlink::KOBJECT_UEVENT),
+        )?;
+        rustix::net::bind(&sock, &netlink::SocketAddrNetlink::new(0, 1))?;
+        #[allow(unsafe_code)]
+        // SAFETY: the AsyncFd owns `sock` from here on and nothing else
+        // closes or replaces it while it is registered.
+        let sock = unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }?;
+        Ok(Self { sock })
+    }
+
+    /// Returns after one or more uevents (drained: only "something
+    /// changed" matters, the caller looks at sysfs itself). A full
+    /// receive queue (ENOBUFS) also means events came.
+    async fn next(&self) -> io::Result<()> {
+        let mut buf = [0u8; 8192];
+        let mut got = false;
+        loop {
+            let mut guard = self.sock.readable().await?;
+            loop {
+                match rustix::net::recv(
+                    self.sock.get_ref(),
+                    &mut buf[..],
+                    rustix::net::RecvFlags::empty(),
+                ) {
+                    Ok(_) | Err(Errno::NOBUFS) => got = true,
+                    Err(Errno::INTR) => {}
+                    Err(Errno::AGAIN) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            guard.clear_ready();
+            if got {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Wakes of the port's wait queue seen through one epoll set.
 #[derive(Debug)]
 struct Edges {
