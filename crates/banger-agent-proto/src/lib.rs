@@ -61,6 +61,9 @@ pub enum ProtoError {
     /// on that port (yet).
     #[error("the connection closed (nothing listens on guest port {port} yet)")]
     NothingListening { port: u32 },
+    /// The multiplexed agent channel (virtio-serial) failed.
+    #[error(transparent)]
+    Mux(#[from] mux::MuxError),
 }
 
 /// Frame kinds.

@@ -132,6 +132,10 @@ pub struct VmRuntime {
     pub api_socket: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_path: Option<PathBuf>,
+    /// Host end of the agent's virtio-serial port (QEMU guests); where
+    /// set, the agent is reached there rather than over vsock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_socket: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_cid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -180,8 +180,8 @@ pub enum ReadinessError {
 /// A conversation with a guest agent that went wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("the vm has no vsock; restart it with this banger version")]
-    NoVsock,
+    #[error("the vm has no agent channel (it has not started since it was created); start it")]
+    NoChannel,
     /// The agent runs another protocol version: not worth another try.
     #[error(transparent)]
     VersionMismatch(ProtoError),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use banger_api::defaults::EXIT_ALREADY_RUNNING;
 use banger_config::Config;
-use banger_core::agent::VsockAgent;
+use banger_core::agent::GuestAgent;
 use banger_core::{Core, HostDeps};
 use banger_host::SystemProbe;
 use banger_host::disk::HostDisks;
@@ -311,7 +311,7 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
                 jail,
             }) as Arc<dyn banger_vmm::Vmm>
         }),
-        agent: Arc::new(VsockAgent),
+        agent: Arc::new(GuestAgent::default()),
         firewall,
     };
     let core = Arc::new(Core::new(config, store, deps));

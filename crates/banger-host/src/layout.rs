@@ -157,8 +157,10 @@ pub struct VmFiles {
     pub console: PathBuf,
     pub pid_file: PathBuf,
     pub socket: PathBuf,
-    /// Host end of the guest's vsock (the agent's channel).
+    /// Host end of the guest's vsock (the agent's channel on Firecracker).
     pub vsock: PathBuf,
+    /// Host end of the agent's virtio-serial port (its channel on QEMU).
+    pub agent: PathBuf,
 }
 
 impl VmLayout {
@@ -196,6 +198,7 @@ impl VmLayout {
             pid_file: dir.join("vmm.pid"),
             socket: sockets.join(format!("{vm_id}.sock")),
             vsock: sockets.join(format!("{vm_id}.vsock")),
+            agent: sockets.join(format!("{vm_id}.agent")),
             dir,
         }
     }
@@ -348,6 +351,7 @@ mod tests {
                 console: dir.join("console.log"),
                 pid_file: dir.join("vmm.pid"),
                 socket: "/run/banger/vms/0123456789abcdef.sock".into(),
+                agent: "/run/banger/vms/0123456789abcdef.agent".into(),
                 vsock: "/run/banger/vms/0123456789abcdef.vsock".into(),
             }
         );

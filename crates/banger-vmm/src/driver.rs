@@ -57,6 +57,10 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     async fn kill(&self, pid: u32, socket: &Path) -> Result<(), VmmError> {
         process::kill_vmm(pid, &socket.to_string_lossy(), Duration::from_secs(10)).await
     }
+    /// The channel its guests' agent is reached over.
+    fn agent_transport(&self) -> crate::AgentTransport {
+        crate::AgentTransport::Vsock
+    }
     /// Whether a guest's connection to a host vsock port P reaches a unix
     /// socket `<vsock uds>_P` that the daemon can bind before launch, so
     /// the agent can report ready instead of being polled.

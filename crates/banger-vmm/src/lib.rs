@@ -73,6 +73,18 @@ pub struct LaunchSpec {
     pub agent_serial: Option<PathBuf>,
 }
 
+/// How a VMM's guests reach their agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentTransport {
+    /// A vsock device, its host end a unix socket with the `CONNECT`
+    /// handshake ([`LaunchSpec::vsock`]).
+    Vsock,
+    /// A virtio-serial port, sessions multiplexed over its unix socket
+    /// ([`LaunchSpec::agent_serial`]): unlike vhost-user vsock, QEMU can
+    /// migrate it, so the VM can be snapshotted.
+    Serial,
+}
+
 /// The name of the agent's virtio-serial port, as the guest sees it in
 /// `/sys/class/virtio-ports/*/name`.
 pub const AGENT_PORT_NAME: &str = "org.banger.agent";

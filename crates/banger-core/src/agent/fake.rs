@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use banger_agent_proto::{AGENT_PORT, Frame, Message, ProtoError, handshake, read_frame, send};
 
-use super::connector::{AgentConnector, AgentStream, SOFTWARE};
+use super::connector::{AgentChannel, AgentConnector, AgentStream, SOFTWARE};
 
 type PowerHook = Box<dyn Fn(&Path) + Send + Sync>;
 
@@ -16,7 +16,7 @@ type PowerHook = Box<dyn Fn(&Path) + Send + Sync>;
 pub struct FakeAgent {
     /// When false, connections fail as if the guest had not booted yet.
     pub ready: std::sync::atomic::AtomicBool,
-    /// Power-off requests: (vsock path, reboot).
+    /// Power-off requests: (agent channel path, reboot).
     pub power_offs: Arc<Mutex<Vec<(PathBuf, bool)>>>,
     /// Called on each power-off (e.g. to stop the fake VMM).
     pub on_power_off: Arc<Mutex<Option<PowerHook>>>,
@@ -46,13 +46,13 @@ impl FakeAgent {
 
 #[async_trait]
 impl AgentConnector for FakeAgent {
-    async fn connect(&self, vsock: &Path) -> Result<AgentStream, ProtoError> {
+    async fn connect(&self, channel: AgentChannel<'_>) -> Result<AgentStream, ProtoError> {
         if !self.ready.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ProtoError::NothingListening { port: AGENT_PORT });
         }
         let (ours, mut theirs) = tokio::io::duplex(64 << 10);
         let (power_offs, hook) = (Arc::clone(&self.power_offs), Arc::clone(&self.on_power_off));
-        let vsock = vsock.to_owned();
+        let vsock = channel.path().to_owned();
         tokio::spawn(async move {
             while let Ok(Some(Frame::Control(m))) = read_frame(&mut theirs).await {
                 let reply = match m {

@@ -3,11 +3,14 @@
 //! built on one connection (ping, power off, a command's output, an
 //! attach for exec and copy).
 //!
-//! One client for both VMMs: each exposes the guest's vsock as a host
-//! unix socket with the `CONNECT <port>` handshake (Firecracker natively,
-//! QEMU through `vhost-device-vsock`). An attach hands the API layer a
-//! connection that has done the hello and sent the request; from there the
-//! client and the agent talk frames directly.
+//! One client for both VMMs: a session is a byte stream whichever
+//! channel carries it. Firecracker exposes the guest's vsock as a unix
+//! socket with the `CONNECT <port>` handshake, a connection per session;
+//! QEMU guests use a virtio-serial port (it can be snapshotted, QEMU's
+//! vhost-user vsock cannot), their sessions multiplexed over its one
+//! connection. An attach hands the API layer a stream that has done the
+//! hello and sent the request; from there the client and the agent talk
+//! frames directly.
 
 mod conn;
 mod connector;
@@ -17,7 +20,7 @@ mod readiness;
 mod session;
 
 pub use conn::AgentConn;
-pub use connector::{AgentConnector, AgentIo, AgentStream, SOFTWARE, VsockAgent};
+pub use connector::{AgentChannel, AgentConnector, AgentIo, AgentStream, GuestAgent, SOFTWARE};
 #[cfg(any(test, feature = "testing"))]
 pub use fake::FakeAgent;
 pub(crate) use readiness::wait_ready;

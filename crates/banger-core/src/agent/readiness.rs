@@ -1,14 +1,14 @@
 //! Waiting for a started guest's agent: the agent's ready call where the
 //! VMM forwards it, then (or otherwise) pings until one is answered.
 
-use std::path::Path;
 use std::time::Duration;
 
+use banger_agent_proto::mux::MuxError;
 use banger_agent_proto::{AGENT_PORT, Frame, Message, ProtoError, read_frame, send};
 use banger_api::doctor::Accel;
 use banger_api::vm::VmRecord;
 
-use super::connector::AgentConnector;
+use super::connector::{AgentChannel, AgentConnector};
 use super::session::ATTEMPT;
 use crate::error::{AgentError, CoreError, HostError, ReadinessError};
 use crate::progress::ProgressSink;
@@ -34,7 +34,8 @@ pub fn ready_timeout(configured_secs: Option<u32>, accel: Accel) -> Duration {
 /// How one readiness probe went.
 enum Attempt {
     /// No answer at all within [`ATTEMPT`]: the vsock backend took the
-    /// connection but the guest never took it up (no driver yet).
+    /// connection but the guest never took it up (no driver yet), or the
+    /// serial port's sync went unanswered (no agent on it yet).
     Silent,
     /// The guest's vsock answered that nothing listens on the agent port.
     Refused,
@@ -81,7 +82,7 @@ impl std::fmt::Display for Attempts {
         }
         write!(
             f,
-            "{} attempts: {} unanswered (no guest vsock driver yet), {} refused (guest up, agent not listening), {} other",
+            "{} attempts: {} unanswered (guest not up yet: no vsock driver, or no agent on the serial port), {} refused (guest up, agent not listening), {} other",
             self.silent + self.refused + self.other,
             self.silent,
             self.refused,
@@ -131,16 +132,12 @@ pub(crate) async fn wait_ready(
         vm: vm.name.clone(),
         source,
     };
-    let vsock = vm
-        .runtime
-        .vsock_path
-        .as_deref()
-        .ok_or_else(|| fatal(AgentError::NoVsock))?;
+    let channel = AgentChannel::of(&vm.runtime).ok_or_else(|| fatal(AgentError::NoChannel))?;
     loop {
         if !alive() {
             return Err(vmm_exited(vm, "answered", &tally));
         }
-        match attempt(connector, vsock).await {
+        match attempt(connector, channel).await {
             Ok(()) => {
                 tracing::info!(vm_id = %vm.id, waited_ms = started.elapsed().as_millis() as u64, before = %tally, "guest agent answered");
                 return Ok(());
@@ -203,9 +200,9 @@ async fn await_ready_call(
 }
 
 /// One readiness probe: connect, hello, ping, pong.
-async fn attempt(connector: &dyn AgentConnector, vsock: &Path) -> Result<(), Attempt> {
+async fn attempt(connector: &dyn AgentConnector, channel: AgentChannel<'_>) -> Result<(), Attempt> {
     let probe = async {
-        let mut s = connector.connect(vsock).await?;
+        let mut s = connector.connect(channel).await?;
         send(&mut s, &Message::Ping).await?;
         read_frame(&mut s).await
     };
@@ -217,6 +214,7 @@ async fn attempt(connector: &dyn AgentConnector, vsock: &Path) -> Result<(), Att
             Err(Attempt::Fatal(AgentError::VersionMismatch(e)))
         }
         Ok(Err(ProtoError::NothingListening { .. })) => Err(Attempt::Refused),
+        Ok(Err(ProtoError::Mux(MuxError::SyncTimeout { .. }))) => Err(Attempt::Silent),
         Ok(Err(e)) => Err(Attempt::Other(e.to_string())),
     }
 }

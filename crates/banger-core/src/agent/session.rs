@@ -1,12 +1,12 @@
 //! Short requests to one VM's agent, each on its own connection.
 
-use std::path::Path;
 use std::time::Duration;
 
 use banger_agent_proto::{ExecRequest, Frame, Message, read_frame, send};
+use banger_api::vm::VmRecord;
 
 use super::conn::AgentConn;
-use super::connector::{AgentConnector, AgentStream};
+use super::connector::{AgentChannel, AgentConnector, AgentStream};
 use crate::error::{AgentError, CoreError};
 
 /// One connection attempt (vsock handshake, hello, one request).
@@ -16,21 +16,24 @@ const OUTPUT_WITHIN: Duration = Duration::from_secs(30);
 /// How long the guest may take to make its ssh host key after boot.
 const HOST_KEY_WITHIN: Duration = Duration::from_secs(30);
 
-/// One VM's agent, reached through its vsock socket.
+/// One VM's agent, reached over the channel it was started with.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Session<'a> {
     connector: &'a dyn AgentConnector,
-    vsock: Option<&'a Path>,
+    channel: Option<AgentChannel<'a>>,
 }
 
 impl<'a> Session<'a> {
-    pub(crate) fn new(connector: &'a dyn AgentConnector, vsock: Option<&'a Path>) -> Self {
-        Self { connector, vsock }
+    pub(crate) fn new(connector: &'a dyn AgentConnector, vm: &'a VmRecord) -> Self {
+        Self {
+            connector,
+            channel: AgentChannel::of(&vm.runtime),
+        }
     }
 
     async fn connect(&self) -> Result<AgentStream, AgentError> {
-        let vsock = self.vsock.ok_or(AgentError::NoVsock)?;
-        match tokio::time::timeout(ATTEMPT, self.connector.connect(vsock)).await {
+        let channel = self.channel.ok_or(AgentError::NoChannel)?;
+        match tokio::time::timeout(ATTEMPT, self.connector.connect(channel)).await {
             Ok(r) => r.map_err(AgentError::from),
             Err(_) => Err(AgentError::Timeout {
                 what: "no answer".into(),

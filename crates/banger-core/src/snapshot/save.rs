@@ -223,7 +223,7 @@ fn running_spec(vm: &VmRecord) -> LaunchSpec {
         pid_file: PathBuf::new(),
         accel: banger_api::doctor::Accel::Tcg,
         vsock: rt.vsock_path.clone(),
-        agent_serial: None,
+        agent_serial: rt.agent_socket.clone(),
     }
 }
 
@@ -239,6 +239,9 @@ fn devices(vm: &VmRecord) -> Vec<String> {
     }
     if vm.runtime.vsock_path.is_some() {
         d.push("vsock (agent)".to_owned());
+    }
+    if vm.runtime.agent_socket.is_some() {
+        d.push("virtio-serial (agent)".to_owned());
     }
     d
 }

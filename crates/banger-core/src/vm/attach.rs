@@ -24,7 +24,7 @@ fn agent_err(vm: &VmRecord) -> impl FnOnce(AgentError) -> CoreError + '_ {
 
 impl Core {
     fn session<'a>(&'a self, vm: &'a VmRecord) -> Session<'a> {
-        Session::new(self.deps().agent.as_ref(), vm.runtime.vsock_path.as_deref())
+        Session::new(self.deps().agent.as_ref(), vm)
     }
 
     /// `vm exec` / `vm cp`: a connection with the request already sent.

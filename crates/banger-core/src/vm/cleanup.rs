@@ -58,7 +58,11 @@ impl Core {
         if let Err(e) = self.deps().net.delete_link(&tap).await {
             errors.push(CleanupError::Tap(e));
         }
-        // 3. Sockets: control, vsock, and QEMU's vhost-user one.
+        // 3. Sockets: control, vsock, QEMU's vhost-user one and the
+        // agent's serial one, whose carrier the connector lets go of.
+        if let Some(serial) = &vm.runtime.agent_socket {
+            self.deps().agent.forget(serial);
+        }
         let sockets = socket
             .iter()
             .flat_map(|s| [s.clone(), banger_vmm::vhost_user_socket(s)])
@@ -69,7 +73,8 @@ impl Core {
                     .map(PathBuf::from)
                     .into_iter()
                     .flat_map(|v| [ready_socket_path(&v), v]),
-            );
+            )
+            .chain(vm.runtime.agent_socket.clone());
         for sock in sockets {
             if let Err(source) = tokio::fs::remove_file(&sock).await {
                 if source.kind() != std::io::ErrorKind::NotFound {

@@ -99,7 +99,7 @@ impl Core {
             unix_nanos: now.timestamp_subsec_nanos(),
             entropy,
         };
-        Session::new(self.deps().agent.as_ref(), vm.runtime.vsock_path.as_deref())
+        Session::new(self.deps().agent.as_ref(), vm)
             .identify(id)
             .await
             .map_err(|source| CoreError::Agent {

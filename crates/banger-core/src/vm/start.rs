@@ -10,7 +10,7 @@ use banger_api::snapshot::SnapshotRecord;
 use banger_api::vm::{VmRecord, VmState, VmmKind};
 use banger_host::layout::{TapName, VmFiles};
 use banger_store::Store;
-use banger_vmm::{LaunchSpec, NetSpec, Vmm, mac_for};
+use banger_vmm::{AgentTransport, LaunchSpec, NetSpec, Vmm, mac_for};
 
 use super::logs::failure_context;
 use crate::admission::{Admission, default_boot_limit};
@@ -65,8 +65,18 @@ impl Core {
         vm.runtime.last_error = None;
         vm.runtime.vm_dir = Some(paths.dir.clone());
         vm.runtime.api_socket = Some(paths.socket.clone());
-        vm.runtime.vsock_path = Some(paths.vsock.clone());
-        vm.runtime.vsock_cid = Some(banger_vmm::GUEST_CID);
+        match vmm.agent_transport() {
+            AgentTransport::Vsock => {
+                vm.runtime.vsock_path = Some(paths.vsock.clone());
+                vm.runtime.vsock_cid = Some(banger_vmm::GUEST_CID);
+                vm.runtime.agent_socket = None;
+            }
+            AgentTransport::Serial => {
+                vm.runtime.agent_socket = Some(paths.agent.clone());
+                vm.runtime.vsock_path = None;
+                vm.runtime.vsock_cid = None;
+            }
+        }
         vm.runtime.console_log = Some(paths.console.clone());
         vm.runtime.root_disk_path = Some(paths.root_disk.clone());
         vm.runtime.work_disk_path = Some(paths.work_disk.clone());
@@ -207,7 +217,7 @@ impl Core {
             pid_file: paths.pid_file.clone(),
             accel,
             vsock: vm.runtime.vsock_path.clone(),
-            agent_serial: None,
+            agent_serial: vm.runtime.agent_socket.clone(),
         };
         if let Some(root) = vmm.jail_root(&vm.id) {
             // Write-ahead, like the tap: a crash mid-launch leaves cleanup

@@ -65,8 +65,7 @@ impl Core {
             // matter whether it listens to ACPI. Firecracker has no power
             // off; a guest reboot ends its process.
             let reboot = vm.spec.vmm == VmmKind::Firecracker;
-            let session =
-                Session::new(self.deps().agent.as_ref(), vm.runtime.vsock_path.as_deref());
+            let session = Session::new(self.deps().agent.as_ref(), &vm);
             match session.power_off(reboot).await {
                 Ok(()) => {
                     self.wait_vmm_gone(&vm, vmm, deadline).await;

@@ -110,6 +110,10 @@ impl Vmm for QemuVmm {
         true
     }
 
+    fn agent_transport(&self) -> crate::AgentTransport {
+        crate::AgentTransport::Serial
+    }
+
     async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
         self.spawn(spec, &[]).await
     }
@@ -168,6 +172,10 @@ impl QemuVmm {
     async fn spawn(&self, spec: &LaunchSpec, extra: &[&str]) -> Result<u32, VmmError> {
         let _ = std::fs::remove_file(&spec.control_socket);
         let _ = std::fs::remove_file(&spec.pid_file);
+        if let Some(serial) = &spec.agent_serial {
+            // QEMU binds it afresh; one left by an earlier run is stale.
+            let _ = std::fs::remove_file(serial);
+        }
         if let Some(uds) = &spec.vsock {
             self.start_vsock_backend(spec, uds).await?;
         }
