@@ -34,6 +34,8 @@ pub enum CheckId {
     Firecracker,
     Jailer,
     Qemu,
+    /// What the QEMU version gives snapshots (`mapped-ram` from 9.0).
+    QemuSnapshots,
     Tcg,
     DeviceMapper,
     DmSnapshot,

@@ -155,7 +155,7 @@ fn doctor_reports_every_capability_and_the_choices() {
     let env = Env::new();
     let report = env.json(&["doctor", "--json"]);
     let checks = report["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), 17);
+    assert_eq!(checks.len(), 18);
     for id in ["vsock_backend", "guest_agent", "privileges"] {
         assert!(checks.iter().any(|c| c["id"] == id), "{id} reported");
     }
@@ -165,6 +165,17 @@ fn doctor_reports_every_capability_and_the_choices() {
         .expect("qemu check");
     assert_eq!(qemu["status"], "ok");
     assert!(qemu["detail"].as_str().unwrap_or("").contains("7.2.0"));
+    let snapshots = checks
+        .iter()
+        .find(|c| c["id"] == "qemu_snapshots")
+        .expect("qemu snapshots check");
+    assert_eq!(snapshots["status"], "warn", "7.2 has no mapped-ram");
+    assert!(
+        snapshots["detail"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("QEMU 7.2.0: snapshots without mapped-ram")
+    );
     let fc = checks
         .iter()
         .find(|c| c["id"] == "firecracker")

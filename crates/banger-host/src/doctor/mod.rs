@@ -14,11 +14,15 @@ use banger_api::vm::VmmKind;
 use crate::probe::HostProbe;
 mod kernel;
 mod privileges;
+mod qemu;
 mod storage;
 mod tools;
 
+pub use qemu::{QemuVersion, QemuVersionError};
+
 use kernel::{device_mapper, dm_snapshot, hardware_kvm, tcg_check};
 use privileges::privileges;
+use qemu::qemu_checks;
 use storage::reflink_check;
 use tools::{e2fsprogs, presence, tool_version};
 
@@ -58,13 +62,7 @@ pub fn run_doctor(probe: &dyn HostProbe, inputs: &DoctorInputs) -> DoctorReport 
         &["--version"],
         "install the jailer from the same Firecracker release and set vmm.jailer (or BANGER_JAILER_BIN)",
     );
-    let qemu = tool_version(
-        probe,
-        CheckId::Qemu,
-        &inputs.qemu,
-        &["--version"],
-        "apt-get install qemu-system-x86",
-    );
+    let (qemu, qemu_snapshots) = qemu_checks(probe, &inputs.qemu);
     let tcg = tcg_check(probe, &inputs.qemu, qemu.status == CheckStatus::Ok);
     let dm = device_mapper(probe);
     let dm_snapshot = dm_snapshot(probe, dm.status == CheckStatus::Ok);
@@ -179,6 +177,7 @@ pub fn run_doctor(probe: &dyn HostProbe, inputs: &DoctorInputs) -> DoctorReport 
             firecracker,
             jailer,
             qemu,
+            qemu_snapshots,
             tcg,
             dm,
             dm_snapshot,
