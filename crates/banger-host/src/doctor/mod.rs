@@ -194,6 +194,8 @@ pub fn run_doctor(probe: &dyn HostProbe, inputs: &DoctorInputs) -> DoctorReport 
         ],
         default_vmm,
         storage,
+        // Measured by the daemon, which knows the snapshots.
+        disk: None,
     }
 }
 

@@ -41,6 +41,7 @@ fn core_with(state_dir: &Path) -> Core {
                 accel: Accel::Tcg,
             }),
             storage: StorageStrategy::SparseCopy,
+            disk: None,
         },
     )
 }
