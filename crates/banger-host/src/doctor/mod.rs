@@ -2,7 +2,9 @@
 //!
 //! Pure logic over [`HostProbe`]: every fact comes from the probe, so the
 //! classification (what is ok, what is a warning, which VMM and storage
-//! strategy follow) is unit-tested against scripted hosts.
+//! strategy follow) is unit-tested against scripted hosts. The disk
+//! report (`usage`) is the exception: it measures real trees, so it is
+//! tested on temporary ones.
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +19,12 @@ mod privileges;
 mod qemu;
 mod storage;
 mod tools;
+mod usage;
 
 pub use qemu::{QemuVersion, QemuVersionError};
+#[cfg(any(test, feature = "testing"))]
+pub use usage::recorded_snapshot;
+pub use usage::{DiskInputs, UsageError, allocated_bytes, measure_disk};
 
 use kernel::{device_mapper, dm_snapshot, hardware_kvm, tcg_check};
 use privileges::privileges;
