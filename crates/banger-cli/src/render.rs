@@ -3,11 +3,11 @@
 use anyhow::Result;
 use banger_api::asset::{ImageRecord, KernelRecord};
 use banger_api::daemon::DaemonStatus;
-use banger_api::doctor::{Accel, CheckStatus, DoctorReport, StorageStrategy};
+use banger_api::doctor::{Accel, CheckStatus, DiskArea, DiskReport, DoctorReport, StorageStrategy};
 use banger_api::size::format_size;
 use banger_api::vm::VmRecord;
 use comfy_table::presets::NOTHING;
-use comfy_table::{Cell, Color, Table};
+use comfy_table::{Cell, CellAlignment, Color, Table};
 use serde::Serialize;
 
 pub fn json<T: Serialize>(v: &T) -> Result<()> {
@@ -126,6 +126,65 @@ pub fn doctor(report: &DoctorReport) {
             StorageStrategy::SparseCopy => "sparse copies",
         }
     );
+    // Daemons from before the disk report send none.
+    if let Some(d) = &report.disk {
+        print!("{}", disk(d));
+    }
+}
+
+/// The disk section: the filesystem, then each area with, under the
+/// snapshots, every recorded snapshot, then what could not be measured.
+fn disk(d: &DiskReport) -> String {
+    let fs = d.fs.map_or_else(
+        || "filesystem size unknown".to_owned(),
+        |fs| {
+            format!(
+                "{} available of {}",
+                format_size(fs.available_bytes),
+                format_size(fs.total_bytes)
+            )
+        },
+    );
+    let mut out = format!("disk:        {} ({fs})\n", d.state_dir.display());
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    let snapshot_rows = |t: &mut Table| {
+        for s in &d.snapshots {
+            t.add_row(vec![
+                format!("  {}", s.name),
+                format_size(s.bytes),
+                format!("{} snapshot of {}", s.kind.as_str(), s.source_vm),
+            ]);
+        }
+    };
+    for a in &d.areas {
+        t.add_row(vec![
+            a.area.as_str().to_owned(),
+            format_size(a.bytes),
+            a.dir.display().to_string(),
+        ]);
+        if a.area == DiskArea::Snapshots {
+            snapshot_rows(&mut t);
+        }
+    }
+    if !d.areas.iter().any(|a| a.area == DiskArea::Snapshots) {
+        snapshot_rows(&mut t);
+    }
+    if let Some(c) = t.column_mut(1) {
+        c.set_cell_alignment(CellAlignment::Right);
+    }
+    // Indented two under `disk:`, one of them the table's own padding.
+    for line in t.to_string().lines() {
+        out.push(' ');
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    for e in &d.errors {
+        out.push_str("  not measured: ");
+        out.push_str(e);
+        out.push('\n');
+    }
+    out
 }
 
 fn when(t: &chrono::DateTime<chrono::Utc>) -> String {
@@ -259,6 +318,8 @@ fn image_rows(i: &ImageRecord, verified: bool) -> Vec<(&'static str, String)> {
 #[cfg(test)]
 mod tests {
     use banger_api::asset::{AssetFile, ImageInit};
+    use banger_api::doctor::{AreaUsage, FsSpace, SnapshotUsage};
+    use banger_api::snapshot::SnapshotKind;
 
     use super::*;
 
@@ -296,5 +357,91 @@ mod tests {
         // `--json` prints the record itself.
         let v = serde_json::to_value(image(ImageInit::Banger)).expect("json");
         assert_eq!(v["init"], "banger");
+    }
+
+    fn disk_report() -> DiskReport {
+        let area = |area: DiskArea, bytes| AreaUsage {
+            area,
+            dir: format!("/var/lib/banger/{}", area.as_str()).into(),
+            bytes,
+        };
+        DiskReport {
+            state_dir: "/var/lib/banger".into(),
+            fs: Some(FsSpace {
+                total_bytes: 250 << 30,
+                available_bytes: 155 << 29,
+            }),
+            areas: vec![
+                area(DiskArea::Kernels, 12 << 20),
+                area(DiskArea::Images, 3 << 29),
+                area(DiskArea::Vms, 0),
+                area(DiskArea::Snapshots, 5 << 29),
+            ],
+            snapshots: vec![SnapshotUsage {
+                name: "web-saved".into(),
+                id: "s1".into(),
+                kind: SnapshotKind::User,
+                source_vm: "web".into(),
+                bytes: 3 << 29,
+            }],
+            errors: vec!["reading /var/lib/banger/vms/x: Permission denied".into()],
+        }
+    }
+
+    fn words(line: &str) -> Vec<&str> {
+        line.split_whitespace().collect()
+    }
+
+    #[test]
+    fn doctor_says_what_each_area_and_each_snapshot_takes() {
+        let text = disk(&disk_report());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "disk:        /var/lib/banger (77.5 GiB available of 250 GiB)"
+        );
+        assert_eq!(
+            words(lines[1]),
+            ["kernels", "12", "MiB", "/var/lib/banger/kernels"]
+        );
+        assert_eq!(words(lines[3]), ["vms", "0", "B", "/var/lib/banger/vms"]);
+        assert_eq!(
+            words(lines[4]),
+            ["snapshots", "2.5", "GiB", "/var/lib/banger/snapshots"]
+        );
+        // Each snapshot under its area, by name and size.
+        assert!(lines[5].starts_with("    web-saved"), "{text}");
+        assert_eq!(
+            words(lines[5]),
+            ["web-saved", "1.5", "GiB", "user", "snapshot", "of", "web"]
+        );
+        assert_eq!(
+            lines[6],
+            "  not measured: reading /var/lib/banger/vms/x: Permission denied"
+        );
+        assert_eq!(lines.len(), 7, "{text}");
+        // Sizes line up on the right.
+        let end = |l: &str, unit: &str| l.find(unit).map(|i| i + unit.len());
+        assert_eq!(end(lines[1], "MiB"), end(lines[4], "GiB"), "{text}");
+    }
+
+    #[test]
+    fn a_disk_report_without_the_filesystem_or_snapshots_still_renders() {
+        let mut d = disk_report();
+        d.fs = None;
+        d.snapshots.clear();
+        d.errors.clear();
+        let text = disk(&d);
+        assert!(
+            text.starts_with("disk:        /var/lib/banger (filesystem size unknown)\n"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 5, "{text}");
+        // `--json` prints the whole report.
+        let v = serde_json::to_value(disk_report()).expect("json");
+        assert_eq!(v["snapshots"][0]["name"], "web-saved");
+        assert_eq!(v["snapshots"][0]["bytes"], 3u64 << 29);
+        assert_eq!(v["areas"][3]["area"], "snapshots");
+        assert_eq!(v["fs"]["available_bytes"], 155u64 << 29);
     }
 }

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use banger_api::asset::{ImageRecord, KernelRecord};
 use banger_api::daemon::DaemonStatus;
-use banger_api::doctor::DoctorReport;
+use banger_api::doctor::{DiskArea, DiskReport, DoctorReport};
 use banger_api::vm::VmRecord;
 use banger_config::Config;
 use banger_host::disk::DiskOps;
 use banger_host::dns::Dns;
+use banger_host::doctor::{DiskInputs, measure_disk};
 use banger_host::firewall::Firewall;
 use banger_host::layout::VmLayout;
 use banger_host::net::NetOps;
@@ -188,6 +189,46 @@ impl Core {
         Ok(report)
     }
 
+    /// `banger doctor`: the capability report, refreshing the cached one,
+    /// and what banger's files take on disk. Only the answer has the disk
+    /// section: VM creation never reads it, and a cached one would be
+    /// stale as soon as a disk is written.
+    async fn doctor(&self) -> Result<DoctorReport, CoreError> {
+        let mut report = self.refresh_host().await?;
+        report.disk = Some(self.disk_report().await?);
+        Ok(report)
+    }
+
+    async fn disk_report(&self) -> Result<DiskReport, CoreError> {
+        // A store that cannot list the snapshots still leaves the areas
+        // worth reporting; the report says the list is missing.
+        let (snapshots, unlisted) = match self.list_snapshots().await {
+            Ok(s) => (s, None),
+            Err(e) => (
+                Vec::new(),
+                Some(format!("listing the recorded snapshots: {e}")),
+            ),
+        };
+        let inputs = DiskInputs {
+            state_dir: self.config.state_dir.clone(),
+            areas: vec![
+                (DiskArea::Kernels, self.config.kernels_dir()),
+                (DiskArea::Images, self.config.images_dir()),
+                (DiskArea::Vms, self.layout.vms_dir()),
+                (DiskArea::Snapshots, self.layout.snapshots_dir()),
+            ],
+            snapshots,
+        };
+        let mut disk = tokio::task::spawn_blocking(move || measure_disk(&inputs))
+            .await
+            .map_err(|source| InternalError::Task {
+                what: "measuring the state dir",
+                source,
+            })?;
+        disk.errors.extend(unlisted);
+        Ok(disk)
+    }
+
     pub(crate) async fn host_report(&self) -> Result<DoctorReport, CoreError> {
         let cached = self.host.read().unwrap_or_else(|p| p.into_inner()).clone();
         match cached {
@@ -230,7 +271,7 @@ impl Core {
                 self.shutdown.send_replace(true);
                 Ok(Reply::ShuttingDown)
             }
-            Command::Doctor => self.refresh_host().await.map(Reply::Doctor),
+            Command::Doctor => self.doctor().await.map(Reply::Doctor),
             Command::VmList => self.db(Store::list_vms).await.map(Reply::Vms),
             Command::VmShow { vm } => self.find_vm(&vm).await.map(Reply::Vm),
             Command::VmCreate(req) => self.create_vm(req, progress).await.map(Reply::Vm),

@@ -151,11 +151,11 @@ fn config_errors_name_the_key_and_stop_before_starting_anything() {
 }
 
 #[test]
-fn doctor_reports_every_capability_and_the_choices() {
+fn doctor_reports_every_capability_the_choices_and_the_disk_usage() {
     let env = Env::new();
     let report = env.json(&["doctor", "--json"]);
     let checks = report["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), 17);
+    assert_eq!(checks.len(), 18);
     for id in ["vsock_backend", "guest_agent", "privileges"] {
         assert!(checks.iter().any(|c| c["id"] == id), "{id} reported");
     }
@@ -165,6 +165,17 @@ fn doctor_reports_every_capability_and_the_choices() {
         .expect("qemu check");
     assert_eq!(qemu["status"], "ok");
     assert!(qemu["detail"].as_str().unwrap_or("").contains("7.2.0"));
+    let snapshots = checks
+        .iter()
+        .find(|c| c["id"] == "qemu_snapshots")
+        .expect("qemu snapshots check");
+    assert_eq!(snapshots["status"], "warn", "7.2 has no mapped-ram");
+    assert!(
+        snapshots["detail"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("QEMU 7.2.0: snapshots without mapped-ram")
+    );
     let fc = checks
         .iter()
         .find(|c| c["id"] == "firecracker")
@@ -176,6 +187,48 @@ fn doctor_reports_every_capability_and_the_choices() {
         human.contains("hardware_kvm") && human.contains("default vmm"),
         "{human}"
     );
+
+    // What the state dir takes, with a kernel and an image in it.
+    env.seed_assets();
+    let state = env.state_dir();
+    let report = env.json(&["doctor", "--json"]);
+    let disk = &report["disk"];
+    assert_eq!(disk["state_dir"], state.to_str().expect("utf8"), "{disk}");
+    let total = disk["fs"]["total_bytes"].as_u64().expect("fs total");
+    let available = disk["fs"]["available_bytes"].as_u64().expect("fs free");
+    assert!(total > 0 && available <= total, "{disk}");
+    let areas = disk["areas"].as_array().expect("areas");
+    let names: Vec<&str> = areas.iter().filter_map(|a| a["area"].as_str()).collect();
+    assert_eq!(names, ["kernels", "images", "vms", "snapshots"], "{disk}");
+    for a in areas {
+        let dir = a["dir"].as_str().expect("dir");
+        assert_eq!(
+            std::path::Path::new(dir).parent(),
+            Some(state.as_path()),
+            "{a}"
+        );
+    }
+    // The imported kernel and image are measured where they were put.
+    for a in &areas[..2] {
+        assert!(a["bytes"].as_u64() > Some(0), "{a}");
+    }
+    assert_eq!(disk["snapshots"], serde_json::json!([]), "{disk}");
+    assert!(disk.get("errors").is_none(), "{disk}");
+    let human = env.ok(&["doctor"]);
+    let line = human
+        .lines()
+        .find(|l| l.starts_with("disk:"))
+        .unwrap_or_else(|| panic!("no disk section: {human}"));
+    assert!(line.contains(state.to_str().expect("utf8")), "{line}");
+    assert!(line.contains("available of"), "{line}");
+    for area in ["kernels", "images", "vms", "snapshots"] {
+        assert!(
+            human
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(area)),
+            "{area}: {human}"
+        );
+    }
 }
 
 #[test]

@@ -112,20 +112,3 @@ impl Core {
 fn staging_dir(root: &Path, id: &str) -> PathBuf {
     root.join(format!("{STAGING}{id}"))
 }
-
-/// Bytes allocated under `dir` (what it costs on disk; sparse holes are
-/// free).
-pub(crate) fn allocated_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        total += if meta.is_dir() {
-            allocated_bytes(&entry.path())?
-        } else {
-            meta.blocks() * 512
-        };
-    }
-    Ok(total)
-}

@@ -7,10 +7,11 @@ use std::time::Instant;
 use banger_api::name::validate_name;
 use banger_api::snapshot::{SnapshotKind, SnapshotMachine, SnapshotRecord, SnapshotVmRequest};
 use banger_api::vm::{VmRecord, VmState};
+use banger_host::doctor::allocated_bytes;
 use banger_vmm::{LaunchSpec, Vmm};
 use chrono::Utc;
 
-use super::{ROOT_DISK, VMM_DIR, WORK_DISK, allocated_bytes, staging_dir};
+use super::{ROOT_DISK, VMM_DIR, WORK_DISK, staging_dir};
 use crate::core::Core;
 use crate::error::{CoreError, HostError, InternalError};
 use crate::ids::new_id;
@@ -157,7 +158,8 @@ impl Core {
         let size_bytes = tokio::task::spawn_blocking(move || {
             // Durable before visible: the rename publishes whole files.
             sync_tree(&from)?;
-            let size = allocated_bytes(&from)?;
+            // What `doctor` measures too, so the two sizes agree.
+            let size = allocated_bytes(&from).map_err(std::io::Error::other)?;
             std::fs::rename(&from, &to)?;
             std::fs::File::open(to.parent().unwrap_or(&to))?.sync_all()?;
             Ok::<_, std::io::Error>(size)

@@ -2,7 +2,9 @@
 //!
 //! Pure logic over [`HostProbe`]: every fact comes from the probe, so the
 //! classification (what is ok, what is a warning, which VMM and storage
-//! strategy follow) is unit-tested against scripted hosts.
+//! strategy follow) is unit-tested against scripted hosts. The disk
+//! report (`usage`) is the exception: it measures real trees, so it is
+//! tested on temporary ones.
 
 use std::path::{Path, PathBuf};
 
@@ -14,11 +16,19 @@ use banger_api::vm::VmmKind;
 use crate::probe::HostProbe;
 mod kernel;
 mod privileges;
+mod qemu;
 mod storage;
 mod tools;
+mod usage;
+
+pub use qemu::{QemuVersion, QemuVersionError};
+#[cfg(any(test, feature = "testing"))]
+pub use usage::recorded_snapshot;
+pub use usage::{DiskInputs, UsageError, allocated_bytes, measure_disk};
 
 use kernel::{device_mapper, dm_snapshot, hardware_kvm, tcg_check};
 use privileges::privileges;
+use qemu::qemu_checks;
 use storage::reflink_check;
 use tools::{e2fsprogs, presence, tool_version};
 
@@ -58,13 +68,7 @@ pub fn run_doctor(probe: &dyn HostProbe, inputs: &DoctorInputs) -> DoctorReport 
         &["--version"],
         "install the jailer from the same Firecracker release and set vmm.jailer (or BANGER_JAILER_BIN)",
     );
-    let qemu = tool_version(
-        probe,
-        CheckId::Qemu,
-        &inputs.qemu,
-        &["--version"],
-        "apt-get install qemu-system-x86",
-    );
+    let (qemu, qemu_snapshots) = qemu_checks(probe, &inputs.qemu);
     let tcg = tcg_check(probe, &inputs.qemu, qemu.status == CheckStatus::Ok);
     let dm = device_mapper(probe);
     let dm_snapshot = dm_snapshot(probe, dm.status == CheckStatus::Ok);
@@ -179,6 +183,7 @@ pub fn run_doctor(probe: &dyn HostProbe, inputs: &DoctorInputs) -> DoctorReport 
             firecracker,
             jailer,
             qemu,
+            qemu_snapshots,
             tcg,
             dm,
             dm_snapshot,
@@ -195,6 +200,8 @@ pub fn run_doctor(probe: &dyn HostProbe, inputs: &DoctorInputs) -> DoctorReport 
         ],
         default_vmm,
         storage,
+        // Measured by the daemon, which knows the snapshots.
+        disk: None,
     }
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::probe::FakeProbe;
+use crate::probe::{FakeProbe, ProbeCall};
 
 fn inputs() -> DoctorInputs {
     DoctorInputs {
@@ -276,5 +276,80 @@ fn every_check_appears_once() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), n);
-    assert_eq!(n, 17);
+    assert_eq!(n, 18);
+}
+
+fn qemu_says(version_line: &str) -> FakeProbe {
+    let p = nested_host();
+    p.with_tool(
+        "qemu-system-x86_64",
+        "/usr/bin/qemu-system-x86_64",
+        "--version",
+        "",
+    )
+    .with_tool(
+        "/usr/bin/qemu-system-x86_64",
+        "/usr/bin/qemu-system-x86_64",
+        "--version",
+        version_line,
+    )
+}
+
+#[test]
+fn qemu_version_says_what_snapshots_get() {
+    let probe =
+        qemu_says("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-1~bpo12+1)\nCopyright\n");
+    let r = run_doctor(&probe, &inputs());
+    let s = r.check(CheckId::QemuSnapshots).expect("snapshots");
+    assert_eq!(s.status, CheckStatus::Ok, "{}", s.detail);
+    assert_eq!(s.detail, "QEMU 10.0.2: fast restore (mapped-ram)");
+    assert!(
+        r.check(CheckId::Qemu)
+            .expect("qemu")
+            .detail
+            .starts_with("QEMU emulator version 10.0.2 (Debian")
+    );
+    // One `--version` serves both lines.
+    let runs = probe
+        .calls()
+        .into_iter()
+        .filter(|c| {
+            matches!(c, ProbeCall::Run { bin, args }
+                if bin.ends_with("qemu-system-x86_64") && args == &["--version"])
+        })
+        .count();
+    assert_eq!(runs, 1);
+
+    // 7.2 snapshots, slower: a warning with the way to 9, never a failure.
+    let r = run_doctor(&with_qemu(nested_host()), &inputs());
+    let s = r.check(CheckId::QemuSnapshots).expect("snapshots");
+    assert_eq!(s.status, CheckStatus::Warn);
+    assert_eq!(
+        s.detail,
+        "QEMU 7.2.19: snapshots without mapped-ram (slower restore)"
+    );
+    assert_eq!(
+        s.hint.as_deref(),
+        Some("install QEMU >= 9 from bookworm-backports: see scripts/setup.sh")
+    );
+    assert!(r.is_ok(CheckId::Qemu), "an old QEMU still runs VMs");
+    assert_eq!(r.default_vmm.map(|c| c.vmm), Some(VmmKind::Qemu));
+
+    let r = run_doctor(&qemu_says("QEMU emulator version banana\n"), &inputs());
+    let s = r.check(CheckId::QemuSnapshots).expect("snapshots");
+    assert_eq!(s.status, CheckStatus::Warn);
+    assert!(s.detail.starts_with("unknown QEMU version"), "{}", s.detail);
+}
+
+#[test]
+fn without_qemu_snapshot_support_is_unknown_like_tcg() {
+    let r = run_doctor(&nested_host(), &inputs());
+    let s = r.check(CheckId::QemuSnapshots).expect("snapshots");
+    assert_eq!(s.status, CheckStatus::Warn);
+    assert_eq!(s.detail, "unknown: qemu-system-x86_64 not found");
+    assert_eq!(s.hint.as_deref(), Some("apt-get install qemu-system-x86"));
+    assert_eq!(
+        r.check(CheckId::Tcg).expect("tcg").status,
+        CheckStatus::Warn
+    );
 }

@@ -1,11 +1,11 @@
 //! The tools banger runs: present, and which version.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use banger_api::doctor::{Check, CheckId, CheckStatus};
 
 use super::check;
-use crate::probe::HostProbe;
+use crate::probe::{HostProbe, ToolOutput};
 
 pub(super) fn tool_version(
     probe: &dyn HostProbe,
@@ -14,22 +14,42 @@ pub(super) fn tool_version(
     args: &[&str],
     hint: &str,
 ) -> Check {
+    match tool_run(probe, id, bin, args, hint) {
+        Ok((path, out)) => version_check(id, &path, &out),
+        Err(c) => c,
+    }
+}
+
+/// The tool's first line of output and where it was found.
+pub(super) fn version_check(id: CheckId, path: &Path, out: &ToolOutput) -> Check {
+    check(
+        id,
+        CheckStatus::Ok,
+        format!("{} ({})", out.first_line(), path.display()),
+        None,
+    )
+}
+
+/// Runs `bin args`: what it printed when it succeeded, else the check
+/// saying why not (missing, failing, not runnable).
+pub(super) fn tool_run(
+    probe: &dyn HostProbe,
+    id: CheckId,
+    bin: &Path,
+    args: &[&str],
+    hint: &str,
+) -> Result<(PathBuf, ToolOutput), Check> {
     let Some(path) = probe.which(bin) else {
-        return check(
+        return Err(check(
             id,
             CheckStatus::Warn,
             format!("{} not found", bin.display()),
             Some(hint),
-        );
+        ));
     };
     match probe.run(&path, args) {
-        Ok(out) if out.success => check(
-            id,
-            CheckStatus::Ok,
-            format!("{} ({})", out.first_line(), path.display()),
-            None,
-        ),
-        Ok(out) => check(
+        Ok(out) if out.success => Ok((path, out)),
+        Ok(out) => Err(check(
             id,
             CheckStatus::Warn,
             format!(
@@ -39,8 +59,8 @@ pub(super) fn tool_version(
                 out.first_line()
             ),
             Some(hint),
-        ),
-        Err(e) => check(id, CheckStatus::Warn, e.to_string(), Some(hint)),
+        )),
+        Err(e) => Err(check(id, CheckStatus::Warn, e.to_string(), Some(hint))),
     }
 }
 

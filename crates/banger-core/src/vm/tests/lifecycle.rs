@@ -103,6 +103,7 @@ fn fixture() -> Fixture {
                 accel: Accel::Tcg,
             }),
             storage: StorageStrategy::SparseCopy,
+            disk: None,
         },
     );
     Fixture {

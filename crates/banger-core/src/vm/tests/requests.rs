@@ -1,4 +1,5 @@
-//! Create, set, delete and shutdown against fake host dependencies.
+//! Create, set, delete, shutdown and doctor against fake host
+//! dependencies.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ fn core_with(state_dir: &Path) -> Core {
                 accel: Accel::Tcg,
             }),
             storage: StorageStrategy::SparseCopy,
+            disk: None,
         },
     )
 }
@@ -345,4 +347,55 @@ async fn concurrent_generated_creates_get_distinct_names() {
     names.sort();
     names.dedup();
     assert_eq!(names.len(), 20);
+}
+
+#[tokio::test]
+async fn doctor_measures_the_state_dir_and_every_recorded_snapshot_but_caches_no_disk() {
+    use banger_api::doctor::DiskArea;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let core = core_with(dir.path());
+    let snap_dir = core.layout().snapshots_dir().join("s1");
+    std::fs::create_dir_all(&snap_dir).expect("snapshot dir");
+    std::fs::write(snap_dir.join("root.ext4"), vec![1u8; 64 << 10]).expect("disk");
+    let rec = banger_host::doctor::recorded_snapshot("saved", snap_dir.clone());
+    core.db(move |s| s.insert_snapshot(&rec))
+        .await
+        .expect("record");
+
+    let Reply::Doctor(report) = run(&core, Command::Doctor).await.expect("doctor") else {
+        panic!("reply")
+    };
+    let disk = report
+        .disk
+        .expect("the doctor's answer has the disk section");
+    assert_eq!(disk.state_dir, dir.path());
+    let areas: Vec<DiskArea> = disk.areas.iter().map(|a| a.area).collect();
+    assert_eq!(
+        areas,
+        [
+            DiskArea::Kernels,
+            DiskArea::Images,
+            DiskArea::Vms,
+            DiskArea::Snapshots
+        ]
+    );
+    let measured = banger_host::doctor::allocated_bytes(&snap_dir).expect("measure");
+    assert_eq!(disk.snapshots.len(), 1);
+    assert_eq!(
+        (disk.snapshots[0].name.as_str(), disk.snapshots[0].bytes),
+        ("saved", measured),
+        "measured now, not the recorded size"
+    );
+    assert!(measured >= 64 << 10);
+    assert_eq!(
+        disk.areas[3].bytes,
+        banger_host::doctor::allocated_bytes(&core.layout().snapshots_dir()).expect("measure")
+    );
+    assert!(disk.errors.is_empty(), "{:?}", disk.errors);
+    let cached = core.host_report().await.expect("cached report");
+    assert_eq!(
+        cached.disk, None,
+        "VM creation's report has no disk section"
+    );
 }
