@@ -16,6 +16,10 @@ pub enum SnapshotKind {
     User,
     /// Taken by `vm fork` for its copies; removed once they started.
     Fork,
+    /// A warm-start template: a VM of one shape saved as soon as its agent
+    /// answered; new VMs of that shape restore it instead of booting.
+    /// Named `tpl-` and its key; removed when its inputs change.
+    Template,
 }
 
 impl SnapshotKind {
@@ -23,6 +27,7 @@ impl SnapshotKind {
         match self {
             Self::User => "user",
             Self::Fork => "fork",
+            Self::Template => "template",
         }
     }
 }
@@ -85,6 +90,33 @@ pub struct ForkVmRequest {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
+}
+
+/// `POST /v1/images/{image}/warm`: make (or find) the template of one
+/// shape; absent fields take the defaults `vm create` would.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmImageRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_disk_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_disk_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<VmmKind>,
+}
+
+/// `image warm`'s answer: the template, and whether this call made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmImageResponse {
+    pub template: SnapshotRecord,
+    /// False when a template of this shape was already there.
+    pub made: bool,
 }
 
 /// Most copies one `vm fork` makes.

@@ -154,6 +154,11 @@ pub struct VmRuntime {
     /// booting; cleared once it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_from: Option<String>,
+    /// The first start is a warm start: it restores the template of this
+    /// VM's shape (kernel, image, VMM, vCPUs, memory, disks), or boots
+    /// and saves one. Cleared once the VM has its own disks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm_start: bool,
     /// The guest's ssh host key (`ssh-ed25519 AAAA…`), captured through
     /// the agent on first boot and pinned from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,6 +265,9 @@ pub struct CreateVmRequest {
     /// snapshot's, so those fields must be absent or equal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// Boot, even where a template of this shape exists or could be made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cold: bool,
 }
 
 /// `PATCH /v1/vms/{vm}`: changes to a VM's spec; absent fields stay.

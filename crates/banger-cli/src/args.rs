@@ -245,6 +245,9 @@ pub struct RunArgs {
     pub nat: bool,
     #[arg(long, value_enum)]
     pub vmm: Option<VmmArg>,
+    /// Boot, instead of restoring this shape's warm-start template.
+    #[arg(long)]
+    pub cold: bool,
     #[command(flatten)]
     pub exec: ExecArgs,
 }
@@ -333,6 +336,27 @@ pub enum ImageCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Make the warm-start template of an image in one shape (boots a VM
+    /// of it once and saves it when its agent answers); later VMs of that
+    /// shape restore it instead of booting. `vm run`/`vm create` make it
+    /// on their own the first time; this makes it ahead.
+    Warm {
+        name: String,
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long, visible_alias = "vcpus")]
+        cpus: Option<u32>,
+        #[arg(long, value_name = "MiB")]
+        memory: Option<u32>,
+        #[arg(long, value_name = "SIZE")]
+        root_disk: Option<String>,
+        #[arg(long, value_name = "SIZE")]
+        work_disk: Option<String>,
+        #[arg(long, value_enum)]
+        vmm: Option<VmmArg>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Import an ext4 root filesystem image or a directory tree.
     ///
     /// Its init is read from its /sbin/init (never following a link out of
@@ -408,6 +432,9 @@ pub struct CreateArgs {
     /// memory, disks, image, kernel, VMM).
     #[arg(long, value_name = "SNAPSHOT")]
     pub snapshot: Option<String>,
+    /// Boot, instead of restoring this shape's warm-start template.
+    #[arg(long, conflicts_with = "snapshot")]
+    pub cold: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -188,6 +188,44 @@ async fn image(config: &Settings, cmd: ImageCmd) -> Result<ExitCode> {
             let i = client.delete_image(&name, force).await?;
             println!("removed image {}", i.name);
         }
+        ImageCmd::Warm {
+            name,
+            kernel,
+            cpus,
+            memory,
+            root_disk,
+            work_disk,
+            vmm,
+            json,
+        } => {
+            let req = banger_api::snapshot::WarmImageRequest {
+                kernel,
+                vcpus: cpus,
+                memory_mib: memory,
+                root_disk_bytes: size_arg("--root-disk", root_disk)?,
+                work_disk_bytes: size_arg("--work-disk", work_disk)?,
+                vmm: vmm.map(Into::into),
+            };
+            let w = staged(json, async |b: &mut Stages| {
+                client.warm_image(&name, &req, |p| b.update(p)).await
+            })
+            .await?;
+            if json {
+                render::json(&w)?;
+            } else {
+                let t = &w.template;
+                println!(
+                    "{} template {} for image {} ({} vCPUs, {} MiB, {}), {} on disk",
+                    if w.made { "made" } else { "already had" },
+                    t.name,
+                    t.machine.image,
+                    t.machine.vcpus,
+                    t.machine.memory_mib,
+                    t.machine.vmm,
+                    banger_api::size::format_size(t.size_bytes)
+                );
+            }
+        }
         ImageCmd::Build {
             name,
             debian,
@@ -392,6 +430,7 @@ async fn run_vm(client: &Client, a: args::RunArgs) -> Result<ExitCode> {
         kernel: a.kernel,
         nat: a.nat,
         vmm: a.vmm.map(Into::into),
+        cold: a.cold,
         ..CreateVmRequest::default()
     };
     let rec = staged(false, async |b: &mut Stages| {
@@ -457,6 +496,7 @@ async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
                 nat: a.nat,
                 vmm: a.vmm.map(Into::into),
                 snapshot: a.snapshot,
+                cold: a.cold,
             };
             let rec = staged(a.json, async |b: &mut Stages| {
                 client.create_vm(&req, |p| b.update(p)).await

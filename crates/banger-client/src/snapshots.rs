@@ -1,7 +1,9 @@
 //! Snapshot calls, and the VM calls that make or use snapshots.
 
 use banger_api::event::Progress;
-use banger_api::snapshot::{ForkVmRequest, SnapshotRecord, SnapshotVmRequest};
+use banger_api::snapshot::{
+    ForkVmRequest, SnapshotRecord, SnapshotVmRequest, WarmImageRequest, WarmImageResponse,
+};
 use banger_api::vm::VmRecord;
 use banger_http::Method;
 
@@ -52,6 +54,18 @@ impl Client {
 
     pub async fn remove_snapshot(&self, name: &str) -> Result<SnapshotRecord, ClientError> {
         self.call(self.request(Method::DELETE, &asset_path("snapshots", name)))
+            .await
+    }
+
+    /// `image warm`: streamed, as it may boot a VM.
+    pub async fn warm_image(
+        &self,
+        image: &str,
+        req: &WarmImageRequest,
+        on_progress: impl FnMut(&Progress),
+    ) -> Result<WarmImageResponse, ClientError> {
+        let path = format!("{}/warm", asset_path("images", image));
+        self.stream(self.with_json(Method::POST, &path, req)?, on_progress)
             .await
     }
 }

@@ -106,6 +106,7 @@ pub(crate) struct FileDefaults {
     pub(crate) memory_mib: Option<u32>,
     pub(crate) root_disk: Option<String>,
     pub(crate) work_disk: Option<String>,
+    pub(crate) warm_start: Option<bool>,
 }
 
 pub(crate) fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {

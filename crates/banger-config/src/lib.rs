@@ -53,6 +53,9 @@ pub struct VmDefaults {
     pub memory_mib: u32,
     pub root_disk_bytes: u64,
     pub work_disk_bytes: u64,
+    /// VMs restore their shape's template on first start (and the first
+    /// of a shape saves it); `vm create --cold` opts one VM out.
+    pub warm_start: bool,
 }
 
 /// Where boot assets come from.

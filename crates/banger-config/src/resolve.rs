@@ -191,6 +191,12 @@ fn defaults(pick: &Pick<'_>, f: FileDefaults) -> Result<VmDefaults, ConfigError>
             pick.text("BANGER_DEFAULT_WORK_DISK", f.work_disk),
             8 << 30,
         )?,
+        warm_start: flag(
+            "defaults.warm_start",
+            pick.shown("BANGER_WARM_START", f.warm_start),
+            &LOOSE,
+            true,
+        )?,
     })
 }
 

@@ -6,7 +6,9 @@ use banger_api::asset::{
 };
 use banger_api::daemon::DaemonStatus;
 use banger_api::doctor::DoctorReport;
-use banger_api::snapshot::{ForkVmRequest, SnapshotRecord, SnapshotVmRequest};
+use banger_api::snapshot::{
+    ForkVmRequest, SnapshotRecord, SnapshotVmRequest, WarmImageRequest, WarmImageResponse,
+};
 use banger_api::vm::{AttachRequest, CreateVmRequest, SetVmRequest, SshInfo, VmRecord};
 
 use crate::agent::AgentConn;
@@ -93,6 +95,11 @@ pub enum Command {
         name: String,
         force: bool,
     },
+    /// Make (or find) the warm-start template of an image in one shape.
+    ImageWarm {
+        name: String,
+        request: WarmImageRequest,
+    },
 }
 
 /// What a command produced.
@@ -113,4 +120,5 @@ pub enum Reply {
     Kernel(KernelRecord),
     Images(Vec<ImageRecord>),
     Image(ImageRecord),
+    Warmed(WarmImageResponse),
 }

@@ -323,6 +323,10 @@ impl Core {
             Command::ImageBuild(req) => self.image_build(req, progress).await.map(Reply::Image),
             Command::ImageImport(req) => self.image_import(req, progress).await.map(Reply::Image),
             Command::ImageRm { name, force } => self.asset_rm(&name, force).await.map(Reply::Image),
+            Command::ImageWarm { name, request } => self
+                .warm_image(&name, request, progress)
+                .await
+                .map(Reply::Warmed),
         }
     }
 

@@ -25,12 +25,13 @@ impl StageTimer {
         self.last = now;
     }
 
-    pub(crate) fn log(&self) {
+    /// `boot`: cold, `warm:<template>` or `restore:<snapshot>`.
+    pub(crate) fn log(&self, boot: String) {
         let parts: Vec<String> = self
             .laps
             .iter()
             .map(|(s, d)| format!("{s}={}ms", d.as_millis()))
             .collect();
-        tracing::info!(vm_id = %self.vm_id, stages = %parts.join(" "), "start stages");
+        tracing::info!(vm_id = %self.vm_id, boot = %boot, stages = %parts.join(" "), "start stages");
     }
 }

@@ -90,7 +90,7 @@ impl Core {
     }
 
     /// Kills (if it runs) and deletes a VM made by a failed operation.
-    async fn discard(&self, vm: &VmRecord) -> Result<(), CoreError> {
+    pub(super) async fn discard(&self, vm: &VmRecord) -> Result<(), CoreError> {
         let now = self.find_vm(&vm.id).await?;
         if matches!(
             now.state,

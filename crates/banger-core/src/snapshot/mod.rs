@@ -1,7 +1,7 @@
 //! Snapshots as records: taking one of a running VM (`save`), listing,
 //! showing and removing them, and the start-up sweep of interrupted ones.
 //! Restoring is part of a VM's start (`vm::restore`); `vm fork` is
-//! `fork`.
+//! `fork`; warm-start templates are `template`.
 //!
 //! A snapshot directory holds the VMM's state files (`vmm/`) and the VM's
 //! disks frozen with them (`root.ext4`, `work.ext4`). It is made under
@@ -11,10 +11,14 @@
 
 mod fork;
 mod save;
+mod template;
+
+pub(crate) use template::TemplateShape;
 
 use std::path::{Path, PathBuf};
 
 use banger_api::snapshot::SnapshotRecord;
+use banger_api::vm::VmRecord;
 use banger_store::Store;
 
 use crate::core::Core;
@@ -106,6 +110,18 @@ impl Core {
         }
         crate::trees::remove_tree(dir, "removing a snapshot directory").await
     }
+}
+
+/// The control socket of a VM that can be saved as it runs: refused
+/// by naming the device when the VMM cannot save one of them.
+pub(crate) fn savable(vmm: &dyn banger_vmm::Vmm, vm: &VmRecord) -> Result<PathBuf, CoreError> {
+    if let Some(why) = vmm.snapshot_blocker(&save::running_spec(vm)) {
+        return Err(CoreError::NotSnapshottable {
+            vm: vm.name.clone(),
+            why,
+        });
+    }
+    crate::vm::control_socket(vm)
 }
 
 /// Where a snapshot is built before it is published.

@@ -34,17 +34,7 @@ impl Core {
         let (mut vm, _lock) = self.lock_vm(name).await?;
         check_action(&vm.name, vm.state, VmAction::Snapshot)?;
         let vmm = self.vmm_for(vm.spec.vmm)?;
-        if let Some(why) = vmm.snapshot_blocker(&running_spec(&vm)) {
-            return Err(CoreError::NotSnapshottable { vm: vm.name, why });
-        }
-        let socket = vm
-            .runtime
-            .api_socket
-            .clone()
-            .ok_or_else(|| InternalError::NoRuntimePath {
-                vm: vm.name.clone(),
-                what: "control socket",
-            })?;
+        let socket = super::savable(vmm, &vm)?;
         let snap_name = match req.name.clone() {
             Some(n) => {
                 let taken = n.clone();
@@ -58,28 +48,15 @@ impl Core {
                     .await?
             }
         };
-        let id = new_id();
-        let root = self.layout().snapshots_dir();
-        let staging = staging_dir(&root, &id);
         let started = Instant::now();
         let was_running = vm.state == VmState::Running;
         if was_running {
             progress.stage("pause", format!("pausing {}", vm.name));
             vmm.pause(&socket).await.map_err(HostError::from)?;
         }
-        let saved = self.save_into(&vm, vmm, &socket, &staging, progress).await;
-        let saved = match saved {
-            Ok(()) => {
-                self.publish(&vm, &id, &snap_name, kind, &staging, &root, started)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        if saved.is_err() {
-            if let Err(e) = self.remove_snapshot_dir(staging.clone()).await {
-                tracing::warn!(dir = %staging.display(), error = %e, "removing a failed snapshot's files");
-            }
-        }
+        let saved = self
+            .capture(&vm, vmm, &socket, &snap_name, kind, started, progress)
+            .await;
         // Whatever happened, the VM goes on as it was asked to.
         let after = if req.stop && saved.is_ok() {
             progress.stage("stop", format!("stopping {}", vm.name));
@@ -103,6 +80,37 @@ impl Core {
         after?;
         tracing::info!(vm_id = %vm.id, snapshot = %snap.name, size = snap.size_bytes, save_ms = snap.save_ms, "snapshot taken");
         Ok(snap)
+    }
+
+    /// Saves the paused VM as snapshot `name`, built under a staging dir
+    /// and published whole; on failure nothing of it is left.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn capture(
+        &self,
+        vm: &VmRecord,
+        vmm: &dyn Vmm,
+        socket: &Path,
+        name: &str,
+        kind: SnapshotKind,
+        started: Instant,
+        progress: &ProgressSink,
+    ) -> Result<SnapshotRecord, CoreError> {
+        let id = new_id();
+        let root = self.layout().snapshots_dir();
+        let staging = staging_dir(&root, &id);
+        let saved = match self.save_into(vm, vmm, socket, &staging, progress).await {
+            Ok(()) => {
+                self.publish(vm, &id, name, kind, &staging, &root, started)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if saved.is_err() {
+            if let Err(e) = self.remove_snapshot_dir(staging.clone()).await {
+                tracing::warn!(dir = %staging.display(), error = %e, "removing a failed snapshot's files");
+            }
+        }
+        saved
     }
 
     /// The VMM's state, then the disks, into `staging` (the VM paused).
@@ -204,7 +212,7 @@ impl Core {
 }
 
 /// What the VM runs as, for the driver's "can this be saved" question.
-fn running_spec(vm: &VmRecord) -> LaunchSpec {
+pub(crate) fn running_spec(vm: &VmRecord) -> LaunchSpec {
     let rt = &vm.runtime;
     LaunchSpec {
         vm_id: vm.id.to_string(),

@@ -65,7 +65,10 @@ impl Core {
                 nat: req.nat,
                 vmm,
             },
-            runtime: VmRuntime::default(),
+            runtime: VmRuntime {
+                warm_start: !req.cold && self.config().defaults.warm_start,
+                ..VmRuntime::default()
+            },
             created_at: now,
             updated_at: now,
         };

@@ -5,7 +5,7 @@
 use banger_api::vm::{VmRecord, VmState};
 
 use crate::core::Core;
-use crate::error::{CoreError, HostError, InternalError};
+use crate::error::{CoreError, HostError};
 use crate::lifecycle::{VmAction, check_action};
 
 impl Core {
@@ -21,14 +21,7 @@ impl Core {
             },
         )?;
         let vmm = self.vmm_for(vm.spec.vmm)?;
-        let socket = vm
-            .runtime
-            .api_socket
-            .clone()
-            .ok_or_else(|| InternalError::NoRuntimePath {
-                vm: vm.name.clone(),
-                what: "control socket",
-            })?;
+        let socket = super::control_socket(&vm)?;
         if pause {
             vmm.pause(&socket).await.map_err(HostError::from)?;
             self.transition(&mut vm, VmState::Paused).await?;

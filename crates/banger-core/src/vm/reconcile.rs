@@ -72,6 +72,10 @@ impl Core {
         if let Err(e) = self.sweep_snapshots().await {
             tracing::warn!(error = %e, "sweeping interrupted snapshots");
         }
+        // A new agent, kernel or VMM since the last run: old templates go.
+        if let Err(e) = self.sweep_templates().await {
+            tracing::warn!(error = %e, "removing stale templates");
+        }
         self.rebuild_dns().await;
         Ok(())
     }

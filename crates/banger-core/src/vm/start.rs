@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use banger_api::asset::{ImageInit, ImageRecord, KernelRecord};
 use banger_api::doctor::{Accel, DoctorReport};
-use banger_api::snapshot::SnapshotRecord;
+use banger_api::snapshot::{SnapshotKind, SnapshotRecord};
 use banger_api::vm::{VmRecord, VmState, VmmKind};
 use banger_host::layout::{TapName, VmFiles};
 use banger_store::Store;
@@ -26,6 +26,14 @@ use crate::progress::ProgressSink;
 use crate::ready::{ReadyListener, ready_socket_path};
 use crate::timer::StageTimer;
 
+/// What a warm start does for a VM's first start.
+enum WarmPlan {
+    /// Its shape's template exists: restore it.
+    Restore(Box<SnapshotRecord>),
+    /// None yet: boot, and save this key's template once the agent answers.
+    Make(String),
+}
+
 /// How a start brings the guest up.
 pub(super) enum Boot {
     /// From the image's disks and the kernel.
@@ -43,9 +51,23 @@ impl Core {
         let (mut vm, _lock) = self.lock_vm(name).await?;
         check_action(&vm.name, vm.state, VmAction::Start)?;
         let kernel: KernelRecord = self.find_asset(&vm.spec.kernel).await?;
+        // The template to save once this cold boot's agent answers.
+        let mut make_template: Option<String> = None;
         let boot = match vm.runtime.restore_from.clone() {
             // The snapshot's disks and memory, not the image, make this VM.
             Some(snap) => Boot::Restore(Box::new(self.find_snapshot(&snap).await?)),
+            None if vm.runtime.warm_start => match self.warm_plan(&vm).await {
+                Some(WarmPlan::Restore(t)) => {
+                    // Pinned: no sweep removes it while this VM needs it.
+                    vm.runtime.restore_from = Some(t.id.clone());
+                    Boot::Restore(t)
+                }
+                Some(WarmPlan::Make(key)) => {
+                    make_template = Some(key);
+                    Boot::Cold(Box::new(self.find_asset(&vm.spec.image).await?))
+                }
+                None => Boot::Cold(Box::new(self.find_asset(&vm.spec.image).await?)),
+            },
             None => Boot::Cold(Box::new(self.find_asset(&vm.spec.image).await?)),
         };
         if let Boot::Cold(image) = &boot
@@ -83,13 +105,49 @@ impl Core {
         self.transition(&mut vm, VmState::Starting).await?;
         progress.stage("starting", format!("{} on {}", vm.name, vm.spec.vmm));
 
-        match self
-            .bring_up(&mut vm, vmm, &kernel, &boot, &paths, progress)
-            .await
+        let mut boot = boot;
+        let mut outcome = self
+            .bring_up(
+                &mut vm,
+                vmm,
+                &kernel,
+                &boot,
+                make_template.as_deref(),
+                &paths,
+                progress,
+            )
+            .await;
+        if let (Err(cause), Boot::Restore(t)) = (&outcome, &boot)
+            && t.kind == SnapshotKind::Template
         {
+            // A warm start that failed still owes the user a VM: boot it.
+            tracing::warn!(vm_id = %vm.id, template = %t.name, error = %cause, "warm start failed; removing the template and booting cold");
+            let (template, key) = (t.id.clone(), t.name.clone());
+            // Its disks go too: they are the template's, mid-run.
+            match self.cleanup(&mut vm, false).await {
+                Ok(()) => {
+                    vm.runtime.restore_from = None;
+                    self.save(&mut vm).await?;
+                    if let Err(e) = self.remove_snapshot(&template).await {
+                        tracing::warn!(template = %template, error = %e, "removing a template that failed to restore");
+                    }
+                    boot = Boot::Cold(Box::new(self.find_asset(&vm.spec.image).await?));
+                    progress.stage("starting", format!("{} on {}, cold", vm.name, vm.spec.vmm));
+                    // And saves a sound template in its place.
+                    outcome = self
+                        .bring_up(&mut vm, vmm, &kernel, &boot, Some(&key), &paths, progress)
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(vm_id = %vm.id, error = %e, "cleaning up a failed warm start");
+                }
+            }
+        }
+        match outcome {
             Ok(()) => {
                 // Restored once: later starts boot its own disks.
                 vm.runtime.restore_from = None;
+                vm.runtime.warm_start = false;
                 self.transition(&mut vm, VmState::Running).await?;
                 tracing::info!(vm_id = %vm.id, name = %vm.name, "vm running");
                 self.note_booted_on(&kernel, vm.spec.vmm).await;
@@ -119,12 +177,14 @@ impl Core {
             }
         }
     }
+    #[allow(clippy::too_many_arguments)]
     async fn bring_up(
         &self,
         vm: &mut VmRecord,
         vmm: &dyn Vmm,
         kernel: &KernelRecord,
         boot: &Boot,
+        make_template: Option<&str>,
         paths: &VmFiles,
         progress: &ProgressSink,
     ) -> Result<(), CoreError> {
@@ -241,17 +301,25 @@ impl Core {
                 vmm.launch(&spec).await
             }
             Boot::Restore(snap) => {
-                progress.stage(
-                    "restore",
-                    format!("restoring from snapshot {} instead of booting", snap.name),
-                );
+                let what = if snap.kind == SnapshotKind::Template {
+                    format!(
+                        "warm start: restoring template {} instead of booting",
+                        snap.name
+                    )
+                } else {
+                    format!("restoring from snapshot {} instead of booting", snap.name)
+                };
+                progress.stage("restore", what);
                 vmm.restore(&spec, &super::restore::vmm_state(snap)).await
             }
         }
         .map_err(HostError::from)?;
         handles.pid = Some(pid);
         self.record_handles(vm, handles).await?;
-        timer.lap("vmm-launch");
+        timer.lap(match boot {
+            Boot::Cold(_) => "vmm-launch",
+            Boot::Restore(_) => "vmm-restore",
+        });
         // Running means usable: the guest booted and its agent answers.
         let timeout = ready_timeout(self.config().guest.ready_timeout_secs, accel);
         let alive = || self.vm_alive(vm);
@@ -273,9 +341,44 @@ impl Core {
             self.take_identity(vm, ip, &paths.dir, progress).await?;
             timer.lap("identity");
         }
-        timer.log();
+        if let Some(key) = make_template {
+            // Never fails the start: without a template the next VM of
+            // this shape boots too.
+            match self.save_template(vm, vmm, key, progress).await {
+                Ok(_) => timer.lap("template"),
+                Err(e) => {
+                    tracing::warn!(vm_id = %vm.id, template = %key, error = %e, "no template saved; VMs of this shape boot cold");
+                }
+            }
+        }
+        timer.log(match boot {
+            Boot::Cold(_) => "cold".to_owned(),
+            Boot::Restore(s) if s.kind == SnapshotKind::Template => format!("warm:{}", s.name),
+            Boot::Restore(s) => format!("restore:{}", s.name),
+        });
         Ok(())
     }
+    /// The warm plan for `vm`'s shape; `None` (a plain cold boot) when
+    /// the template's inputs cannot be read, which the log says.
+    async fn warm_plan(&self, vm: &VmRecord) -> Option<WarmPlan> {
+        let shape = crate::snapshot::TemplateShape::of_spec(&vm.spec);
+        let found = match self.template_inputs(&shape).await {
+            Ok(inputs) => {
+                let key = inputs.key();
+                self.find_template(&key).await.map(|t| (key, t))
+            }
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok((_, Some(t))) => Some(WarmPlan::Restore(Box::new(t))),
+            Ok((key, None)) => Some(WarmPlan::Make(key)),
+            Err(e) => {
+                tracing::warn!(vm_id = %vm.id, error = %e, "no warm start: the template's inputs could not be read; booting cold");
+                None
+            }
+        }
+    }
+
     /// Hostname, network, ssh and the agent written into a cold boot's
     /// root disk.
     async fn write_guest_config(

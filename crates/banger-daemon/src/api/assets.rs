@@ -85,6 +85,17 @@ pub(crate) async fn image_rm(
     exec(&core, cmd).await
 }
 
+/// Streamed: making a template boots a VM.
+pub(crate) async fn image_warm(
+    State(core): State<Arc<Core>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let name = asset_name(&name)?;
+    let request: banger_api::snapshot::WarmImageRequest = parse_body(&body)?;
+    Ok(streamed(core, Command::ImageWarm { name, request }))
+}
+
 pub(crate) async fn image_build(State(core): State<Arc<Core>>, body: Bytes) -> ApiResult {
     let req: ImageBuildRequest = parse_body(&body)?;
     Ok(streamed(core, Command::ImageBuild(req)))

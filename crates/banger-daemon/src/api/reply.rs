@@ -36,6 +36,7 @@ fn reply_response(reply: Reply) -> Response {
         Reply::Kernel(k) => axum::Json(k).into_response(),
         Reply::Images(i) => axum::Json(i).into_response(),
         Reply::Image(i) => axum::Json(i).into_response(),
+        Reply::Warmed(w) => axum::Json(w).into_response(),
     }
 }
 
@@ -56,5 +57,6 @@ pub(crate) fn reply_value(reply: Reply) -> Result<serde_json::Value, serde_json:
         Reply::Kernel(k) => serde_json::to_value(k),
         Reply::Images(i) => serde_json::to_value(i),
         Reply::Image(i) => serde_json::to_value(i),
+        Reply::Warmed(w) => serde_json::to_value(w),
     }
 }

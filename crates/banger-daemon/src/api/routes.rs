@@ -10,8 +10,8 @@ use banger_api::ErrorCode;
 use banger_core::Core;
 
 use super::assets::{
-    image_build, image_import, image_list, image_rm, image_show, kernel_add, kernel_import,
-    kernel_list, kernel_rm, kernel_show,
+    image_build, image_import, image_list, image_rm, image_show, image_warm, kernel_add,
+    kernel_import, kernel_list, kernel_rm, kernel_show,
 };
 use super::daemon::{daemon_shutdown, daemon_status, doctor};
 use super::error::ErrorResponse;
@@ -54,6 +54,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/images/build", post(image_build))
         .route("/v1/images/import", post(image_import))
         .route("/v1/images/{name}", get(image_show).delete(image_rm))
+        .route("/v1/images/{name}/warm", post(image_warm))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(only_our_user))

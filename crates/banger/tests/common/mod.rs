@@ -537,6 +537,9 @@ pub fn dir_entries(p: &Path) -> Vec<String> {
 pub struct Lab {
     pub env: Env,
     pub ns: Netns,
+    /// Warm starts on (the product's default). Off in most labs, so each
+    /// test's VMs boot as the test expects and no template outlives it.
+    warm: bool,
     /// Released last: the VMs, daemon and namespace are gone first.
     _serial: std::sync::MutexGuard<'static, ()>,
 }
@@ -547,7 +550,11 @@ impl Lab {
     pub fn command(&self) -> Command {
         let mut c = self.env.command_in(&self.ns.name, BANGER);
         c.env("BANGER_QEMU_BIN", "qemu-system-x86_64")
-            .env("BANGER_VSOCK_BACKEND_BIN", "vhost-device-vsock");
+            .env("BANGER_VSOCK_BACKEND_BIN", "vhost-device-vsock")
+            .env(
+                "BANGER_WARM_START",
+                if self.warm { "true" } else { "false" },
+            );
         c
     }
 
@@ -659,6 +666,15 @@ impl Lab {
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub fn lab() -> Option<Lab> {
+    lab_with(false)
+}
+
+/// A lab whose daemon makes and restores warm-start templates.
+pub fn warm_lab() -> Option<Lab> {
+    lab_with(true)
+}
+
+fn lab_with(warm: bool) -> Option<Lab> {
     let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let init = match guest_prereqs() {
         Ok(i) => i,
@@ -671,6 +687,7 @@ pub fn lab() -> Option<Lab> {
     let lab = Lab {
         env: Env::new(),
         ns: Netns::new(),
+        warm,
         _serial: serial,
     };
     let path = |v: &serde_json::Value| v["path"].as_str().expect("path").to_owned();
