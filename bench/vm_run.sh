@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Benchmark: `banger vm run --rm -- true` end to end, split by stage, next
-# to a raw QEMU boot of the same kernel and disks to the agent's first
-# answer (the same QEMU and vsock-backend command lines, captured from a
-# banger VM, started by hand with no daemon in the loop). QEMU/TCG, in a
-# private network namespace. Prints figures; asserts nothing.
+# Benchmark, in one run (QEMU/TCG, in a private network namespace):
+#   - warm `banger vm run --rm -- true` (restoring the shape's template),
+#   - cold `banger vm run --rm --cold -- true` (a boot),
+#   - a raw QEMU boot of the same kernel and disks to the agent's first
+#     answer: the QEMU command line captured from a banger VM, replayed by
+#     hand with no daemon in the loop (its tap opened by name instead of
+#     the descriptor banger passes; the agent pinged over its serial port),
+#   - a fork of 1 into 4 next to one restore, and a snapshot's size and
+#     save time.
+# Prints figures and ratios; asserts nothing.
 #
 #   sudo bench/vm_run.sh [RUNS]
 #
-# Needs: root, qemu-system-x86_64, vhost-device-vsock, the default kernel
-# and image in the test cache (run scripts/test.sh once).
+# Needs: root, qemu-system-x86_64, the default kernel and image in the
+# test cache (run scripts/test.sh once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-3}"
@@ -28,55 +33,86 @@ envs=(BANGER_CONFIG=/dev/null BANGER_STATE_DIR="$work/state" BANGER_RUNTIME_DIR=
 b kernel import default --vmlinux "$kernel_dir/vmlinux" --initrd "$kernel_dir/initrd.img" >/dev/null
 b image import default --rootfs "$rootfs" >/dev/null
 
-echo "== banger vm run --rm --memory 512 -- true (QEMU/TCG) =="
+stages() { grep 'start stages' "$work/state/bangerd.log" | tail -1 | sed 's/.*boot=//'; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+echo "== template: the first vm run of the shape boots and saves it =="
+t0=$(now); b vm run --rm --memory 512 -- true; t1=$(now)
+echo "first run: $(ms "$t0" "$t1") ms  [$(stages)]"
+b snapshot list
+
+warm=(); cold=(); raw=()
+echo "== warm: banger vm run --rm --memory 512 -- true =="
 for run in $(seq "$runs"); do
   t0=$(now); b vm run --rm --memory 512 -- true; t1=$(now)
-  stages=$(grep 'start stages' "$work/state/bangerd.log" | tail -1 | sed 's/.*stages=//')
-  echo "run $run: total $(ms "$t0" "$t1") ms  [daemon start stages: $stages]"
+  warm+=("$(ms "$t0" "$t1")")
+  echo "run $run: ${warm[-1]} ms  [$(stages)]"
 done
 
-echo "== the same, one step at a time =="
+echo "== cold: banger vm run --rm --cold --memory 512 -- true =="
 for run in $(seq "$runs"); do
-  t0=$(now); b vm create --name "s$run" --memory 512 >/dev/null
-  t1=$(now); b vm start "s$run" >/dev/null
-  t2=$(now); b vm exec "s$run" -- true
-  t3=$(now); b vm kill "s$run" >/dev/null
-  t4=$(now); b vm delete "s$run" >/dev/null
-  t5=$(now)
-  echo "run $run: create $(ms "$t0" "$t1") ms, start (to agent ready) $(ms "$t1" "$t2") ms, exec $(ms "$t2" "$t3") ms, kill $(ms "$t3" "$t4") ms, delete $(ms "$t4" "$t5") ms"
+  t0=$(now); b vm run --rm --cold --memory 512 -- true; t1=$(now)
+  cold+=("$(ms "$t0" "$t1")")
+  echo "run $run: ${cold[-1]} ms  [$(stages)]"
 done
 
-echo "== raw QEMU: same command lines, no daemon, spawn -> agent pong =="
-b vm create --name raw --memory 512 >/dev/null
+echo "== raw QEMU: the same command line, no daemon, spawn -> agent pong =="
+b vm create --name raw --cold --memory 512 >/dev/null
 b vm start raw >/dev/null
 id=$(b vm show raw --json | sed -n 's/.*"id": *"\([0-9a-f]*\)".*/\1/p' | head -1)
 sock="$work/run/vms/$id.sock"
+agent="$work/run/vms/$id.agent"
 qemu_pid=$(pgrep -f -- "-qmp unix:$sock" | head -1)
-backend_pid=$(pgrep -f -- "--socket $work/run/vms/$id.vhu" | head -1)
 mapfile -d '' qemu_cmd < "/proc/$qemu_pid/cmdline"
-mapfile -d '' backend_cmd < "/proc/$backend_pid/cmdline"
 b vm stop raw >/dev/null
-tap="bg-${id:0:12}"
-# banger hands QEMU its tap as a descriptor; by hand, QEMU opens it by name.
+tap="bgraw${id:0:8}"
+# banger hands QEMU its tap as a descriptor (fd=3); by hand, QEMU opens a
+# tap of the bench's own by name.
 for i in "${!qemu_cmd[@]}"; do
   case "${qemu_cmd[$i]}" in
     tap,id=n0,fd=*) qemu_cmd[$i]="tap,id=n0,ifname=$tap,script=no,downscript=no" ;;
+    *fd=*) echo "raw replay: unhandled descriptor argument ${qemu_cmd[$i]}" >&2; exit 1 ;;
   esac
 done
 for run in $(seq "$runs"); do
   ip -n "$ns" tuntap add "$tap" mode tap
   ip -n "$ns" link set "$tap" master banger0 up
-  rm -f "$work/run/vms/$id."*
+  rm -f "$agent" "$sock"
   t0=$(now)
-  (ip netns exec "$ns" "${backend_cmd[@]}" >/dev/null 2>&1 &)
-  while [ ! -S "$work/run/vms/$id.vhu" ]; do sleep 0.005; done
   ip netns exec "$ns" "${qemu_cmd[@]}"
-  answered=$("$PING" "$work/run/vms/$id.vsock" 180)
+  answered=$("$PING" --serial "$agent" 180)
   t1=$(now)
-  echo "run $run: spawn -> agent pong $(ms "$t0" "$t1") ms (poll saw it at ${answered} ms)"
-  pkill -9 -f -- "$work/run/vms/$id" || true
-  while pgrep -f -- "$work/run/vms/$id" >/dev/null; do sleep 0.05; done
+  raw+=("$(ms "$t0" "$t1")")
+  echo "run $run: spawn -> agent pong ${raw[-1]} ms (ping saw it at ${answered} ms)"
+  pkill -9 -f -- "-qmp unix:$sock" || true
+  while pgrep -f -- "-qmp unix:$sock" >/dev/null; do sleep 0.05; done
   ip -n "$ns" link del "$tap"
   e2fsck -p "$work/state/vms/$id/root.ext4" >/dev/null 2>&1 || true
 done
 b vm delete raw >/dev/null
+
+echo "== snapshot: a running 512 MiB guest =="
+b vm create --name src --cold --memory 512 >/dev/null
+b vm start src >/dev/null
+snap=$(b vm snapshot src --name bench-snap --json)
+echo "size $(echo "$snap" | sed -n 's/.*"size_bytes": *\([0-9]*\).*/\1/p') bytes on disk, saved in $(echo "$snap" | sed -n 's/.*"save_ms": *\([0-9]*\).*/\1/p') ms"
+
+echo "== one restore, then a fork of 1 into 4 =="
+b vm create --snapshot bench-snap --name one >/dev/null
+t0=$(now); b vm start one >/dev/null; t1=$(now)
+one=$(ms "$t0" "$t1")
+echo "one restore (vm start, to the agent and identity): $one ms  [$(stages)]"
+b vm kill one >/dev/null; b vm delete one >/dev/null
+t0=$(now); b vm fork src --name f --count 4 >/dev/null; t1=$(now)
+fork=$(ms "$t0" "$t1")
+echo "fork 1 -> 4 (snapshot + 4 restores, all answering): $fork ms"
+grep 'start stages' "$work/state/bangerd.log" | tail -4 | sed 's/.*boot=/  /'
+per_fork=$(grep 'start stages' "$work/state/bangerd.log" | tail -4 \
+  | sed 's/.*stages=//' | tr ' ' '\n' | awk -F'[=m]' '/^(storage|network|boot-queue|vmm-restore|agent|identity)=/ {s+=$2} END {print int(s/4)}')
+echo "mean of the forks' own start stages: $per_fork ms (x$(awk -v a="$per_fork" -v b="$one" 'BEGIN {printf "%.2f", a/b}') one restore)"
+for v in src f-1 f-2 f-3 f-4; do b vm kill "$v" >/dev/null; b vm delete "$v" >/dev/null; done
+b snapshot rm bench-snap >/dev/null
+
+w=$(printf '%s\n' "${warm[@]}" | median); c=$(printf '%s\n' "${cold[@]}" | median); r=$(printf '%s\n' "${raw[@]}" | median)
+echo "== medians of $runs: warm $w ms, cold $c ms, raw QEMU $r ms =="
+awk -v w="$w" -v c="$c" -v r="$r" 'BEGIN {printf "warm/cold %.3f   warm/raw %.3f   cold/raw %.2f\n", w/c, w/r, c/r}'

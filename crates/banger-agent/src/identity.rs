@@ -136,6 +136,9 @@ fn reseed(entropy: &[u8]) -> Result<(), IdentityError> {
 }
 
 /// Writes beside and renames: a reader sees the old file or the new one.
+/// Not synced: each fsync is a round trip to the host's disk that a warm
+/// start waits on, and nothing needs these durable (a VM that crashes
+/// before its page cache is written gets them again from its next start).
 fn replace(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -147,7 +150,6 @@ fn replace(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
         .mode(mode)
         .open(&tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 

@@ -1,8 +1,13 @@
-//! Waits for a guest agent behind a vsock unix socket to answer a ping
-//! and prints the milliseconds that took; for `bench/vm_run.sh`'s raw
-//! QEMU baseline (no daemon in the loop).
+//! Waits for a guest agent to answer a ping and prints the milliseconds
+//! that took; for `bench/vm_run.sh`'s raw QEMU baseline (no daemon in the
+//! loop).
 //!
-//! `agent_ping VSOCK_SOCKET [TIMEOUT_SECS]`
+//! `agent_ping VSOCK_SOCKET [TIMEOUT_SECS]` (a Firecracker-style vsock
+//! unix socket), or `agent_ping --serial AGENT_SOCKET [TIMEOUT_SECS]`
+//! (QEMU's virtio-serial chardev, sessions multiplexed).
+//!
+//! Over serial it does what the daemon does: connect, wait for the
+//! agent's mux sync (bounded, then again), then ping in a stream.
 //!
 //! Like the daemon, it waits for the agent's ready call (the guest
 //! connecting to host port 1052, `<VSOCK_SOCKET>_1052`) and pings once
@@ -29,13 +34,30 @@ impl Drop for ReadySocket {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    let serial = args.next_if_eq("--serial").is_some();
     let Some(path) = args.next() else {
-        eprintln!("usage: agent_ping VSOCK_SOCKET [TIMEOUT_SECS]");
+        eprintln!("usage: agent_ping [--serial] SOCKET [TIMEOUT_SECS]");
         return std::process::ExitCode::from(2);
     };
     let timeout = Duration::from_secs(args.next().and_then(|s| s.parse().ok()).unwrap_or(120));
     let t = Instant::now();
+    if serial {
+        return match tokio::time::timeout(timeout, ping_serial(&path)).await {
+            Ok(Ok(())) => {
+                println!("{}", t.elapsed().as_millis());
+                std::process::ExitCode::SUCCESS
+            }
+            Ok(Err(e)) => {
+                eprintln!("agent_ping: {path}: {e}");
+                std::process::ExitCode::FAILURE
+            }
+            Err(_) => {
+                eprintln!("agent_ping: no answer on {path} within {timeout:?}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let ready_path = PathBuf::from(format!("{path}_{READY_PORT}"));
     match std::fs::remove_file(&ready_path) {
         Ok(()) => {}
@@ -95,5 +117,25 @@ async fn main() -> std::process::ExitCode {
             );
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Until the agent answers: a mux sync that times out means the guest
+/// is not up yet, so connect again.
+async fn ping_serial(path: &str) -> Result<(), banger_agent_proto::ProtoError> {
+    use banger_agent_proto::mux::MuxClient;
+    loop {
+        let sock = tokio::net::UnixStream::connect(path).await?;
+        let client = match MuxClient::connect(sock, Duration::from_secs(5)).await {
+            Ok(c) => c,
+            Err(_) => continue,
+        };
+        let mut s = client.open().await?;
+        handshake(&mut s, "agent_ping").await?;
+        send(&mut s, &Message::Ping).await?;
+        return match read_frame(&mut s).await? {
+            Some(Frame::Control(Message::Pong)) => Ok(()),
+            other => Err(std::io::Error::other(format!("not a pong: {other:?}")).into()),
+        };
     }
 }

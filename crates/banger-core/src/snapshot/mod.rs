@@ -121,7 +121,21 @@ pub(crate) fn savable(vmm: &dyn banger_vmm::Vmm, vm: &VmRecord) -> Result<PathBu
             why,
         });
     }
-    crate::vm::control_socket(vm)
+    control_socket(vm)
+}
+
+/// A running VM's control socket (QMP or the Firecracker API): pause,
+/// resume and save all speak to it.
+pub(crate) fn control_socket(
+    vm: &banger_api::vm::VmRecord,
+) -> Result<std::path::PathBuf, crate::error::CoreError> {
+    vm.runtime.api_socket.clone().ok_or_else(|| {
+        crate::error::InternalError::NoRuntimePath {
+            vm: vm.name.clone(),
+            what: "control socket",
+        }
+        .into()
+    })
 }
 
 /// Where a snapshot is built before it is published.

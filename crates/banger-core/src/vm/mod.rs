@@ -197,14 +197,3 @@ fn no_firecracker() -> CoreError {
         "this daemon has no Firecracker driver configured; recreate the vm with --vmm qemu".into(),
     )
 }
-
-/// A running VM's control socket (QMP or the Firecracker API).
-pub(crate) fn control_socket(vm: &VmRecord) -> Result<std::path::PathBuf, CoreError> {
-    vm.runtime.api_socket.clone().ok_or_else(|| {
-        crate::error::InternalError::NoRuntimePath {
-            vm: vm.name.clone(),
-            what: "control socket",
-        }
-        .into()
-    })
-}

@@ -21,7 +21,7 @@ impl Core {
             },
         )?;
         let vmm = self.vmm_for(vm.spec.vmm)?;
-        let socket = super::control_socket(&vm)?;
+        let socket = crate::snapshot::control_socket(&vm)?;
         if pause {
             vmm.pause(&socket).await.map_err(HostError::from)?;
             self.transition(&mut vm, VmState::Paused).await?;
