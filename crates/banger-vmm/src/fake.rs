@@ -83,6 +83,9 @@ pub struct FakeVmm {
     /// When true, a launched VMM "dies" at once (a guest that panics in
     /// early boot), leaving nothing running.
     pub die_after_launch: Mutex<bool>,
+    /// When true, guests' agents are on a serial port (like QEMU's), so
+    /// VMs can be saved; else vsock, which this fake cannot save.
+    pub serial_agent: Mutex<bool>,
     next_pid: Mutex<u32>,
 }
 
@@ -170,6 +173,14 @@ impl Vmm for FakeVmm {
                 .retain(|_, s| s != socket);
         }
         Ok(())
+    }
+
+    fn agent_transport(&self) -> crate::AgentTransport {
+        if *self.serial_agent.lock().unwrap_or_else(|p| p.into_inner()) {
+            crate::AgentTransport::Serial
+        } else {
+            crate::AgentTransport::Vsock
+        }
     }
 
     fn snapshot_blocker(&self, spec: &LaunchSpec) -> Option<String> {

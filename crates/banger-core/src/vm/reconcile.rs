@@ -43,6 +43,8 @@ impl Core {
                     // recovered, so disk and memory agree again.
                     self.record_handles(&mut vm, h).await?;
                     // A paused VM stays paused: its VMM says so too.
+                    // Its disks are its own from now on.
+                    vm.runtime.warm_start = false;
                     if vm.state != VmState::Paused {
                         vm.state = VmState::Running;
                         self.resume_interrupted_snapshot(&vm).await;

@@ -56,18 +56,22 @@ impl Core {
         let boot = match vm.runtime.restore_from.clone() {
             // The snapshot's disks and memory, not the image, make this VM.
             Some(snap) => Boot::Restore(Box::new(self.find_snapshot(&snap).await?)),
-            None if vm.runtime.warm_start => match self.warm_plan(&vm).await {
-                Some(WarmPlan::Restore(t)) => {
-                    // Pinned: no sweep removes it while this VM needs it.
-                    vm.runtime.restore_from = Some(t.id.clone());
-                    Boot::Restore(t)
+            // Only while it has no disks of its own: a VM that ever ran
+            // (even one adopted mid-first-start) keeps what it wrote.
+            None if vm.runtime.warm_start && !self.has_disks(&vm).await => {
+                match self.warm_plan(&vm).await {
+                    Some(WarmPlan::Restore(t)) => {
+                        // Pinned: no sweep removes it while this VM needs it.
+                        vm.runtime.restore_from = Some(t.id.clone());
+                        Boot::Restore(t)
+                    }
+                    Some(WarmPlan::Make(key)) => {
+                        make_template = Some(key);
+                        Boot::Cold(Box::new(self.find_asset(&vm.spec.image).await?))
+                    }
+                    None => Boot::Cold(Box::new(self.find_asset(&vm.spec.image).await?)),
                 }
-                Some(WarmPlan::Make(key)) => {
-                    make_template = Some(key);
-                    Boot::Cold(Box::new(self.find_asset(&vm.spec.image).await?))
-                }
-                None => Boot::Cold(Box::new(self.find_asset(&vm.spec.image).await?)),
-            },
+            }
             None => Boot::Cold(Box::new(self.find_asset(&vm.spec.image).await?)),
         };
         if let Boot::Cold(image) = &boot
@@ -358,6 +362,12 @@ impl Core {
         });
         Ok(())
     }
+    async fn has_disks(&self, vm: &VmRecord) -> bool {
+        let files = self.vm_files(&vm.id);
+        // An unreadable dir counts as disks present: never overwrite.
+        !matches!(tokio::fs::try_exists(&files.root_disk).await, Ok(false))
+    }
+
     /// The warm plan for `vm`'s shape; `None` (a plain cold boot) when
     /// the template's inputs cannot be read, which the log says.
     async fn warm_plan(&self, vm: &VmRecord) -> Option<WarmPlan> {

@@ -54,18 +54,18 @@ fn forget_handles(f: &Fixture, v: &VmRecord) {
 }
 use crate::{Command, CoreError, ProgressSink, Reply};
 
-struct Fixture {
-    core: Arc<Core>,
+pub(super) struct Fixture {
+    pub(super) core: Arc<Core>,
     net: Arc<FakeNet>,
     disks: Arc<FakeDisks>,
-    vmm: Arc<FakeVmm>,
+    pub(super) vmm: Arc<FakeVmm>,
     dns: Arc<banger_host::dns::FakeDns>,
     agent: Arc<crate::agent::FakeAgent>,
     firewall: Arc<banger_host::firewall::FakeFirewall>,
-    _dir: tempfile::TempDir,
+    pub(super) _dir: tempfile::TempDir,
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let run = dir.path().join("run");
@@ -118,11 +118,11 @@ fn fixture() -> Fixture {
     }
 }
 
-async fn run(core: &Core, cmd: Command) -> Result<Reply, CoreError> {
+pub(super) async fn run(core: &Core, cmd: Command) -> Result<Reply, CoreError> {
     core.execute(cmd, &ProgressSink::discard()).await
 }
 
-async fn vm(core: &Core, cmd: Command) -> VmRecord {
+pub(super) async fn vm(core: &Core, cmd: Command) -> VmRecord {
     match run(core, cmd).await.expect("command") {
         Reply::Vm(v) | Reply::Deleted(v) => v,
         other => panic!("{other:?}"),
@@ -142,7 +142,7 @@ async fn create(f: &Fixture, name: &str) -> VmId {
     .id
 }
 
-async fn create_and_start(f: &Fixture, name: &str) -> VmRecord {
+pub(super) async fn create_and_start(f: &Fixture, name: &str) -> VmRecord {
     create(f, name).await;
     vm(&f.core, Command::VmStart { vm: name.into() }).await
 }
