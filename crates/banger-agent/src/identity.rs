@@ -75,6 +75,23 @@ pub fn apply(id: &Identity, t: Targets<'_>) -> Result<(), IdentityError> {
         }
     }
     let etc = t.root.join("etc");
+    // The old name, from before this identity: what /etc/hosts names.
+    let old_name = std::fs::read_to_string(etc.join("hostname"))
+        .map(|n| n.trim().to_owned())
+        .unwrap_or_default();
+    match std::fs::read_to_string(etc.join("hosts")) {
+        Ok(hosts) if !old_name.is_empty() => {
+            let ip = id.nic.as_ref().map(|n| n.ip);
+            let new = rehost(&hosts, &old_name, &id.hostname, ip);
+            if new != hosts {
+                replace(&etc.join("hosts"), new.as_bytes(), 0o644)
+                    .map_err(io("writing /etc/hosts"))?;
+            }
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("reading /etc/hosts")(e)),
+    }
     replace(
         &etc.join("hostname"),
         format!("{}\n", id.hostname).as_bytes(),
@@ -91,6 +108,49 @@ pub fn apply(id: &Identity, t: Targets<'_>) -> Result<(), IdentityError> {
         host_key(&etc.join("ssh"), key).map_err(io("installing the ssh host key"))?;
     }
     Ok(())
+}
+
+/// `/etc/hosts` with the snapshot's VM's name (and `<name>.vm`) made
+/// this one's, and on those lines a non-loopback address made `ip`:
+/// lines that do not name the old VM stay as they are.
+fn rehost(hosts: &str, old: &str, new: &str, ip: Option<std::net::Ipv4Addr>) -> String {
+    let old_vm = format!("{old}.vm");
+    let mut out = String::with_capacity(hosts.len());
+    for line in hosts.lines() {
+        let (body, comment) = line
+            .split_once('#')
+            .map_or((line, None), |(b, c)| (b, Some(c)));
+        let mut words: Vec<&str> = body.split_whitespace().collect();
+        let names_old = words.iter().skip(1).any(|w| *w == old || *w == old_vm);
+        if !names_old || words.is_empty() {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let new_vm = format!("{new}.vm");
+        let addr = ip.map(|a| a.to_string());
+        let first = match (&addr, words[0].parse::<std::net::IpAddr>()) {
+            (Some(a), Ok(parsed)) if !parsed.is_loopback() => a.as_str(),
+            _ => words[0],
+        };
+        let mut rebuilt = vec![first];
+        for w in words.drain(1..) {
+            rebuilt.push(if w == old {
+                new
+            } else if w == old_vm {
+                new_vm.as_str()
+            } else {
+                w
+            });
+        }
+        out.push_str(&rebuilt.join(" "));
+        if let Some(c) = comment {
+            out.push_str(" #");
+            out.push_str(c);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// `RNDADDENTROPY` (credited) then `RNDRESEEDCRNG`: the kernel's CRNG
@@ -241,6 +301,40 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn hosts_lines_naming_the_old_vm_name_this_one() {
+        let hosts = "127.0.0.1 localhost\n127.0.1.1 src\n172.16.0.2 src.vm src\n# src notes\n10.0.0.9 other\n";
+        let ip = Some("172.16.0.5".parse().expect("ip"));
+        assert_eq!(
+            rehost(hosts, "src", "fork-1", ip),
+            "127.0.0.1 localhost\n127.0.1.1 fork-1\n172.16.0.5 fork-1.vm fork-1\n# src notes\n10.0.0.9 other\n"
+        );
+        // Without a NIC the addresses stay; a name that merely contains
+        // the old one is not it.
+        assert_eq!(
+            rehost("172.16.0.2 src.vm src srcx\n", "src", "b", None),
+            "172.16.0.2 b.vm b srcx\n"
+        );
+    }
+
+    #[test]
+    fn the_hosts_file_follows_the_hostname() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(dir.path().join("etc")).expect("mkdir");
+        std::fs::write(dir.path().join("etc/hostname"), "src\n").expect("write");
+        std::fs::write(dir.path().join("etc/hosts"), "127.0.1.1 src\n").expect("write");
+        apply(
+            &identity(),
+            Targets {
+                root: dir.path(),
+                kernel: false,
+            },
+        )
+        .expect("apply");
+        let hosts = std::fs::read_to_string(dir.path().join("etc/hosts")).expect("hosts");
+        assert_eq!(hosts, "127.0.1.1 fork-1\n");
     }
 
     #[test]

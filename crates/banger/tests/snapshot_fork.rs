@@ -100,6 +100,11 @@ fn a_fork_into_three_gives_three_machines_of_their_own() {
         let addr = sh(&lab, name, "ip -4 -o addr show dev eth0");
         assert!(addr.contains(&format!(" {ip}/")), "{name} has {ip}: {addr}");
         assert_eq!(addr.matches(" inet ").count(), 1, "one address: {addr}");
+        let hosts = sh(&lab, name, "cat /etc/hosts");
+        assert!(
+            hosts.contains(&format!("{ip} {name}.vm {name}")) && !hosts.contains(" src"),
+            "{name}'s /etc/hosts names it: {hosts}"
+        );
         let mac = sh(&lab, name, "cat /sys/class/net/eth0/address");
         assert!(
             macs.insert(mac.trim().to_owned()),
