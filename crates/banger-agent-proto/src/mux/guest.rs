@@ -15,6 +15,7 @@ use super::sync::{self, Nonce, Scan};
 /// host's streams (`on_stream` gets each). Returns `Ok` at the carrier's
 /// end, `Err` on an I/O error; every stream of the epoch is reset then.
 ///
+/// It begins by telling the host it has no sync (RESET on stream 0).
 /// A SYNC with a new nonce (a new host behind the same carrier) resets
 /// every stream and is acked; the same nonce again is only acked. A
 /// frame that breaks the protocol means the sync is lost: every stream
@@ -25,6 +26,11 @@ where
     F: FnMut(MuxStream) + Send,
 {
     let shared = Shared::new(Role::Guest);
+    // First, "no sync here": a host still synced with an earlier agent
+    // (this one was restarted under it) learns its streams are gone and
+    // ends them, instead of waiting on them forever; a host that is
+    // syncing drops it with everything before its SYNC_ACK.
+    shared.lock().push(Out::control(FrameKind::Reset, 0));
     let (rd, wr) = tokio::io::split(carrier);
     let res = tokio::select! {
         r = read_loop(&shared, rd, &mut on_stream) => r,

@@ -43,11 +43,82 @@ async fn garbage_and_half_frames_before_the_sync_are_skipped() {
     assert!(!client.is_closed());
 }
 
+/// A guest agent restarted under a host still synced with the one before
+/// (the carrier never ended: virtio-serial keeps the host connected) says
+/// so at once, and the host's streams end instead of waiting forever.
+#[tokio::test]
+async fn a_guest_restarted_under_a_synced_host_ends_the_hosts_streams() {
+    let (h, g) = duplex(64 << 10);
+    // The port: one carrier end, served by one agent process after another.
+    let (swap, mut swaps) = tokio::sync::mpsc::unbounded_channel::<DuplexStream>();
+    // A process that dies is no EOF to the host: the port stays connected.
+    tokio::spawn(async move {
+        let mut g = g;
+        let Some(mut agent) = swaps.recv().await else {
+            return;
+        };
+        let (mut up, mut down) = (vec![0u8; 4096], vec![0u8; 4096]);
+        loop {
+            tokio::select! {
+                n = agent.read(&mut up) => match n {
+                    Ok(n) if n > 0 => {
+                        if g.write_all(&up[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => match swaps.recv().await {
+                        Some(next) => agent = next,
+                        None => return,
+                    },
+                },
+                n = g.read(&mut down) => match n {
+                    Ok(n) if n > 0 => {
+                        let _ = agent.write_all(&down[..n]).await;
+                    }
+                    _ => return,
+                },
+            }
+        }
+    });
+    let (port, agent) = duplex(64 << 10);
+    swap.send(port).expect("first agent");
+    let (mut accepted, first) = guest(agent);
+    let client = MuxClient::connect(h, WITHIN).await.expect("sync");
+    let mut s = client.open().await.expect("open");
+    let _held = accepted.recv().await.expect("accepted");
+    // The agent dies; a new one serves the same carrier.
+    first.abort();
+    let (port, agent) = duplex(64 << 10);
+    swap.send(port).expect("second agent");
+    let (_accepted, _second) = guest(agent);
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut [0u8; 1])).await;
+    assert!(
+        matches!(read, Ok(Err(_))),
+        "the stream ended at once: {read:?}"
+    );
+    client.closed().await;
+    let why = client.close_reason();
+    assert!(
+        matches!(
+            why.as_deref(),
+            Some(MuxError::Protocol {
+                violation: Violation::PeerLostSync
+            })
+        ),
+        "{why:?}"
+    );
+}
+
 /// The guest against a host written by hand.
 #[tokio::test]
 async fn the_same_nonce_again_only_reacks_a_new_one_resets() {
     let (mut h, g) = duplex(64 << 10);
     let (mut accepted, _guest) = guest(g);
+    assert_eq!(
+        read_header(&mut h).await,
+        (FrameKind::Reset as u8, 0, 0),
+        "a guest starts by saying it has no sync"
+    );
     let first = [1; NONCE_LEN];
     h.write_all(&sync_frame(first)).await.expect("sync");
     let mut got = vec![0u8; SYNC_FRAME];
@@ -91,6 +162,7 @@ async fn the_same_nonce_again_only_reacks_a_new_one_resets() {
 async fn a_violation_makes_the_guest_scan_again() {
     let (mut h, g) = duplex(64 << 10);
     let (mut accepted, _guest) = guest(g);
+    assert_eq!(read_header(&mut h).await, (FrameKind::Reset as u8, 0, 0));
     let nonce = [3; NONCE_LEN];
     let mut bytes = sync_frame(nonce);
     bytes.extend(frame(FrameKind::Open, 1, Payload::Empty));
