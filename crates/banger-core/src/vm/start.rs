@@ -290,9 +290,18 @@ impl Core {
             self.record_handles(vm, handles.clone()).await?;
         }
         // Held until the agent answers: the readiness bound below counts
-        // from the launch, never from the time spent queued here.
-        let _slot = self.boot_admission(&host).acquire(progress).await;
-        timer.lap("boot-queue");
+        // from the launch, never from the time spent queued here. Boots
+        // only: the queue keeps a crowded host from missing boot
+        // deadlines, while a restore's agent is up already and its cost
+        // is loading memory (measured: a fork into 4 waited 2-4 s here).
+        let _slot = match boot {
+            Boot::Cold(_) => {
+                let slot = self.boot_admission(&host).acquire(progress).await;
+                timer.lap("boot-queue");
+                Some(slot)
+            }
+            Boot::Restore(_) => None,
+        };
         // Bound before launch: the agent's call cannot come too early.
         let ready = if vmm.ready_call() && spec.vsock.is_some() && matches!(boot, Boot::Cold(_)) {
             Some(ReadyListener::bind(ready_socket_path(&paths.vsock)).map_err(HostError::from)?)
