@@ -122,7 +122,7 @@ fn rehost(hosts: &str, old: &str, new: &str, ip: Option<std::net::Ipv4Addr>) -> 
             .map_or((line, None), |(b, c)| (b, Some(c)));
         let mut words: Vec<&str> = body.split_whitespace().collect();
         let names_old = words.iter().skip(1).any(|w| *w == old || *w == old_vm);
-        if !names_old || words.is_empty() {
+        if !names_old {
             out.push_str(line);
             out.push('\n');
             continue;

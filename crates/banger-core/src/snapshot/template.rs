@@ -78,9 +78,7 @@ impl TemplateInputs {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
-        let digest = h.finalize();
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{PREFIX}{hex}")
+        format!("{PREFIX}{}", hex::encode(&h.finalize()[..8]))
     }
 }
 
@@ -143,13 +141,8 @@ impl Core {
             .map_or_else(|| "none".to_owned(), |c| format!("{:?}", c.accel));
         let agent_bin = self.config().guest.agent.clone();
         let agent_sha256 = tokio::task::spawn_blocking(move || {
-            std::fs::read(&agent_bin)
-                .map(|b| {
-                    Sha256::digest(&b)
-                        .iter()
-                        .map(|x| format!("{x:02x}"))
-                        .collect::<String>()
-                })
+            banger_assets::files::hash_file(&agent_bin)
+                .map(|(digest, _)| digest)
                 .map_err(InternalError::io("reading the agent binary", &agent_bin))
         })
         .await
