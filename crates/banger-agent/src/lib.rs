@@ -21,8 +21,11 @@ use tokio::sync::mpsc;
 
 mod exec;
 pub mod identity;
+pub mod power;
 pub mod serial;
 pub mod users;
+
+pub use power::{BANGER_INIT_PID1, SystemPower};
 
 /// Identifies this build in the hello.
 pub const SOFTWARE: &str = concat!("banger-agent ", env!("CARGO_PKG_VERSION"));
@@ -45,49 +48,6 @@ pub enum AgentError {
 /// What a session asks of the machine beyond processes and files.
 pub trait Power: Send + Sync {
     fn power_off(&self, reboot: bool);
-}
-
-/// The real one: banger-init when it is PID 1 (it shuts down cleanly on
-/// a signal), systemd when it runs, else the reboot syscall.
-#[derive(Debug, Default)]
-pub struct SystemPower;
-
-/// Set by banger-init in the agent's environment when it stays PID 1.
-pub const BANGER_INIT_PID1: &str = "BANGER_INIT_PID1";
-
-impl Power for SystemPower {
-    fn power_off(&self, reboot: bool) {
-        if std::env::var_os(BANGER_INIT_PID1).is_some() {
-            // busybox init's convention, which banger-init follows.
-            let sig = if reboot {
-                nix::sys::signal::Signal::SIGTERM
-            } else {
-                nix::sys::signal::Signal::SIGUSR2
-            };
-            match nix::sys::signal::kill(nix::unistd::Pid::from_raw(1), sig) {
-                Ok(()) => return,
-                Err(e) => eprintln!("banger-agent: signalling PID 1: {e}; forcing"),
-            }
-        }
-        if Path::new("/run/systemd/system").exists() {
-            let verb = if reboot { "reboot" } else { "poweroff" };
-            match std::process::Command::new("systemctl")
-                .args([verb, "--no-block"])
-                .status()
-            {
-                Ok(s) if s.success() => return,
-                other => eprintln!("banger-agent: systemctl {verb}: {other:?}; forcing"),
-            }
-        }
-        nix::unistd::sync();
-        let mode = if reboot {
-            nix::sys::reboot::RebootMode::RB_AUTOBOOT
-        } else {
-            nix::sys::reboot::RebootMode::RB_POWER_OFF
-        };
-        let Err(e) = nix::sys::reboot::reboot(mode);
-        eprintln!("banger-agent: reboot({mode:?}): {e}");
-    }
 }
 
 /// Serves one connection to its end.
