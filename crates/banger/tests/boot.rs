@@ -45,7 +45,7 @@ fn default_kernel_and_image_boot_under_qemu_tcg_to_the_root_init() {
     let khz = banger_vmm::qemu::host_tsc_khz().unwrap_or(2_000_000);
     let t = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm,accel=tcg,acpi=on,pit=on,pic=on,rtc=on", "-cpu", "max", "-m", "512", "-smp", "1"])
+        .args(["-M", "microvm,accel=tcg,acpi=on,pit=on,pic=off,rtc=on", "-cpu", "max", "-m", "512", "-smp", "1"])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
         .arg("-kernel")
         .arg(k["vmlinux"]["path"].as_str().expect("vmlinux"))

@@ -37,9 +37,12 @@ impl QemuCommand {
         } else {
             ""
         };
+        // No 8259 PIC: with it, 2 % of TCG boots died of a "divide error"
+        // in start_kernel (an interrupt the PIC passed on before the kernel
+        // had set it up arrived as vector 0); none in 300 without it.
         push("-M");
         push(&format!(
-            "microvm,accel={accel},acpi=on,pit=on,pic=on,rtc=on{memory_backend}"
+            "microvm,accel={accel},acpi=on,pit=on,pic=off,rtc=on{memory_backend}"
         ));
         push("-cpu");
         push(if spec.accel == Accel::Kvm {
@@ -212,7 +215,7 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" ");
-        assert!(joined.contains("-object memory-backend-memfd,id=mem,size=512M,share=on -M microvm,accel=tcg,acpi=on,pit=on,pic=on,rtc=on,memory-backend=mem"), "{joined}");
+        assert!(joined.contains("-object memory-backend-memfd,id=mem,size=512M,share=on -M microvm,accel=tcg,acpi=on,pit=on,pic=off,rtc=on,memory-backend=mem"), "{joined}");
         assert!(joined.contains("-chardev socket,id=vsock,path=/run/banger/0123.vhu -device vhost-user-vsock-device,chardev=vsock"), "{joined}");
     }
 
@@ -230,7 +233,7 @@ mod tests {
         let joined = args.join(" ");
         assert!(
             joined.contains(
-                "-M microvm,accel=tcg,acpi=on,pit=on,pic=on,rtc=on -cpu max -m 512 -smp 2"
+                "-M microvm,accel=tcg,acpi=on,pit=on,pic=off,rtc=on -cpu max -m 512 -smp 2"
             ),
             "{joined}"
         );
