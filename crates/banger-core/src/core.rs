@@ -64,6 +64,8 @@ pub struct Core {
     stop_timeout: Duration,
     /// Asset files whose digest matched, by path, size, mtime and digest.
     verified: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The agent binary's digest, with the size and mtime it was read at.
+    agent_digest: AgentDigestMemo,
     asset_locks: KeyedLocks,
     /// Guest boots in flight; sized from the host on first use.
     boots: OnceLock<Admission>,
@@ -72,6 +74,9 @@ pub struct Core {
     pid: u32,
     shutdown: watch::Sender<bool>,
 }
+
+pub(crate) type AgentDigestMemo =
+    Arc<std::sync::Mutex<Option<(crate::snapshot::FileStamp, String)>>>;
 
 impl Core {
     pub fn new(config: Config, store: Arc<Store>, deps: HostDeps) -> Self {
@@ -89,6 +94,7 @@ impl Core {
             net_lock: tokio::sync::Mutex::new(()),
             stop_timeout: GRACEFUL_STOP,
             verified: std::sync::Mutex::default(),
+            agent_digest: AgentDigestMemo::default(),
             asset_locks: KeyedLocks::new(),
             boots: OnceLock::new(),
             handles: HandleCache::new(),
@@ -133,6 +139,10 @@ impl Core {
 
     pub(crate) fn stop_timeout(&self) -> Duration {
         self.stop_timeout
+    }
+
+    pub(crate) fn agent_digest_memo(&self) -> &AgentDigestMemo {
+        &self.agent_digest
     }
 
     pub(crate) fn verified(&self) -> &std::sync::Mutex<std::collections::HashSet<String>> {

@@ -26,8 +26,9 @@ use crate::error::{CoreError, HostError, InternalError};
 use crate::progress::ProgressSink;
 
 /// Bumped when what a template holds changes meaning (the guest files a
-/// boot writes, the point it is saved at).
-const TEMPLATE_FORMAT: &str = "1";
+/// boot writes, the point it is saved at, the machine's devices: 2 has no
+/// 8259 PIC).
+const TEMPLATE_FORMAT: &str = "2";
 const PREFIX: &str = "tpl-";
 
 /// What a template of one shape depends on; [`TemplateInputs::key`] is
@@ -111,6 +112,23 @@ fn vmm_version(host: &DoctorReport, vmm: VmmKind) -> String {
         .unwrap_or_default()
 }
 
+/// A file's size and mtime: what says it may have changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    len: u64,
+    modified: std::time::SystemTime,
+}
+
+impl FileStamp {
+    pub fn of(path: &std::path::Path) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        Ok(Self {
+            len: m.len(),
+            modified: m.modified()?,
+        })
+    }
+}
+
 /// Templates (each with its shape's current key, `None` when that can
 /// no longer be computed) that no longer match it, and that no VM still
 /// restores from: the ones the sweep removes.
@@ -127,45 +145,103 @@ pub(crate) fn stale<'a>(
         .collect()
 }
 
+/// The inputs every shape's template shares, read once per start or
+/// sweep.
+pub(crate) struct SharedInputs {
+    host: DoctorReport,
+    accel: String,
+    agent_sha256: String,
+    network: String,
+    authorized_key: String,
+}
+
+impl SharedInputs {
+    fn with_shape(
+        &self,
+        spec: &TemplateShape<'_>,
+        kernel: &KernelRecord,
+        image: &ImageRecord,
+    ) -> TemplateInputs {
+        TemplateInputs {
+            vmm: spec.vmm,
+            vmm_version: vmm_version(&self.host, spec.vmm),
+            accel: self.accel.clone(),
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            root_disk_bytes: spec.root_disk_bytes,
+            work_disk_bytes: spec.work_disk_bytes,
+            kernel: kernel_part(kernel),
+            image: image_part(image),
+            agent_sha256: self.agent_sha256.clone(),
+            network: self.network.clone(),
+            authorized_key: self.authorized_key.clone(),
+        }
+    }
+}
+
 impl Core {
     /// The inputs of `spec`'s template, read now.
     pub(crate) async fn template_inputs(
         &self,
         spec: &TemplateShape<'_>,
     ) -> Result<TemplateInputs, CoreError> {
+        let shared = self.shared_template_inputs().await?;
+        self.shape_inputs(&shared, spec).await
+    }
+
+    async fn shape_inputs(
+        &self,
+        shared: &SharedInputs,
+        spec: &TemplateShape<'_>,
+    ) -> Result<TemplateInputs, CoreError> {
         let kernel: KernelRecord = self.find_asset(spec.kernel).await?;
         let image: ImageRecord = self.find_asset(spec.image).await?;
+        Ok(shared.with_shape(spec, &kernel, &image))
+    }
+
+    async fn shared_template_inputs(&self) -> Result<SharedInputs, CoreError> {
         let host = self.host_report().await?;
         let accel = host
             .default_vmm
             .map_or_else(|| "none".to_owned(), |c| format!("{:?}", c.accel));
+        let agent_sha256 = self.agent_digest().await?;
+        let (_, authorized_key) = self.ssh_keys().ensure().await?;
+        let net = &self.config().network;
+        Ok(SharedInputs {
+            host,
+            accel,
+            agent_sha256,
+            network: format!("{}/{}", net.bridge_ip, net.prefix_len),
+            authorized_key,
+        })
+    }
+
+    /// The agent binary's sha256, hashed again only when its size or
+    /// mtime changed (every warm start asks).
+    async fn agent_digest(&self) -> Result<String, CoreError> {
         let agent_bin = self.config().guest.agent.clone();
-        let agent_sha256 = tokio::task::spawn_blocking(move || {
-            banger_assets::files::hash_file(&agent_bin)
-                .map(|(digest, _)| digest)
-                .map_err(InternalError::io("reading the agent binary", &agent_bin))
+        let memo = self.agent_digest_memo().clone();
+        tokio::task::spawn_blocking(move || {
+            let stamp = FileStamp::of(&agent_bin)
+                .map_err(InternalError::io("reading the agent binary", &agent_bin))?;
+            let mut memo = memo
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((s, digest)) = memo.as_ref()
+                && *s == stamp
+            {
+                return Ok(digest.clone());
+            }
+            let (digest, _) = banger_assets::files::hash_file(&agent_bin)
+                .map_err(InternalError::io("reading the agent binary", &agent_bin))?;
+            *memo = Some((stamp, digest.clone()));
+            Ok::<_, CoreError>(digest)
         })
         .await
         .map_err(|source| InternalError::Task {
             what: "hashing the agent binary",
             source,
-        })??;
-        let (_, authorized_key) = self.ssh_keys().ensure().await?;
-        let net = &self.config().network;
-        Ok(TemplateInputs {
-            vmm: spec.vmm,
-            vmm_version: vmm_version(&host, spec.vmm),
-            accel,
-            vcpus: spec.vcpus,
-            memory_mib: spec.memory_mib,
-            root_disk_bytes: spec.root_disk_bytes,
-            work_disk_bytes: spec.work_disk_bytes,
-            kernel: kernel_part(&kernel),
-            image: image_part(&image),
-            agent_sha256,
-            network: format!("{}/{}", net.bridge_ip, net.prefix_len),
-            authorized_key,
-        })
+        })?
     }
 
     /// The template `key` names, if it was made.
@@ -282,11 +358,16 @@ impl Core {
         if templates.is_empty() {
             return Ok(());
         }
+        let shared = self.shared_template_inputs().await?;
         let mut keyed = Vec::with_capacity(templates.len());
         for t in templates {
             let shape = TemplateShape::of_machine(&t.machine);
             // A kernel or image that is gone makes its templates stale.
-            let key = self.template_inputs(&shape).await.ok().map(|i| i.key());
+            let key = self
+                .shape_inputs(&shared, &shape)
+                .await
+                .ok()
+                .map(|i| i.key());
             keyed.push((t, key));
         }
         let restoring: Vec<String> = self
