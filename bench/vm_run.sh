@@ -10,7 +10,10 @@
 #     save time.
 # Prints figures and ratios; asserts nothing.
 #
-#   sudo bench/vm_run.sh [RUNS]
+#   sudo [BENCH_XFS=1] [BENCH_KEEP_LOG=FILE] bench/vm_run.sh [RUNS]
+#
+# BENCH_XFS=1 puts the state dir on a loop-mounted reflink XFS (needs
+# xfsprogs); BENCH_KEEP_LOG keeps the daemon's log.
 #
 # Needs: root, qemu-system-x86_64, the default kernel and image in the
 # test cache (run scripts/test.sh once).
@@ -26,14 +29,26 @@ B="$(pwd)/target/release/banger"
 PING="$(pwd)/target/release/examples/agent_ping"
 
 . bench/lab.sh
-envs=(BANGER_CONFIG=/dev/null BANGER_STATE_DIR="$work/state" BANGER_RUNTIME_DIR="$work/run"
+state="$work/state"
+if [ -n "${BENCH_XFS:-}" ]; then
+  # The state dir on a loop-mounted XFS: disks and snapshots are reflink
+  # clones instead of sparse copies.
+  lab_cleanup_hook() { umount "$work/xfs" 2>/dev/null; }
+  truncate -s 40G "$work/xfs.img"
+  mkfs.xfs -q -m reflink=1 "$work/xfs.img"
+  mkdir -p "$work/xfs"
+  mount -o loop "$work/xfs.img" "$work/xfs"
+  state="$work/xfs/state"
+fi
+echo "state dir: $state ($(stat -f -c %T "$(dirname "$state")"))"
+envs=(BANGER_CONFIG=/dev/null BANGER_STATE_DIR="$state" BANGER_RUNTIME_DIR="$work/run"
       BANGER_AUTO_PROVISION=false BANGER_GUEST_INIT="$guest_dir/banger-init"
       BANGER_GUEST_AGENT="$guest_dir/banger-agent" BANGER_DAEMON_BIN="$(pwd)/target/release/bangerd")
 
 b kernel import default --vmlinux "$kernel_dir/vmlinux" --initrd "$kernel_dir/initrd.img" >/dev/null
 b image import default --rootfs "$rootfs" >/dev/null
 
-stages() { grep 'start stages' "$work/state/bangerd.log" | tail -1 | sed 's/.*boot=//'; }
+stages() { grep 'start stages' "$state/bangerd.log" | tail -1 | sed 's/.*boot=//'; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo "== template: the first vm run of the shape boots and saves it =="
@@ -87,7 +102,7 @@ for run in $(seq "$runs"); do
   pkill -9 -f -- "-qmp unix:$sock" || true
   while pgrep -f -- "-qmp unix:$sock" >/dev/null; do sleep 0.05; done
   ip -n "$ns" link del "$tap"
-  e2fsck -p "$work/state/vms/$id/root.ext4" >/dev/null 2>&1 || true
+  e2fsck -p "$state/vms/$id/root.ext4" >/dev/null 2>&1 || true
 done
 b vm delete raw >/dev/null
 
@@ -109,8 +124,8 @@ b vm kill one >/dev/null; b vm delete one >/dev/null
 t0=$(now); b vm fork src --name f --count 4 >/dev/null; t1=$(now)
 fork=$(ms "$t0" "$t1")
 echo "fork 1 -> 4 (snapshot + 4 restores, all answering): $fork ms"
-grep 'start stages' "$work/state/bangerd.log" | tail -4 | sed 's/.*boot=/  /'
-per_fork=$(grep 'start stages' "$work/state/bangerd.log" | tail -4 \
+grep 'start stages' "$state/bangerd.log" | tail -4 | sed 's/.*boot=/  /'
+per_fork=$(grep 'start stages' "$state/bangerd.log" | tail -4 \
   | sed 's/.*stages=//' | tr ' ' '\n' | awk -F'[=m]' '/^(storage|network|vmm-restore|agent|identity)=/ {s+=$2} END {print int(s/4)}')
 echo "mean of the forks' own start stages: $per_fork ms (x$(awk -v a="$per_fork" -v b="$one" 'BEGIN {printf "%.2f", a/b}') one restore)"
 for v in src f-1 f-2 f-3 f-4; do b vm kill "$v" >/dev/null; b vm delete "$v" >/dev/null; done
