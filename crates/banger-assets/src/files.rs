@@ -24,6 +24,24 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
 
 /// The digest naming an asset directory: over its files' digests, in
 /// order, so the same content always lands in the same place.
+/// A file's size and mtime: what says it may have changed since it was
+/// last hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    modified: std::time::SystemTime,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        Ok(Self {
+            len: m.len(),
+            modified: m.modified()?,
+        })
+    }
+}
+
 pub fn combine_digests(parts: &[Option<&str>]) -> String {
     let mut h = Sha256::new();
     for p in parts {
@@ -111,5 +129,17 @@ mod tests {
 
         assert!(tree_size(dir.path()).expect("size") >= 3);
         assert!(!is_ext4(&f).expect("check"));
+    }
+
+    #[test]
+    fn a_stamp_changes_with_the_file_and_only_then() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("agent");
+        std::fs::write(&f, b"one").expect("write");
+        let first = FileStamp::of(&f).expect("stamp");
+        assert_eq!(FileStamp::of(&f).expect("stamp"), first);
+        std::fs::write(&f, b"a new build").expect("rewrite");
+        assert_ne!(FileStamp::of(&f).expect("stamp"), first);
+        assert!(FileStamp::of(&dir.path().join("missing")).is_err());
     }
 }

@@ -76,7 +76,7 @@ pub struct Core {
 }
 
 pub(crate) type AgentDigestMemo =
-    Arc<std::sync::Mutex<Option<(crate::snapshot::FileStamp, String)>>>;
+    Arc<std::sync::Mutex<Option<(banger_assets::files::FileStamp, String)>>>;
 
 impl Core {
     pub fn new(config: Config, store: Arc<Store>, deps: HostDeps) -> Self {

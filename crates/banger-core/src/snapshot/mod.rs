@@ -13,7 +13,7 @@ mod fork;
 mod save;
 mod template;
 
-pub(crate) use template::{FileStamp, TemplateShape};
+pub(crate) use template::TemplateShape;
 
 use std::path::{Path, PathBuf};
 

@@ -112,23 +112,6 @@ fn vmm_version(host: &DoctorReport, vmm: VmmKind) -> String {
         .unwrap_or_default()
 }
 
-/// A file's size and mtime: what says it may have changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FileStamp {
-    len: u64,
-    modified: std::time::SystemTime,
-}
-
-impl FileStamp {
-    pub fn of(path: &std::path::Path) -> std::io::Result<Self> {
-        let m = std::fs::metadata(path)?;
-        Ok(Self {
-            len: m.len(),
-            modified: m.modified()?,
-        })
-    }
-}
-
 /// Templates (each with its shape's current key, `None` when that can
 /// no longer be computed) that no longer match it, and that no VM still
 /// restores from: the ones the sweep removes.
@@ -222,7 +205,7 @@ impl Core {
         let agent_bin = self.config().guest.agent.clone();
         let memo = self.agent_digest_memo().clone();
         tokio::task::spawn_blocking(move || {
-            let stamp = FileStamp::of(&agent_bin)
+            let stamp = banger_assets::files::FileStamp::of(&agent_bin)
                 .map_err(InternalError::io("reading the agent binary", &agent_bin))?;
             let mut memo = memo
                 .lock()
