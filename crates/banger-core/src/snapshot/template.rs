@@ -341,16 +341,20 @@ impl Core {
         if templates.is_empty() {
             return Ok(());
         }
-        let shared = self.shared_template_inputs().await?;
+        // Inputs that cannot be read (an agent binary gone, a kernel or
+        // image removed) make the templates needing them stale.
+        let shared = self.shared_template_inputs().await.ok();
         let mut keyed = Vec::with_capacity(templates.len());
         for t in templates {
             let shape = TemplateShape::of_machine(&t.machine);
-            // A kernel or image that is gone makes its templates stale.
-            let key = self
-                .shape_inputs(&shared, &shape)
-                .await
-                .ok()
-                .map(|i| i.key());
+            let key = match &shared {
+                Some(shared) => self
+                    .shape_inputs(shared, &shape)
+                    .await
+                    .ok()
+                    .map(|i| i.key()),
+                None => None,
+            };
             keyed.push((t, key));
         }
         let restoring: Vec<String> = self
