@@ -3,8 +3,9 @@
 //!
 //! virtio_console, while the host side is not connected: `read` returns 0
 //! at once, `poll` says IN|HUP, `write` would block. A host connecting or
-//! leaving wakes the port's wait queue. So an epoch ends at a `read` of 0,
-//! and the next begins once `poll` shows no HUP, checked after each wake.
+//! leaving wakes the port's wait queue. So an epoch ends at a `read` of 0
+//! that still finds no host, and the next begins once `poll` shows no
+//! HUP, checked after each wake.
 //!
 //! Why not an `AsyncFd` on the port: tokio keeps "read closed" and "write
 //! closed" once seen (they are final for sockets), so after the first HUP
@@ -246,7 +247,16 @@ impl AsyncRead for Epoch {
     ) -> Poll<io::Result<()>> {
         let port = &self.port;
         loop {
-            match rustix::io::read(port.fd.as_fd(), buf.initialize_unfilled()) {
+            let room = buf.initialize_unfilled();
+            let asked = room.len();
+            match rustix::io::read(port.fd.as_fd(), room) {
+                // The host left while nothing was to be read, but one is
+                // connected again already (a restore's stale "closed"
+                // followed at once by the new host's "open"): the epoch
+                // goes on, and the new host's SYNC re-syncs it. Ending it
+                // would greet that host with "no sync here" after it had
+                // synced, and drop its carrier.
+                Ok(0) if asked > 0 && !port.hung_up()? => {}
                 Ok(n) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));

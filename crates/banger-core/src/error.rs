@@ -196,6 +196,11 @@ pub enum AgentError {
     Guest(String),
     #[error("connection closed before the exit")]
     ClosedEarly,
+    /// The agent channel was to be closed with sessions open on it.
+    #[error("{sessions} session(s) are open on its channel; it was left open")]
+    ChannelBusy { sessions: usize },
+    #[error("its VMM did not close the agent channel within {secs}s")]
+    ChannelStuck { secs: u64 },
     #[error("the guest has no /etc/ssh/ssh_host_ed25519_key.pub (is openssh-server in the image?)")]
     NoHostKey,
 }

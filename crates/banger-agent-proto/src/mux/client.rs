@@ -1,6 +1,6 @@
 //! The host's side: sync with the guest, then open streams to it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -89,9 +89,26 @@ impl MuxClient {
         let shared = Shared::new(Role::Host);
         let driver = shared.clone();
         tokio::spawn(async move {
-            let res = tokio::select! {
-                r = read_loop(&driver, rd, leftover, nonce) => r,
-                w = write_loop(&driver, wr) => w,
+            let mut aborted = driver.closed.subscribe();
+            let read = read_loop(&driver, rd, leftover, nonce);
+            let write = write_loop(&driver, wr);
+            tokio::pin!(read, write);
+            // Set once the write side is shut (nothing left to send for):
+            // the peer is given until then to close its end, so `close`
+            // resolves once it has seen the host leave.
+            let mut linger: Option<tokio::time::Instant> = None;
+            let res = loop {
+                tokio::select! {
+                    r = &mut read => break r,
+                    w = &mut write, if linger.is_none() => match w {
+                        Ok(()) => linger = Some(tokio::time::Instant::now() + LINGER),
+                        Err(e) => break Err(e),
+                    },
+                    () = sleep_until_some(linger) => break Ok(()),
+                    // `abort`: the carrier is dropped with the loops,
+                    // which tells the VMM the host left.
+                    _ = aborted.wait_for(|c| *c) => return,
+                }
             };
             driver.finish(res.err());
         });
@@ -111,6 +128,27 @@ impl MuxClient {
         Ok(MuxStream::new(self.shared().clone(), serial, id))
     }
 
+    /// A handle that does not keep the carrier open.
+    pub fn downgrade(&self) -> WeakMuxClient {
+        WeakMuxClient(Arc::downgrade(&self.handle))
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.shared().lock().live_streams()
+    }
+
+    /// How long since the guest's bytes last arrived.
+    pub fn idle_for(&self) -> Duration {
+        self.shared().lock().last_rx.elapsed()
+    }
+
+    /// Ends the carrier now, for `cause` (kept as the close reason):
+    /// every stream fails and the carrier itself is dropped.
+    pub fn abort(&self, cause: MuxError) {
+        self.shared().finish(Some(cause));
+    }
+
     pub fn is_closed(&self) -> bool {
         *self.shared().closed.borrow()
     }
@@ -123,9 +161,41 @@ impl MuxClient {
         let _ = rx.wait_for(|c| *c).await;
     }
 
+    /// Gives up this handle and resolves once the carrier ended: at
+    /// once if this was the last handle and no stream is open (the
+    /// write side is shut, and the peer closes its end in answer).
+    pub async fn close(self) {
+        let mut rx = self.shared().closed.subscribe();
+        drop(self);
+        // A dropped sender means the carrier's state is gone: ended.
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
     /// Why the carrier ended; `None` while it runs or after a clean EOF.
     pub fn close_reason(&self) -> Option<Arc<MuxError>> {
         self.shared().lock().ended().cloned().flatten()
+    }
+}
+
+/// How long a carrier whose write side was shut waits for the peer to
+/// close its end before it is dropped anyway.
+const LINGER: Duration = Duration::from_secs(10);
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A [`MuxClient`] that does not keep its carrier open.
+#[derive(Clone, Debug)]
+pub struct WeakMuxClient(Weak<Handle>);
+
+impl WeakMuxClient {
+    /// The client, while any strong handle is left.
+    pub fn upgrade(&self) -> Option<MuxClient> {
+        self.0.upgrade().map(|handle| MuxClient { handle })
     }
 }
 
@@ -196,5 +266,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if !fill(&mut r, &mut buf).await? {
             return Ok(());
         }
+        shared.lock().last_rx = tokio::time::Instant::now();
     }
 }

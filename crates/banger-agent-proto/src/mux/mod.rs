@@ -43,7 +43,7 @@ mod sync;
 
 use std::sync::Arc;
 
-pub use client::{MuxClient, SYNC_RESEND};
+pub use client::{MuxClient, SYNC_RESEND, WeakMuxClient};
 pub use frame::{FrameKind, MAX_DATA, Violation};
 pub use guest::serve;
 pub use state::{MAX_STREAMS, WINDOW};
@@ -66,6 +66,9 @@ pub enum MuxError {
         #[from]
         violation: Violation,
     },
+    /// The host's keepalive got no answer: the channel was given up.
+    #[error("the guest agent did not answer on its channel for {secs}s")]
+    Unresponsive { secs: u64 },
     #[error("{MAX_STREAMS} streams are open on the agent channel already")]
     TooManyStreams,
     #[error("the agent channel ran out of stream ids")]

@@ -10,6 +10,7 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::io::ReadBuf;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use super::MuxError;
 use super::frame::{Frame, FrameKind, MAX_DATA, Out, Payload, Violation};
@@ -130,6 +131,8 @@ pub(super) struct Inner {
     ended: Option<Option<Arc<MuxError>>>,
     client_gone: bool,
     ack_queued: bool,
+    /// When the peer's bytes last arrived (the host's keepalive asks).
+    pub(super) last_rx: Instant,
 }
 
 #[derive(Debug)]
@@ -180,6 +183,7 @@ impl Shared {
                 ended: None,
                 client_gone: false,
                 ack_queued: false,
+                last_rx: Instant::now(),
             }),
             writer: Notify::new(),
             closed: watch::channel(false).0,

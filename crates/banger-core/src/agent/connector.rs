@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use banger_agent_proto::mux::MuxClient;
-use banger_agent_proto::{AGENT_PORT, ProtoError, handshake};
+use banger_agent_proto::mux::{MuxClient, MuxError, WeakMuxClient};
+use banger_agent_proto::{AGENT_PORT, Frame, Message, ProtoError, handshake, read_frame, send};
 use banger_api::vm::VmRuntime;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -58,11 +58,54 @@ pub trait AgentConnector: Send + Sync + std::fmt::Debug {
     async fn connect(&self, channel: AgentChannel<'_>) -> Result<AgentStream, ProtoError>;
     /// Drops what is kept for the channel at `path` (its VM stopped).
     fn forget(&self, _path: &Path) {}
+    /// Closes the carrier kept for the serial channel at `path` and waits
+    /// until the VMM has seen the host leave (it closed its end too).
+    async fn detach(&self, _path: &Path) -> Detached {
+        Detached::NoCarrier
+    }
 }
+
+/// What [`AgentConnector::detach`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detached {
+    /// No carrier was open.
+    NoCarrier,
+    /// Closed, and the VMM closed its end: it has seen the host leave.
+    Closed,
+    /// Sessions are open on it: it is kept.
+    Busy { sessions: usize },
+    /// Closed here, but the VMM had not closed its end after `secs`.
+    TimedOut { secs: u64 },
+}
+
+/// How long [`AgentConnector::detach`] waits for the VMM to close.
+const DETACH_WITHIN: Duration = Duration::from_secs(5);
 
 /// How long a new serial carrier may wait for the agent's sync answer:
 /// one readiness attempt.
 const SYNC_WITHIN: Duration = Duration::from_secs(5);
+
+/// When a serial carrier with sessions open has been silent this long,
+/// the agent is asked whether it is there, and given this long to say
+/// so. A session may be silent for hours (a command that prints
+/// nothing); a channel that stopped carrying anything must not leave it
+/// waiting forever: with no answer the carrier is dropped, its sessions
+/// fail, and the next session makes a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub within: Duration,
+}
+
+impl Default for Keepalive {
+    /// Generous: a guest under TCG on a loaded host answers late.
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(15),
+            within: Duration::from_secs(20),
+        }
+    }
+}
 
 /// The real connector. Vsock sessions are plain connections; serial
 /// ones are streams of one [`MuxClient`] per VM, made on first use and
@@ -71,9 +114,17 @@ const SYNC_WITHIN: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct GuestAgent {
     carriers: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<MuxClient>>>>>,
+    keepalive: Keepalive,
 }
 
 impl GuestAgent {
+    pub fn with_keepalive(keepalive: Keepalive) -> Self {
+        Self {
+            keepalive,
+            ..Self::default()
+        }
+    }
+
     fn slot(&self, path: &Path) -> Arc<tokio::sync::Mutex<Option<MuxClient>>> {
         let mut map = self.carriers.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(map.entry(path.to_owned()).or_default())
@@ -91,8 +142,57 @@ impl GuestAgent {
         *held = None;
         let sock = tokio::net::UnixStream::connect(path).await?;
         let client = MuxClient::connect(sock, SYNC_WITHIN).await?;
+        tokio::spawn(keep_alive(
+            client.downgrade(),
+            path.to_owned(),
+            self.keepalive,
+        ));
         *held = Some(client.clone());
         Ok(client)
+    }
+}
+
+/// Watches one carrier for as long as it is kept: see [`Keepalive`].
+async fn keep_alive(carrier: WeakMuxClient, path: PathBuf, k: Keepalive) {
+    loop {
+        let Some(client) = carrier.upgrade() else {
+            return;
+        };
+        if client.is_closed() {
+            return;
+        }
+        let idle = client.idle_for();
+        if idle < k.idle || client.open_streams() == 0 {
+            // Not a strong handle while asleep: dropping the carrier
+            // must not wait for this task.
+            drop(client);
+            tokio::time::sleep(k.idle.saturating_sub(idle).max(k.idle / 4)).await;
+            continue;
+        }
+        if tokio::time::timeout(k.within, probe(&client))
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            continue;
+        }
+        let secs = (idle + k.within).as_secs();
+        tracing::warn!(channel = %path.display(), secs, "the guest agent stopped answering on its channel; dropping it (its sessions fail)");
+        client.abort(MuxError::Unresponsive { secs });
+        return;
+    }
+}
+
+/// A session of its own on `client`: hello, then ping for a pong.
+async fn probe(client: &MuxClient) -> Result<(), ProtoError> {
+    let mut s = client.open().await?;
+    handshake(&mut s, SOFTWARE).await?;
+    send(&mut s, &Message::Ping).await?;
+    match read_frame(&mut s).await? {
+        Some(Frame::Control(Message::Pong)) => Ok(()),
+        other => Err(ProtoError::Unexpected {
+            expected: "a pong",
+            got: format!("{other:?}"),
+        }),
     }
 }
 
@@ -119,6 +219,29 @@ impl AgentConnector for GuestAgent {
             .unwrap_or_else(|p| p.into_inner())
             .remove(path);
     }
+
+    async fn detach(&self, path: &Path) -> Detached {
+        let slot = self.slot(path);
+        let mut held = slot.lock().await;
+        let Some(client) = held.take() else {
+            return Detached::NoCarrier;
+        };
+        let sessions = client.open_streams();
+        if sessions > 0 {
+            *held = Some(client);
+            return Detached::Busy { sessions };
+        }
+        drop(held);
+        // Our write side is shut once no handle and no stream is left;
+        // QEMU reads the end, takes the port's host side down, and
+        // closes its end, which ends the carrier here.
+        match tokio::time::timeout(DETACH_WITHIN, client.close()).await {
+            Ok(()) => Detached::Closed,
+            Err(_) => Detached::TimedOut {
+                secs: DETACH_WITHIN.as_secs(),
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -126,22 +249,43 @@ mod tests {
     use super::*;
     use banger_agent_proto::{Frame, Message, read_frame, send};
 
+    /// What the stand-in guest does: answers, or (frozen) reads on and
+    /// answers nothing, as an agent behind a stalled channel would look.
+    #[derive(Default)]
+    struct Guest {
+        frozen: std::sync::atomic::AtomicBool,
+        pings: tokio::sync::watch::Sender<usize>,
+    }
+
     /// A guest agent stand-in serving mux streams on a unix socket, as
     /// QEMU's chardev would carry them, answering hello and ping.
     async fn serve_guest(listener: tokio::net::UnixListener) {
+        serve_as(listener, Arc::new(Guest::default())).await;
+    }
+
+    async fn serve_as(listener: tokio::net::UnixListener, guest: Arc<Guest>) {
+        use std::sync::atomic::Ordering;
         loop {
             let Ok((sock, _)) = listener.accept().await else {
                 return;
             };
-            let _ = banger_agent_proto::mux::serve(sock, |mut s| {
+            let guest = guest.clone();
+            let _ = banger_agent_proto::mux::serve(sock, move |mut s| {
+                let guest = guest.clone();
                 tokio::spawn(async move {
                     while let Ok(Some(Frame::Control(m))) = read_frame(&mut s).await {
+                        if guest.frozen.load(Ordering::SeqCst) {
+                            continue;
+                        }
                         let reply = match m {
                             Message::Hello(_) => Message::Hello(banger_agent_proto::Hello {
                                 protocol: banger_agent_proto::PROTOCOL_VERSION,
                                 software: "stand-in".into(),
                             }),
-                            _ => Message::Pong,
+                            _ => {
+                                guest.pings.send_modify(|n| *n += 1);
+                                Message::Pong
+                            }
                         };
                         if send(&mut s, &reply).await.is_err() {
                             return;
@@ -153,14 +297,33 @@ mod tests {
         }
     }
 
+    /// A stand-in guest behind `vm.agent` in a new temporary dir.
+    fn stand_in() -> (
+        tempfile::TempDir,
+        PathBuf,
+        Arc<Guest>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vm.agent");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let guest = Arc::new(Guest::default());
+        let serving = tokio::spawn(serve_as(listener, guest.clone()));
+        (dir, path, guest, serving)
+    }
+
     async fn ping(agent: &GuestAgent, path: &Path) {
         let mut s = agent
             .connect(AgentChannel::Serial(path))
             .await
             .expect("session");
-        send(&mut s, &Message::Ping).await.expect("ping");
+        ping_on(&mut s).await;
+    }
+
+    async fn ping_on(s: &mut AgentStream) {
+        send(s, &Message::Ping).await.expect("ping");
         assert!(matches!(
-            read_frame(&mut s).await.expect("read"),
+            read_frame(s).await.expect("read"),
             Some(Frame::Control(Message::Pong))
         ));
     }
@@ -205,5 +368,89 @@ mod tests {
             AgentChannel::of(&rt).map(|c| c.path()),
             Some(Path::new("/run/v.agent"))
         );
+    }
+
+    /// Keepalive periods short enough for a test; a failing wait below
+    /// is bounded by `BOUND`.
+    const QUICK: Keepalive = Keepalive {
+        idle: Duration::from_millis(100),
+        within: Duration::from_millis(400),
+    };
+    const BOUND: Duration = Duration::from_secs(20);
+
+    #[tokio::test]
+    async fn a_stalled_carrier_under_an_open_session_is_dropped_and_the_next_session_makes_a_new_one()
+     {
+        let (_dir, path, guest, _serving) = stand_in();
+        let agent = GuestAgent::with_keepalive(QUICK);
+        let mut waiting = agent
+            .connect(AgentChannel::Serial(&path))
+            .await
+            .expect("session");
+        let first = agent.carrier(&path).await.expect("carrier");
+        guest
+            .frozen
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Like `vm exec` waiting for an exit status that never comes.
+        send(&mut waiting, &Message::Ping).await.expect("ping");
+        let read = tokio::time::timeout(BOUND, read_frame(&mut waiting))
+            .await
+            .expect("the session fails instead of waiting forever");
+        assert!(
+            read.is_err(),
+            "the stalled session ends in an error: {read:?}"
+        );
+        assert!(
+            matches!(
+                first.close_reason().as_deref(),
+                Some(MuxError::Unresponsive { .. })
+            ),
+            "why the carrier was dropped: {:?}",
+            first.close_reason()
+        );
+        guest
+            .frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::timeout(BOUND, ping(&agent, &path))
+            .await
+            .expect("a new carrier serves the next session");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_session_on_an_answering_carrier_is_kept() {
+        let (_dir, path, guest, _serving) = stand_in();
+        let agent = GuestAgent::with_keepalive(QUICK);
+        let mut quiet = agent
+            .connect(AgentChannel::Serial(&path))
+            .await
+            .expect("session");
+        let carrier = agent.carrier(&path).await.expect("carrier");
+        // The session says nothing while the keepalive asks three times.
+        let mut pings = guest.pings.subscribe();
+        tokio::time::timeout(BOUND, pings.wait_for(|n| *n >= 3))
+            .await
+            .expect("the keepalive asks")
+            .expect("the guest lives");
+        assert!(!carrier.is_closed(), "an answering carrier is kept");
+        ping_on(&mut quiet).await;
+    }
+
+    #[tokio::test]
+    async fn detach_waits_for_the_guest_side_to_close_and_keeps_one_a_session_holds() {
+        let (_dir, path, _guest, _serving) = stand_in();
+        let agent = GuestAgent::default();
+        assert_eq!(agent.detach(&path).await, Detached::NoCarrier);
+        ping(&agent, &path).await;
+        let carrier = agent.carrier(&path).await.expect("carrier").downgrade();
+        assert_eq!(agent.detach(&path).await, Detached::Closed);
+        assert!(carrier.upgrade().is_none(), "nothing holds it");
+        // A session open on it keeps the carrier.
+        let _held = agent
+            .connect(AgentChannel::Serial(&path))
+            .await
+            .expect("session");
+        assert_eq!(agent.detach(&path).await, Detached::Busy { sessions: 1 });
+        let kept = agent.carrier(&path).await.expect("carrier");
+        assert!(!kept.is_closed(), "a busy carrier is kept");
     }
 }

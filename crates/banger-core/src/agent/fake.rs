@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use banger_agent_proto::{AGENT_PORT, Frame, Message, ProtoError, handshake, read_frame, send};
 
-use super::connector::{AgentChannel, AgentConnector, AgentStream, SOFTWARE};
+use super::connector::{AgentChannel, AgentConnector, AgentStream, Detached, SOFTWARE};
 
 type PowerHook = Box<dyn Fn(&Path) + Send + Sync>;
 
@@ -20,6 +20,10 @@ pub struct FakeAgent {
     pub power_offs: Arc<Mutex<Vec<(PathBuf, bool)>>>,
     /// Called on each power-off (e.g. to stop the fake VMM).
     pub on_power_off: Arc<Mutex<Option<PowerHook>>>,
+    /// Channels detached, in order.
+    pub detaches: Mutex<Vec<PathBuf>>,
+    /// What a detach answers (default: it closed).
+    pub detach_answer: Mutex<Option<Detached>>,
 }
 
 impl std::fmt::Debug for FakeAgent {
@@ -34,6 +38,13 @@ impl std::fmt::Debug for FakeAgent {
 impl FakeAgent {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn detaches(&self) -> Vec<PathBuf> {
+        self.detaches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn power_offs(&self) -> Vec<(PathBuf, bool)> {
@@ -95,5 +106,16 @@ impl AgentConnector for FakeAgent {
         let mut s: AgentStream = Box::new(ours);
         handshake(&mut s, SOFTWARE).await?;
         Ok(s)
+    }
+
+    async fn detach(&self, path: &Path) -> Detached {
+        self.detaches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(path.to_owned());
+        self.detach_answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(Detached::Closed)
     }
 }

@@ -20,7 +20,9 @@ mod readiness;
 mod session;
 
 pub use conn::AgentConn;
-pub use connector::{AgentChannel, AgentConnector, AgentIo, AgentStream, GuestAgent, SOFTWARE};
+pub use connector::{
+    AgentChannel, AgentConnector, AgentIo, AgentStream, Detached, GuestAgent, Keepalive, SOFTWARE,
+};
 #[cfg(any(test, feature = "testing"))]
 pub use fake::FakeAgent;
 pub(crate) use readiness::wait_ready;

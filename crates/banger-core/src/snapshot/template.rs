@@ -21,8 +21,9 @@ use banger_store::Store;
 use banger_vmm::Vmm;
 use sha2::{Digest, Sha256};
 
+use crate::agent::{AgentChannel, Detached};
 use crate::core::Core;
-use crate::error::{CoreError, HostError, InternalError};
+use crate::error::{AgentError, CoreError, HostError, InternalError};
 use crate::progress::ProgressSink;
 
 /// Bumped when what a template holds changes meaning (the guest files a
@@ -253,6 +254,7 @@ impl Core {
             format!("saving {} as template {key} for warm starts", vm.name),
         );
         let started = Instant::now();
+        self.detach_agent(vm).await?;
         vmm.pause(&socket).await.map_err(HostError::from)?;
         let saved = self
             .capture(
@@ -273,6 +275,29 @@ impl Core {
             tracing::warn!(error = %e, "removing stale templates");
         }
         Ok(snap)
+    }
+
+    /// Saves a template with no host on the agent's serial channel, the
+    /// VMM having seen it leave: every restore then starts from "no host
+    /// yet", and QEMU has nothing of an old connection (a half-written
+    /// buffer, its port throttled on a socket that is gone) to carry
+    /// into a VM whose host is someone else. The next session connects
+    /// again.
+    async fn detach_agent(&self, vm: &VmRecord) -> Result<(), CoreError> {
+        let Some(AgentChannel::Serial(path)) = AgentChannel::of(&vm.runtime) else {
+            return Ok(());
+        };
+        match self.deps().agent.detach(path).await {
+            Detached::NoCarrier | Detached::Closed => Ok(()),
+            Detached::Busy { sessions } => Err(CoreError::Agent {
+                vm: vm.name.clone(),
+                source: AgentError::ChannelBusy { sessions },
+            }),
+            Detached::TimedOut { secs } => Err(CoreError::Agent {
+                vm: vm.name.clone(),
+                source: AgentError::ChannelStuck { secs },
+            }),
+        }
     }
 
     /// `image warm`: the template of `image` in one shape, made by

@@ -308,3 +308,47 @@ async fn a_new_host_behind_the_same_carrier_resets_the_old_streams() {
     assert!(!guest_task.is_finished(), "one carrier all along");
     assert!(!client.is_closed());
 }
+
+#[tokio::test(start_paused = true)]
+async fn close_resolves_once_the_peer_closed_its_end_after_the_host_left() {
+    let (h, mut g) = duplex(4 << 10);
+    let connecting = tokio::spawn(async move { MuxClient::connect(h, WITHIN).await });
+    fake_guest_sync(&mut g).await;
+    let client = connecting.await.expect("task").expect("sync");
+    let closing = tokio::spawn(client.close());
+    // The host shuts its write side: the guest reads the end...
+    let mut rest = Vec::new();
+    g.read_to_end(&mut rest).await.expect("the host's end");
+    // ...and the host waits for the guest's, however long.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!closing.is_finished(), "closed before the peer had seen it");
+    drop(g);
+    tokio::time::timeout(WITHIN, closing)
+        .await
+        .expect("closes with the peer")
+        .expect("task");
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_fails_the_streams_with_its_cause_and_drops_the_carrier() {
+    let (h, mut g) = duplex(4 << 10);
+    let connecting = tokio::spawn(async move { MuxClient::connect(h, WITHIN).await });
+    fake_guest_sync(&mut g).await;
+    let client = connecting.await.expect("task").expect("sync");
+    let mut s = client.open().await.expect("open");
+    assert_eq!(client.open_streams(), 1);
+    client.abort(MuxError::Unresponsive { secs: 3 });
+    let err = s.read(&mut [0u8; 8]).await.expect_err("aborted");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted);
+    assert!(matches!(
+        client.close_reason().as_deref(),
+        Some(MuxError::Unresponsive { secs: 3 })
+    ));
+    // The carrier went with it: the guest reads its end (after the OPEN
+    // that was queued, if it got out).
+    let mut rest = Vec::new();
+    tokio::time::timeout(WITHIN, g.read_to_end(&mut rest))
+        .await
+        .expect("the carrier is dropped")
+        .expect("read");
+}

@@ -60,7 +60,7 @@ pub(super) struct Fixture {
     disks: Arc<FakeDisks>,
     pub(super) vmm: Arc<FakeVmm>,
     dns: Arc<banger_host::dns::FakeDns>,
-    agent: Arc<crate::agent::FakeAgent>,
+    pub(super) agent: Arc<crate::agent::FakeAgent>,
     firewall: Arc<banger_host::firewall::FakeFirewall>,
     pub(super) _dir: tempfile::TempDir,
 }

@@ -46,6 +46,15 @@ async fn the_first_vm_of_a_shape_saves_its_template_and_later_ones_restore_it() 
     assert_eq!(made.len(), 1);
     assert!(made[0].name.starts_with("tpl-"), "{}", made[0].name);
     assert_eq!(made[0].source_vm, "a");
+    // Saved with no host on its agent channel, which was closed first.
+    let serial = a.runtime.agent_socket.clone().expect("a serial channel");
+    assert_eq!(f.agent.detaches(), vec![serial]);
+    let pause = f
+        .vmm
+        .vmm_calls()
+        .iter()
+        .position(|c| matches!(c, VmmCall::Pause { .. }));
+    assert!(pause.is_some(), "paused to save");
 
     let b = create_and_start(&f, "b").await;
     assert!(restored(&f, &b), "the second restores it");
@@ -106,4 +115,27 @@ async fn a_new_agent_makes_a_new_template_and_the_old_one_is_swept() {
     assert_eq!(now.len(), 1, "{now:?}");
     assert_ne!(now[0].name, old[0].name);
     assert!(!old[0].dir.exists(), "the old template's files are gone");
+}
+
+#[tokio::test]
+async fn a_template_is_not_saved_while_a_session_holds_the_agent_channel() {
+    let f = fixture();
+    savable(&f);
+    *f.agent.detach_answer.lock().expect("lock") =
+        Some(crate::agent::Detached::Busy { sessions: 1 });
+    let a = create_and_start(&f, "a").await;
+    assert_eq!(
+        a.state,
+        banger_api::vm::VmState::Running,
+        "the start still succeeds"
+    );
+    assert_eq!(saves(&f), 0, "nothing saved over a live channel");
+    assert!(
+        !f.vmm
+            .vmm_calls()
+            .iter()
+            .any(|c| matches!(c, VmmCall::Pause { .. })),
+        "not even paused"
+    );
+    assert!(templates(f.core.list_snapshots().await.expect("list")).is_empty());
 }
