@@ -159,6 +159,11 @@ pub struct VmRuntime {
     /// and saves one. Cleared once the VM has its own disks.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub warm_start: bool,
+    /// Created under a client's lease (`vm run --rm`): removed when the
+    /// lease ends, and at daemon start (the lease ended with the last
+    /// daemon's connections).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leased: bool,
     /// The guest's ssh host key (`ssh-ed25519 AAAA…`), captured through
     /// the agent on first boot and pinned from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -268,6 +273,19 @@ pub struct CreateVmRequest {
     /// Boot, even where a template of this shape exists or could be made.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cold: bool,
+    /// Create it under this lease (`POST /v1/leases`): the daemon kills
+    /// and deletes it when the lease ends (`vm run --rm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+}
+
+/// `POST /v1/leases` answers with NDJSON that stays open as long as the
+/// lease is held: this line first, then nothing. Closing the connection
+/// ends the lease, and the daemon removes the VMs created under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseEvent {
+    Held { lease: String },
 }
 
 /// `PATCH /v1/vms/{vm}`: changes to a VM's spec; absent fields stay.

@@ -6,8 +6,10 @@
 
 pub mod args;
 pub mod daemon_ctl;
+pub mod out;
 pub mod progress;
 pub mod render;
+mod run;
 pub mod session;
 pub mod settings;
 mod snapshots;
@@ -18,7 +20,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use banger_agent_proto::ExecRequest;
 use banger_api::asset::{
     ImageBuildRequest, ImageImportRequest, KernelAddRequest, KernelImportRequest,
 };
@@ -50,6 +51,8 @@ pub fn main() -> ExitCode {
     rt.shutdown_background();
     match outcome {
         Ok(code) => code,
+        // `banger vm exec x -- cat big | head`: quiet, like other tools.
+        Err(e) if out::is_broken_pipe(&e) => ExitCode::from(out::BROKEN_PIPE_STATUS as u8),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -117,7 +120,7 @@ async fn kernel(config: &Settings, cmd: KernelCmd) -> Result<ExitCode> {
         }
         KernelCmd::Rm { name, force } => {
             let k = client.delete_kernel(&name, force).await?;
-            println!("removed kernel {}", k.name);
+            crate::outln!("removed kernel {}", k.name);
         }
         KernelCmd::Import {
             name,
@@ -186,7 +189,7 @@ async fn image(config: &Settings, cmd: ImageCmd) -> Result<ExitCode> {
         }
         ImageCmd::Rm { name, force } => {
             let i = client.delete_image(&name, force).await?;
-            println!("removed image {}", i.name);
+            crate::outln!("removed image {}", i.name);
         }
         ImageCmd::Warm {
             name,
@@ -214,7 +217,7 @@ async fn image(config: &Settings, cmd: ImageCmd) -> Result<ExitCode> {
                 render::json(&w)?;
             } else {
                 let t = &w.template;
-                println!(
+                crate::outln!(
                     "{} template {} for image {} ({} vCPUs, {} MiB, {}), {} on disk",
                     if w.made { "made" } else { "already had" },
                     t.name,
@@ -297,17 +300,17 @@ async fn daemon(config: &Settings, cmd: DaemonCmd) -> Result<ExitCode> {
     match cmd {
         DaemonCmd::Start => {
             if let Ok(st) = client.status().await {
-                println!("bangerd is already running (pid {})", st.pid);
+                crate::outln!("bangerd is already running (pid {})", st.pid);
             } else {
                 let st = daemon_ctl::start(config).await?;
-                println!("bangerd started (pid {}, socket {})", st.pid, st.socket);
+                crate::outln!("bangerd started (pid {}, socket {})", st.pid, st.socket);
             }
             Ok(ExitCode::SUCCESS)
         }
         DaemonCmd::Stop => {
             match daemon_ctl::stop(&client).await? {
-                Some(pid) => println!("bangerd (pid {pid}) stopped; running vms keep running"),
-                None => println!("bangerd is not running"),
+                Some(pid) => crate::outln!("bangerd (pid {pid}) stopped; running vms keep running"),
+                None => crate::outln!("bangerd is not running"),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -324,7 +327,7 @@ async fn daemon(config: &Settings, cmd: DaemonCmd) -> Result<ExitCode> {
                 if json {
                     render::json(&serde_json::json!({"running": false}))?;
                 } else {
-                    println!(
+                    crate::outln!(
                         "bangerd is not running (socket {}); any banger command starts it",
                         config.socket.display()
                     );
@@ -387,84 +390,6 @@ fn size_arg(flag: &str, v: Option<String>) -> Result<Option<u64>> {
         .transpose()
 }
 
-/// The process exit code for a command's: 0-255 as is, others wrapped.
-fn exit_with(code: i32) -> ExitCode {
-    ExitCode::from((code & 0xff) as u8)
-}
-
-fn exec_request(a: &args::ExecArgs) -> Result<ExecRequest> {
-    let mut env = Vec::new();
-    for kv in &a.env {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("-e {kv:?}: write it as NAME=VALUE");
-        };
-        if k.is_empty() {
-            bail!("-e {kv:?}: the variable name is empty");
-        }
-        env.push((k.to_owned(), v.to_owned()));
-    }
-    if a.tty && !env.iter().any(|(k, _)| k == "TERM") {
-        if let Ok(term) = std::env::var("TERM") {
-            env.push(("TERM".into(), term));
-        }
-    }
-    Ok(ExecRequest {
-        argv: a.command.clone(),
-        env,
-        cwd: a.workdir.clone(),
-        user: a.user.clone(),
-        tty: a.tty.then(|| session::terminal_size().unwrap_or((80, 24))),
-        stdin: a.interactive,
-    })
-}
-
-/// `vm run`: create, start, exec, and with `--rm` delete whatever happened
-/// (a failed start, a failed command, Ctrl-C).
-async fn run_vm(client: &Client, a: args::RunArgs) -> Result<ExitCode> {
-    let req = exec_request(&a.exec)?;
-    let create = CreateVmRequest {
-        name: a.name,
-        vcpus: a.cpus,
-        memory_mib: a.memory,
-        image: a.image,
-        kernel: a.kernel,
-        nat: a.nat,
-        vmm: a.vmm.map(Into::into),
-        cold: a.cold,
-        ..CreateVmRequest::default()
-    };
-    let rec = staged(false, async |b: &mut Stages| {
-        client.create_vm(&create, |p| b.update(p)).await
-    })
-    .await?;
-    let name = rec.name;
-    let started = tokio::select! {
-        r = staged(false, async |b: &mut Stages| client.start_vm(&name, |p| b.update(p)).await) => r.map(|_| ()),
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted while vm {name} was starting")),
-    };
-    let outcome = match started {
-        Ok(()) => session::exec(client, &name, req).await,
-        Err(e) => Err(e),
-    };
-    if a.rm {
-        // Kill, not stop: the VM is going away, its disks with it.
-        if let Err(e) = client.kill_vm(&name).await {
-            if e.api_code() != Some(banger_api::ErrorCode::InvalidState) {
-                eprintln!("warning: killing vm {name}: {e}");
-            }
-        }
-        if let Err(e) = client.delete_vm(&name).await {
-            eprintln!(
-                "error: vm {name} was not deleted: {e}; remove it with `banger vm delete {name}`"
-            );
-            return outcome.map(|_| ExitCode::FAILURE);
-        }
-    } else if outcome.is_err() {
-        eprintln!("note: vm {name} is kept; `banger vm delete {name}` removes it");
-    }
-    Ok(exit_with(outcome?))
-}
-
 async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
     let client = daemon_ctl::connect(config).await?;
     match cmd {
@@ -497,6 +422,7 @@ async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
                 vmm: a.vmm.map(Into::into),
                 snapshot: a.snapshot,
                 cold: a.cold,
+                lease: None,
             };
             let rec = staged(a.json, async |b: &mut Stages| {
                 client.create_vm(&req, |p| b.update(p)).await
@@ -505,7 +431,7 @@ async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
             if a.json {
                 render::json(&rec)?;
             } else {
-                println!("{}", rec.name);
+                crate::outln!("{}", rec.name);
             }
         }
         VmCmd::Set(a) => {
@@ -530,7 +456,7 @@ async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
             if json {
                 render::json(&rec)?;
             } else {
-                println!(
+                crate::outln!(
                     "{} running at {}",
                     rec.name,
                     rec.runtime
@@ -541,11 +467,11 @@ async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
         }
         VmCmd::Stop { vm } => {
             let rec = client.stop_vm(&vm).await?;
-            println!("{} stopped", rec.name);
+            crate::outln!("{} stopped", rec.name);
         }
         VmCmd::Kill { vm } => {
             let rec = client.kill_vm(&vm).await?;
-            println!("{} killed", rec.name);
+            crate::outln!("{} killed", rec.name);
         }
         VmCmd::Logs { vm, lines } => {
             let text = client.vm_logs(&vm).await?;
@@ -556,14 +482,14 @@ async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
                 all.len().saturating_sub(lines)
             };
             for l in &all[from..] {
-                println!("{l}");
+                crate::outln!("{l}");
             }
         }
         VmCmd::Exec { vm, exec } => {
-            let req = exec_request(&exec)?;
-            return Ok(exit_with(session::exec(&client, &vm, req).await?));
+            let req = run::exec_request(&exec)?;
+            return Ok(run::exit_with(session::exec(&client, &vm, req).await?));
         }
-        VmCmd::Run(a) => return run_vm(&client, a).await,
+        VmCmd::Run(a) => return run::run_vm(&client, a).await,
         VmCmd::Pause { vm } => snapshots::pause(&client, &vm, true).await?,
         VmCmd::Resume { vm } => snapshots::pause(&client, &vm, false).await?,
         VmCmd::Snapshot(a) => snapshots::take(&client, a).await?,
@@ -584,7 +510,7 @@ async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
             // Each name is independent: one failure does not stop the rest.
             for vm in vms {
                 match client.delete_vm(&vm).await {
-                    Ok(rec) => println!("deleted {}", rec.name),
+                    Ok(rec) => crate::outln!("deleted {}", rec.name),
                     Err(e) => {
                         eprintln!("error: {vm}: {e}");
                         failed = true;

@@ -11,7 +11,7 @@ use comfy_table::{Cell, CellAlignment, Color, Table};
 use serde::Serialize;
 
 pub fn json<T: Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    crate::outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -37,7 +37,7 @@ pub fn vm_table(vms: &[VmRecord]) {
             vm.created_at.format("%Y-%m-%d %H:%M").to_string(),
         ]);
     }
-    println!("{t}");
+    crate::outln!("{t}");
 }
 
 pub fn vm_detail(vm: &VmRecord) {
@@ -70,17 +70,17 @@ pub fn vm_detail(vm: &VmRecord) {
     if let Some(err) = &vm.runtime.last_error {
         t.add_row(vec!["last error:".to_owned(), err.clone()]);
     }
-    println!("{t}");
+    crate::outln!("{t}");
 }
 
 pub fn daemon_status(st: &DaemonStatus) {
-    println!("bangerd {} running", st.version);
-    println!("  pid:        {}", st.pid);
-    println!("  since:      {}", st.started_at.to_rfc3339());
-    println!("  socket:     {}", st.socket);
-    println!("  state dir:  {}", st.state_dir);
-    println!("  log:        {}", st.log_file);
-    println!("  vms:        {}", st.vm_count);
+    crate::outln!("bangerd {} running", st.version);
+    crate::outln!("  pid:        {}", st.pid);
+    crate::outln!("  since:      {}", st.started_at.to_rfc3339());
+    crate::outln!("  socket:     {}", st.socket);
+    crate::outln!("  state dir:  {}", st.state_dir);
+    crate::outln!("  log:        {}", st.log_file);
+    crate::outln!("  vms:        {}", st.vm_count);
 }
 
 pub fn doctor(report: &DoctorReport) {
@@ -106,9 +106,9 @@ pub fn doctor(report: &DoctorReport) {
             Cell::new(detail),
         ]);
     }
-    println!("{t}");
+    crate::outln!("{t}");
     match report.default_vmm {
-        Some(c) => println!(
+        Some(c) => crate::outln!(
             "default vmm: {} ({})",
             c.vmm,
             match c.accel {
@@ -116,9 +116,9 @@ pub fn doctor(report: &DoctorReport) {
                 Accel::Tcg => "tcg, software emulation",
             }
         ),
-        None => println!("default vmm: none usable: install QEMU or Firecracker"),
+        None => crate::outln!("default vmm: none usable: install QEMU or Firecracker"),
     }
-    println!(
+    crate::outln!(
         "storage:     {}",
         match report.storage {
             StorageStrategy::DmSnapshot => "dm-snapshot",
@@ -128,7 +128,7 @@ pub fn doctor(report: &DoctorReport) {
     );
     // Daemons from before the disk report send none.
     if let Some(d) = &report.disk {
-        print!("{}", disk(d));
+        crate::outln!("{}", disk(d).trim_end_matches('\n'));
     }
 }
 
@@ -205,7 +205,7 @@ pub fn kernel_table(ks: &[KernelRecord]) {
             when(&k.created_at),
         ]);
     }
-    println!("{t}");
+    crate::outln!("{t}");
 }
 
 fn detail(rows: Vec<(&str, String)>) {
@@ -214,7 +214,7 @@ fn detail(rows: Vec<(&str, String)>) {
     for (k, v) in rows {
         t.add_row(vec![format!("{k}:"), v]);
     }
-    println!("{t}");
+    crate::outln!("{t}");
 }
 
 fn file_line(f: &banger_api::asset::AssetFile) -> String {
@@ -265,7 +265,7 @@ pub fn kernel_detail(k: &KernelRecord, verified: bool) {
 }
 
 pub fn image_table(is: &[ImageRecord]) {
-    println!("{}", image_list(is));
+    crate::outln!("{}", image_list(is));
 }
 
 fn image_list(is: &[ImageRecord]) -> Table {

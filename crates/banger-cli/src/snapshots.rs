@@ -20,7 +20,7 @@ pub(crate) async fn pause(client: &Client, vm: &str, pause: bool) -> Result<()> 
         client.resume_vm(vm).await
     }
     .with_context(|| format!("vm {vm}"))?;
-    println!("{} {}", rec.name, rec.state);
+    crate::outln!("{} {}", rec.name, rec.state);
     Ok(())
 }
 
@@ -36,7 +36,7 @@ pub(crate) async fn take(client: &Client, a: SnapshotArgs) -> Result<()> {
     if a.json {
         render::json(&snap)?;
     } else {
-        println!(
+        crate::outln!(
             "{} ({}, saved in {:.1}s)",
             snap.name,
             format_size(snap.size_bytes),
@@ -59,7 +59,7 @@ pub(crate) async fn fork(client: &Client, a: ForkArgs) -> Result<()> {
         render::json(&vms)?;
     } else {
         for vm in &vms {
-            println!(
+            crate::outln!(
                 "{} running at {}",
                 vm.name,
                 vm.runtime
@@ -93,7 +93,7 @@ pub(crate) async fn snapshot(client: &Client, cmd: SnapshotCmd) -> Result<ExitCo
             let mut failed = false;
             for name in names {
                 match client.remove_snapshot(&name).await {
-                    Ok(s) => println!("removed {} ({})", s.name, format_size(s.size_bytes)),
+                    Ok(s) => crate::outln!("removed {} ({})", s.name, format_size(s.size_bytes)),
                     Err(e) => {
                         eprintln!("error: {name}: {e}");
                         failed = true;
@@ -124,7 +124,7 @@ fn table(snaps: &[SnapshotRecord]) {
             s.created_at.format("%Y-%m-%d %H:%M").to_string(),
         ]);
     }
-    println!("{t}");
+    crate::outln!("{t}");
 }
 
 fn detail(s: &SnapshotRecord) {
@@ -152,5 +152,5 @@ fn detail(s: &SnapshotRecord) {
     for (k, v) in rows {
         t.add_row(vec![k.to_owned(), v]);
     }
-    println!("{t}");
+    crate::outln!("{t}");
 }

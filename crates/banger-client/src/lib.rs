@@ -5,6 +5,7 @@
 //! daemon is picked up with no reconnect logic.
 
 mod assets;
+mod leases;
 mod paths;
 mod snapshots;
 mod transport;
@@ -14,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use banger_api::{ApiError, ErrorCode};
 use banger_http::{HttpError, UdsHttp};
+
+pub use leases::Lease;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]

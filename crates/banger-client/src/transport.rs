@@ -100,7 +100,7 @@ async fn answer(resp: Response) -> Result<Bytes, ClientError> {
 /// An error answer on a stream or upgrade. A body that cannot be read
 /// still leaves the status, whose code callers decide by; the message
 /// says the daemon's own words were lost.
-async fn refusal(resp: Response) -> ClientError {
+pub(crate) async fn refusal(resp: Response) -> ClientError {
     let status = resp.status().as_u16();
     match resp.bytes().await {
         Ok(bytes) => ClientError::Api(error_from(status, &bytes)),

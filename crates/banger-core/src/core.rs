@@ -73,6 +73,11 @@ pub struct Core {
     started_at: chrono::DateTime<Utc>,
     pid: u32,
     shutdown: watch::Sender<bool>,
+    /// Operations in flight that a later request may join.
+    pub(crate) operations: crate::inflight::Operations,
+    /// Client leases held now (by id), and the VMs made under each.
+    pub(crate) leases:
+        std::sync::Mutex<std::collections::HashMap<String, Vec<banger_api::vm::VmId>>>,
 }
 
 pub(crate) type AgentDigestMemo =
@@ -101,6 +106,8 @@ impl Core {
             started_at: Utc::now(),
             pid: std::process::id(),
             shutdown: watch::channel(false).0,
+            operations: crate::inflight::Operations::default(),
+            leases: std::sync::Mutex::default(),
         }
     }
 

@@ -74,6 +74,9 @@ pub enum CoreError {
     },
     #[error("cleanup incomplete: {0}")]
     Cleanup(CleanupErrors),
+    /// VMs whose recovery at daemon start failed (each marked error).
+    #[error("recovering vms after a restart: {}", .0.join("; "))]
+    Reconcile(Vec<String>),
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
     #[error("{0}")]

@@ -275,3 +275,104 @@ fn requests_from_another_user_are_refused_even_through_an_open_socket() {
     // Nothing changed for the daemon's own user.
     assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]));
 }
+
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly_as_sigpipe_ends_other_tools() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    env.ok(&["daemon", "start"]);
+    // `banger vm list --json | head -0`: the reader is gone before the
+    // first write.
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    drop(read_end);
+    for args in [
+        &["vm", "list", "--json"][..],
+        &["vm", "list"],
+        &["daemon", "status"],
+    ] {
+        let out = env
+            .command(BANGER)
+            .args(args)
+            .stdout(std::process::Stdio::from(
+                write_end.try_clone().expect("dup"),
+            ))
+            .output()
+            .expect("run banger");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(141),
+            "{args:?}: {:?} {stderr}",
+            out.status.signal()
+        );
+        assert!(stderr.is_empty(), "{args:?}: said something: {stderr}");
+    }
+}
+
+/// `POST /v1/leases` by hand: the connection, and the lease it holds.
+fn hold_lease(env: &Env) -> (std::os::unix::net::UnixStream, String) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(env.socket()).expect("connect");
+    s.write_all(b"POST /v1/leases HTTP/1.0\r\nHost: bangerd\r\n\r\n")
+        .expect("request");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status");
+    assert!(line.contains(" 200 "), "{line}");
+    while line != "\r\n" {
+        line.clear();
+        r.read_line(&mut line).expect("header");
+    }
+    line.clear();
+    r.read_line(&mut line).expect("the lease line");
+    let ev: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let id = ev["held"]["lease"].as_str().expect("lease id").to_owned();
+    (s, id)
+}
+
+#[test]
+fn vms_created_under_a_lease_go_when_its_connection_closes() {
+    let env = Env::new();
+    env.seed_assets();
+    env.ok(&["daemon", "start"]);
+    let (conn, lease) = hold_lease(&env);
+    let created = common::stream::Stream::post(
+        &env.socket(),
+        "/v1/vms",
+        Some(&serde_json::json!({"name": "tmp", "lease": lease})),
+    )
+    .outcome(Duration::from_secs(60));
+    assert!(
+        matches!(&created, common::stream::Outcome::Result(v) if v["runtime"]["leased"] == true),
+        "{created:?}"
+    );
+    env.ok(&["vm", "create", "--name", "kept"]);
+    // The client goes (as a killed `vm run --rm` does): its socket closes.
+    drop(conn);
+    // Nothing announces a removal to another client: the list is asked.
+    let names = || {
+        env.json(&["vm", "list", "--json"])
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|v| v["name"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        common::wait::until(Duration::from_secs(20), || names() == ["kept"]),
+        "the leased vm is still listed: {:?}",
+        names()
+    );
+    // A create under a lease no longer held is a 400 and makes nothing.
+    let refused = common::stream::Stream::post(
+        &env.socket(),
+        "/v1/vms",
+        Some(&serde_json::json!({"name": "late", "lease": lease})),
+    )
+    .outcome(Duration::from_secs(10));
+    assert!(
+        matches!(&refused, common::stream::Outcome::Error(e) if e.contains("not held")),
+        "{refused:?}"
+    );
+    assert_eq!(names(), ["kept"]);
+}

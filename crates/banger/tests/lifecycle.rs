@@ -196,16 +196,30 @@ fn a_killed_daemon_comes_back_adopting_live_vms_and_cleaning_dead_ones() {
     // Whatever the stream says last, the record must settle below.
     let _ = starter.outcome(Duration::from_secs(10));
     assert!(wait_gone(pid, Duration::from_secs(5)));
+    // The next daemon takes the start over: running only once the agent
+    // answers, and a `vm start` watches it to its end (or, if it ended
+    // already, finds the VM running).
+    let again = lab.banger(&["vm", "start", "live", "--json"]);
     let after = lab.json(&["vm", "show", "live", "--json"]);
-    let st = after["state"].as_str().unwrap_or("").to_owned();
-    assert!(
-        st == "running" || st == "stopped",
-        "interrupted start settles: {st}: {}",
-        after["runtime"]["last_error"]
+    assert_eq!(
+        after["state"],
+        "running",
+        "interrupted start settles: {} ({})",
+        after["runtime"]["last_error"],
+        String::from_utf8_lossy(&again.stderr)
     );
-    if st == "running" {
-        lab.ok(&["vm", "kill", "live"]);
-    }
+    let log = std::fs::read_to_string(lab.env.state_dir().join("bangerd.log")).expect("log");
+    let adopted = log
+        .find("adopted a starting vm; waiting for its agent")
+        .expect("the restarted daemon adopted the start");
+    let answered = log[adopted..]
+        .find("guest agent answered")
+        .expect("and waited for the agent");
+    assert!(
+        log[adopted + answered..].contains("its start outlived a daemon restart"),
+        "running only after the agent answered"
+    );
+    lab.ok(&["vm", "kill", "live"]);
 
     lab.ok(&["vm", "delete", "live", "dies"]);
     lab.assert_no_leaks();

@@ -16,13 +16,7 @@ impl Core {
         req: ForkVmRequest,
         progress: &ProgressSink,
     ) -> Result<Vec<VmRecord>, CoreError> {
-        let count = req.count.unwrap_or(1);
-        if !(1..=MAX_FORKS).contains(&count) {
-            return Err(CoreError::InvalidArgument(format!(
-                "--count must be between 1 and {MAX_FORKS}, got {count}"
-            )));
-        }
-        let names = fork_names(req.name.as_deref(), count)?;
+        let names = check_fork(&req)?;
         for n in names.iter().flatten() {
             let key = n.clone();
             if self.db(move |s| s.vm_name_exists(&key)).await? {
@@ -103,6 +97,17 @@ impl Core {
 }
 
 /// `NAME`, or `NAME-1` … `NAME-K`; `None` entries get generated names.
+/// The copies' names, once the request is known to be sound.
+pub(crate) fn check_fork(req: &ForkVmRequest) -> Result<Vec<Option<String>>, CoreError> {
+    let count = req.count.unwrap_or(1);
+    if !(1..=MAX_FORKS).contains(&count) {
+        return Err(CoreError::InvalidArgument(format!(
+            "--count must be between 1 and {MAX_FORKS}, got {count}"
+        )));
+    }
+    fork_names(req.name.as_deref(), count)
+}
+
 fn fork_names(base: Option<&str>, count: u32) -> Result<Vec<Option<String>>, CoreError> {
     let Some(base) = base else {
         return Ok(vec![None; count as usize]);

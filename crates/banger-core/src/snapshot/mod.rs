@@ -13,6 +13,9 @@ mod fork;
 mod save;
 mod template;
 
+pub(crate) use fork::check_fork;
+pub(crate) use save::check_snapshot;
+
 pub(crate) use template::TemplateShape;
 
 use std::path::{Path, PathBuf};

@@ -27,10 +27,7 @@ impl Core {
         kind: SnapshotKind,
         progress: &ProgressSink,
     ) -> Result<SnapshotRecord, CoreError> {
-        if let Some(n) = &req.name {
-            validate_name(n)
-                .map_err(|e| CoreError::InvalidArgument(format!("snapshot name: {e}")))?;
-        }
+        check_snapshot(&req)?;
         let (mut vm, _lock) = self.lock_vm(name).await?;
         check_action(&vm.name, vm.state, VmAction::Snapshot)?;
         let vmm = self.vmm_for(vm.spec.vmm)?;
@@ -208,6 +205,15 @@ impl Core {
             return Err(e);
         }
         Ok(rec)
+    }
+}
+
+pub(crate) fn check_snapshot(req: &SnapshotVmRequest) -> Result<(), CoreError> {
+    match &req.name {
+        Some(n) => {
+            validate_name(n).map_err(|e| CoreError::InvalidArgument(format!("snapshot name: {e}")))
+        }
+        None => Ok(()),
     }
 }
 

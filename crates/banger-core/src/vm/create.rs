@@ -21,32 +21,61 @@ pub const MAX_MEMORY_MIB: u32 = 1 << 20;
 pub const MIN_DISK_BYTES: u64 = 64 << 20;
 pub const MAX_DISK_BYTES: u64 = 16 << 40;
 
+/// A create request's numbers, with the defaults filled in and bounded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checked {
+    vcpus: u32,
+    memory_mib: u32,
+    root_disk_bytes: u64,
+    work_disk_bytes: u64,
+}
+
 impl Core {
+    /// What can be said of a create request without looking at the host
+    /// or the store: the API answers these before it starts a stream.
+    pub(crate) fn check_create(&self, req: &CreateVmRequest) -> Result<Checked, CoreError> {
+        if let Some(name) = &req.name {
+            validate_name(name).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        }
+        for (what, name) in [("image", &req.image), ("kernel", &req.kernel)] {
+            asset_name(what, name.clone())?;
+        }
+        if let Some(lease) = &req.lease {
+            self.check_lease(lease)?;
+        }
+        let d = &self.config().defaults;
+        Ok(Checked {
+            vcpus: check_vcpus(req.vcpus.unwrap_or(d.vcpus))?,
+            memory_mib: check_memory(req.memory_mib.unwrap_or(d.memory_mib))?,
+            root_disk_bytes: check_disk(
+                "root disk",
+                req.root_disk_bytes.unwrap_or(d.root_disk_bytes),
+            )?,
+            work_disk_bytes: check_disk(
+                "work disk",
+                req.work_disk_bytes.unwrap_or(d.work_disk_bytes),
+            )?,
+        })
+    }
+
     pub(crate) async fn create_vm(
         &self,
         req: CreateVmRequest,
         progress: &ProgressSink,
     ) -> Result<VmRecord, CoreError> {
         progress.stage("validate", "checking the request");
+        let checked = self.check_create(&req)?;
         if let Some(snap) = req.snapshot.clone() {
             return self.create_from_snapshot(req, &snap, progress).await;
         }
-        let d = &self.config().defaults;
-        let vcpus = check_vcpus(req.vcpus.unwrap_or(d.vcpus))?;
-        let memory_mib = check_memory(req.memory_mib.unwrap_or(d.memory_mib))?;
-        let root_disk_bytes = check_disk(
-            "root disk",
-            req.root_disk_bytes.unwrap_or(d.root_disk_bytes),
-        )?;
-        let work_disk_bytes = check_disk(
-            "work disk",
-            req.work_disk_bytes.unwrap_or(d.work_disk_bytes),
-        )?;
+        let Checked {
+            vcpus,
+            memory_mib,
+            root_disk_bytes,
+            work_disk_bytes,
+        } = checked;
         let image = asset_name("image", req.image)?;
         let kernel = asset_name("kernel", req.kernel)?;
-        if let Some(name) = &req.name {
-            validate_name(name).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
-        }
         let vmm = self.choose_vmm(req.vmm).await?;
         self.ensure_assets(&kernel, &image, progress).await?;
 
@@ -67,6 +96,7 @@ impl Core {
             },
             runtime: VmRuntime {
                 warm_start: !req.cold && self.config().defaults.warm_start,
+                leased: req.lease.is_some(),
                 ..VmRuntime::default()
             },
             created_at: now,
@@ -138,6 +168,7 @@ impl Core {
             },
             runtime: VmRuntime {
                 restore_from: Some(snap.id.clone()),
+                leased: req.lease.is_some(),
                 ..VmRuntime::default()
             },
             created_at: now,

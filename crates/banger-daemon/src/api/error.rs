@@ -27,7 +27,8 @@ pub fn to_api_error(e: &CoreError) -> ApiError {
         | CoreError::AssetCorrupt(_)
         | CoreError::StartFailed { .. }
         | CoreError::Host(_)
-        | CoreError::Cleanup(_) => ErrorCode::Failed,
+        | CoreError::Cleanup(_)
+        | CoreError::Reconcile(_) => ErrorCode::Failed,
         CoreError::Handles(_) | CoreError::Store(_) | CoreError::Internal(_) => ErrorCode::Internal,
     };
     if code == ErrorCode::Internal {
@@ -57,6 +58,12 @@ impl IntoResponse for ErrorResponse {
 impl From<CoreError> for ErrorResponse {
     fn from(e: CoreError) -> Self {
         Self(to_api_error(&e))
+    }
+}
+
+impl From<&CoreError> for ErrorResponse {
+    fn from(e: &CoreError) -> Self {
+        Self(to_api_error(e))
     }
 }
 

@@ -5,13 +5,14 @@
 //! `{code, message}` body, naming the offending field; query flags go
 //! through axum's `Query` into typed structs, with the same error body.
 //!
-//! [`routes`] is the table; [`daemon`], [`vm`], [`snapshot`] and [`assets`] hold the
-//! handlers, [`request`] what they check on the way in, [`reply`] and
+//! [`routes`] is the table; [`daemon`], [`vm`], [`snapshot`], [`assets`] and
+//! [`lease`] hold the handlers, [`request`] what they check on the way in, [`reply`] and
 //! [`stream`] the two ways out, [`error`] the mapping of core errors.
 
 mod assets;
 mod daemon;
 mod error;
+mod lease;
 mod reply;
 mod request;
 mod routes;

@@ -3,13 +3,22 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use banger_api::ErrorCode;
-use banger_core::{Command, Core, ProgressSink, Reply};
+use std::sync::Arc;
+
+use banger_core::{Command, Core, Reply};
 
 use super::error::{ApiResult, ErrorResponse};
 
-pub(crate) async fn exec(core: &Core, cmd: Command) -> ApiResult {
-    let reply = core.execute(cmd, &ProgressSink::discard()).await?;
-    Ok(reply_response(reply))
+/// Runs `cmd` as a daemon task and answers with its outcome. A client
+/// that goes away does not stop it (a `vm stop` or `vm delete` half
+/// done would leave the VM in between).
+pub(crate) async fn exec(core: &Arc<Core>, cmd: Command) -> ApiResult {
+    core.check(&cmd)?;
+    let outcome = core.launch(cmd).await.outcome().await;
+    match &*outcome {
+        Ok(reply) => Ok(reply_response(reply.clone())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn reply_response(reply: Reply) -> Response {

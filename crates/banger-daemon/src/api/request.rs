@@ -19,7 +19,15 @@ pub(crate) fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<
     parse_json(body)
 }
 
+/// Every request body is a JSON object: serde would also take an array
+/// for a struct, field by field in order, which no client means.
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ErrorResponse> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ErrorResponse::new(
+            ErrorCode::MalformedRequest,
+            "request body is not valid: it must be a JSON object ({...})",
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         ErrorResponse::new(
             ErrorCode::MalformedRequest,

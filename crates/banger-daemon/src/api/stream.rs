@@ -8,12 +8,13 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use banger_api::event::StreamEvent;
 use banger_api::{ApiError, ErrorCode, NDJSON};
-use banger_core::{Command, Core, CoreError, ProgressSink, Reply};
+use banger_core::operations::OperationEvent;
+use banger_core::{Command, Core, CoreError, Reply};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::error::to_api_error;
+use super::error::{ApiResult, to_api_error};
 use super::reply::reply_value;
 
 type Event = StreamEvent<serde_json::Value>;
@@ -68,55 +69,44 @@ fn encode(ev: &Event) -> Result<Bytes, serde_json::Error> {
 }
 
 /// The event that ends a stream.
-fn last_event(outcome: Result<Reply, CoreError>) -> Event {
+fn last_event(outcome: &Result<Reply, CoreError>) -> Event {
     match outcome {
-        Ok(reply) => match reply_value(reply) {
+        Ok(reply) => match reply_value(reply.clone()) {
             Ok(value) => Event::Result { value },
             Err(e) => Event::Error(ApiError::new(
                 ErrorCode::Internal,
                 format!("the operation finished but its result could not be encoded: {e}"),
             )),
         },
-        Err(e) => Event::Error(to_api_error(&e)),
+        Err(e) => Event::Error(to_api_error(e)),
     }
 }
 
-/// Runs `cmd` and answers with an NDJSON stream of progress events and a
-/// final result or error. If the client disconnects, the command's future
-/// is dropped: the operation is cancelled, and the core's own cleanup on
-/// drop (locks, temp dirs) runs.
-pub(crate) fn streamed(core: Arc<Core>, cmd: Command) -> Response {
+/// Runs `cmd` as a daemon task and answers with an NDJSON stream of its
+/// progress events and a final result or error. The stream only watches:
+/// a client that goes away leaves the operation running to its end (and
+/// a later `vm start` of the same VM watches it too). What is wrong on
+/// the request's face is answered before, as a 400.
+pub(crate) fn streamed(core: Arc<Core>, cmd: Command) -> ApiResult {
+    core.check(&cmd)?;
     let (line_tx, line_rx) = mpsc::unbounded_channel::<Bytes>();
     tokio::spawn(async move {
         let lines = Lines { tx: line_tx };
-        let (sink, mut progress) = ProgressSink::channel();
-        let fut = core.execute(cmd, &sink);
-        tokio::pin!(fut);
-        let outcome = loop {
-            tokio::select! {
-                res = &mut fut => break Some(res),
-                Some(p) = progress.recv() => {
-                    if lines.send(&Event::Progress(p)) == Sent::Closed {
-                        break None;
-                    }
-                }
-                () = lines.tx.closed() => break None,
-            }
-        };
-        let Some(outcome) = outcome else {
-            tracing::info!("client went away; operation cancelled");
-            return;
-        };
-        while let Ok(p) = progress.try_recv() {
-            if lines.send(&Event::Progress(p)) == Sent::Closed {
+        let mut op = core.launch(cmd).await;
+        while let Some(ev) = op.next().await {
+            let ev = match ev {
+                OperationEvent::Progress(p) => Event::Progress(p),
+                OperationEvent::Done(outcome) => last_event(&outcome),
+            };
+            if lines.send(&ev) == Sent::Closed {
+                tracing::info!("client went away; the operation goes on");
                 return;
             }
         }
-        lines.send(&last_event(outcome));
     });
     let body = Body::from_stream(UnboundedReceiverStream::new(line_rx).map(Ok::<_, Infallible>));
     let mut resp = Response::new(body);
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
-    resp
+    Ok(resp)
 }

@@ -219,3 +219,29 @@ async fn query_flags_are_typed_and_a_bad_one_is_named() {
     assert!(err.message.contains("verify"), "{body}");
     assert!(err.message.contains("use true or false"), "{body}");
 }
+
+#[tokio::test]
+async fn a_create_wrong_on_its_face_is_a_400_before_any_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app(dir.path());
+    for (body, code) in [
+        (r#"{"memory_mib": 1}"#, ErrorCode::InvalidArgument),
+        (r#"{"name": "Not_A_Name"}"#, ErrorCode::InvalidArgument),
+        (r#"{"vcpus": 100000}"#, ErrorCode::InvalidArgument),
+        (r#"{"image": "../x"}"#, ErrorCode::InvalidArgument),
+        // serde would take an array for a struct, positionally.
+        (r#"[1, 1024]"#, ErrorCode::MalformedRequest),
+        ("  []", ErrorCode::MalformedRequest),
+        ("17", ErrorCode::MalformedRequest),
+    ] {
+        let (st, answer) = request(&app, "POST", "/v1/vms", body).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert_eq!(error_of(&answer).code, code, "{body}: {answer}");
+    }
+    let (st, answer) = request(&app, "POST", "/v1/vms/ghost/fork", r#"{"count": 0}"#).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{answer}");
+    let (st, answer) = request(&app, "POST", "/v1/vms/ghost/snapshot", r#"{"name": "A B"}"#).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{answer}");
+    let (_, body) = request(&app, "GET", "/v1/vms", "").await;
+    assert_eq!(body.trim(), "[]", "nothing was created");
+}

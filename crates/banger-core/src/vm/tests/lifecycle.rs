@@ -29,7 +29,7 @@ use crate::guest::{AGENT_PATH, AUTHORIZED_KEYS};
 use crate::handles::{TeardownMirror, VmHandles, read_scratch, scratch_path};
 use crate::ready::ready_socket_path;
 
-fn tap_name(vm_id: &str) -> String {
+pub(super) fn tap_name(vm_id: &str) -> String {
     TapName::for_vm(vm_id).to_string()
 }
 
@@ -56,7 +56,7 @@ use crate::{Command, CoreError, ProgressSink, Reply};
 
 pub(super) struct Fixture {
     pub(super) core: Arc<Core>,
-    net: Arc<FakeNet>,
+    pub(super) net: Arc<FakeNet>,
     disks: Arc<FakeDisks>,
     pub(super) vmm: Arc<FakeVmm>,
     dns: Arc<banger_host::dns::FakeDns>,
@@ -130,7 +130,7 @@ pub(super) async fn vm(core: &Core, cmd: Command) -> VmRecord {
 }
 
 /// Creates a VM named `name` with the defaults; returns its id.
-async fn create(f: &Fixture, name: &str) -> VmId {
+pub(super) async fn create(f: &Fixture, name: &str) -> VmId {
     vm(
         &f.core,
         Command::VmCreate(CreateVmRequest {
