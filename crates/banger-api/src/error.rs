@@ -28,6 +28,8 @@ pub enum ErrorCode {
     Internal,
     /// The caller is not the daemon's user (nor root).
     PermissionDenied,
+    /// The request body is over the daemon's limit.
+    TooLarge,
 }
 
 impl ErrorCode {
@@ -39,6 +41,7 @@ impl ErrorCode {
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::Conflict | Self::InvalidState => 409,
+            Self::TooLarge => 413,
             Self::Unavailable => 503,
             Self::Failed | Self::Internal => 500,
         }
@@ -53,6 +56,7 @@ impl ErrorCode {
             404 => Self::NotFound,
             405 => Self::MethodNotAllowed,
             409 => Self::Conflict,
+            413 => Self::TooLarge,
             503 => Self::Unavailable,
             _ => Self::Internal,
         }
@@ -88,6 +92,7 @@ mod tests {
             ErrorCode::MethodNotAllowed,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
+            ErrorCode::TooLarge,
         ] {
             assert_eq!(ErrorCode::from_http_status(code.http_status()), code);
         }

@@ -38,6 +38,8 @@ pub(crate) struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileLimits {
     pub(crate) concurrent_boots: Option<u32>,
+    pub(crate) api_connections: Option<u32>,
+    pub(crate) api_header_timeout_secs: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

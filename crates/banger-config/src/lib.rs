@@ -81,12 +81,32 @@ pub struct GuestConfig {
 }
 
 /// How much the daemon runs at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitsConfig {
     /// Guest boots in flight at once (VMM launch to agent ready);
     /// `None` picks from the host (CPUs, and whether it has hardware
     /// KVM), `Some(0)` admits every boot at once.
     pub concurrent_boots: Option<u32>,
+    /// API connections open at once; one more is answered 503 and closed.
+    pub api_connections: u32,
+    /// How long a client may take to send a request's headers.
+    pub api_header_timeout_secs: u32,
+}
+
+/// Default of [`LimitsConfig::api_connections`]: far above what a user
+/// and their agents open, far below what runs a daemon out of files.
+pub const DEFAULT_API_CONNECTIONS: u32 = 256;
+/// Default of [`LimitsConfig::api_header_timeout_secs`].
+pub const DEFAULT_API_HEADER_TIMEOUT_SECS: u32 = 10;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            concurrent_boots: None,
+            api_connections: DEFAULT_API_CONNECTIONS,
+            api_header_timeout_secs: DEFAULT_API_HEADER_TIMEOUT_SECS,
+        }
+    }
 }
 
 /// External host tools; a bare name is looked up on `PATH`.

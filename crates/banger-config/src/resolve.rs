@@ -314,5 +314,19 @@ fn limits(pick: &Pick<'_>, f: FileLimits) -> Result<LimitsConfig, ConfigError> {
             0,
             4096,
         )?,
+        api_connections: opt_bounded_int(
+            "limits.api_connections",
+            pick.shown("BANGER_API_CONNECTIONS", f.api_connections),
+            1,
+            65536,
+        )?
+        .unwrap_or(crate::DEFAULT_API_CONNECTIONS),
+        api_header_timeout_secs: opt_bounded_int(
+            "limits.api_header_timeout_secs",
+            pick.shown("BANGER_API_HEADER_TIMEOUT_SECS", f.api_header_timeout_secs),
+            1,
+            3600,
+        )?
+        .unwrap_or(crate::DEFAULT_API_HEADER_TIMEOUT_SECS),
     })
 }

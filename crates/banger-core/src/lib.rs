@@ -32,6 +32,7 @@ pub mod progress;
 pub mod ready;
 pub mod snapshot;
 mod ssh_keys;
+pub mod sweep;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod timer;

@@ -361,10 +361,8 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
         }
     };
     tracing::info!("listening");
-    let app = api::router(Arc::clone(&core)).into_make_service_with_connect_info::<api::Peer>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let app = api::router(Arc::clone(&core));
+    let served = crate::listen::serve(listener, app, core.config().limits, shutdown).await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("bangerd stopped; running vms were left running");
     served.map_err(DaemonError::Serve)

@@ -375,4 +375,84 @@ fn vms_created_under_a_lease_go_when_its_connection_closes() {
         "{refused:?}"
     );
     assert_eq!(names(), ["kept"]);
+    // A held lease never ends by itself: the daemon still stops, and
+    // closes it on the way out.
+    let (mut held, _) = hold_lease(&env);
+    env.ok(&["daemon", "stop"]);
+    held.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut held, &mut rest).expect("closed by the stopping daemon");
+}
+
+/// One HTTP/1.0 request on a connection of its own: (status, body).
+fn raw_request(env: &Env, head: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(env.socket()).expect("connect");
+    s.write_all(head.as_bytes()).expect("head");
+    // A daemon that refuses early may close before the body is all sent.
+    let _ = s.write_all(body);
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).expect("answer");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn half_sent_requests_time_out_excess_connections_get_503_and_big_bodies_413() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    env.command(BANGER)
+        .env("BANGER_API_CONNECTIONS", "3")
+        .env("BANGER_API_HEADER_TIMEOUT_SECS", "3")
+        .args(["daemon", "start"])
+        .output()
+        .expect("daemon start");
+    // Three clients that never finish their headers hold every slot...
+    let mut slow: Vec<_> = (0..3)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(env.socket()).expect("connect");
+            s.write_all(b"POST /v1/vms HTTP/1.1\r\nHost: bangerd\r\n")
+                .expect("half a request");
+            s
+        })
+        .collect();
+    // ...so one more is told so, in banger's error body.
+    let (status, body) = raw_request(&env, "GET /v1/vms HTTP/1.0\r\nHost: bangerd\r\n\r\n", b"");
+    assert_eq!(status, 503, "{body}");
+    let err: serde_json::Value = serde_json::from_str(&body).expect("json error");
+    assert_eq!(err["code"], "unavailable", "{body}");
+    // The daemon closes them once their time for headers is up.
+    for s in &mut slow {
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)
+            .expect("closed by the daemon, not by the read timeout");
+    }
+    // Their slots are free again.
+    assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]));
+    // A body over the limit: 413, in banger's error body too.
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(2 << 20));
+    let (status, body) = raw_request(
+        &env,
+        &format!(
+            "POST /v1/vms HTTP/1.0\r\nHost: bangerd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        ),
+        big.as_bytes(),
+    );
+    assert_eq!(status, 413, "{body}");
+    let err: serde_json::Value = serde_json::from_str(&body).expect("json error");
+    assert_eq!(err["code"], "too_large", "{body}");
 }

@@ -35,6 +35,11 @@ impl Core {
                 failed.push(format!("vm {name}: {e}"));
             }
         }
+        // What no record claims (a crash between making an object and
+        // recording it); never fails the start-up.
+        if let Err(e) = self.sweep_orphans().await {
+            tracing::warn!(error = %e, "start-up sweep");
+        }
         // Their leases ended with the last daemon's connections. Waited
         // for, so a client that reconnects finds them gone.
         let mut removals = Vec::new();

@@ -59,7 +59,9 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/images/{name}/warm", post(image_warm))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(only_our_user))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(core)
 }
 
@@ -67,18 +69,6 @@ pub fn router(core: Arc<Core>) -> Router {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub uid: Option<u32>,
-}
-
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
-    > for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        Self {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
-        }
-    }
 }
 
 /// The socket is 0600, and on top of that every request is checked: only
@@ -104,6 +94,35 @@ async fn only_our_user(req: axum::extract::Request, next: axum::middleware::Next
         }
     }
     next.run(req).await
+}
+
+/// The largest request body: far over any real request (a create is a
+/// few hundred bytes); one over it is answered 413.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// Every error answer carries banger's `{code, message}`, including the
+/// ones axum's extractors make in plain text (a body over [`MAX_BODY`]).
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let code = ErrorCode::from_http_status(status.as_u16());
+    let message = match code {
+        ErrorCode::TooLarge => format!("request body over {MAX_BODY} bytes: {text}"),
+        _ => text,
+    };
+    let mut fixed = ErrorResponse::new(code, message).into_response();
+    *fixed.status_mut() = status;
+    fixed
 }
 
 async fn no_route(method: Method, uri: Uri) -> ErrorResponse {

@@ -61,7 +61,7 @@ pub(super) struct Fixture {
     pub(super) vmm: Arc<FakeVmm>,
     dns: Arc<banger_host::dns::FakeDns>,
     pub(super) agent: Arc<crate::agent::FakeAgent>,
-    firewall: Arc<banger_host::firewall::FakeFirewall>,
+    pub(super) firewall: Arc<banger_host::firewall::FakeFirewall>,
     pub(super) _dir: tempfile::TempDir,
 }
 

@@ -5,4 +5,5 @@ mod lifecycle;
 mod operations;
 mod requests;
 mod restart;
+mod sweep;
 mod warm;

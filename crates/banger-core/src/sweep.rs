@@ -1,0 +1,283 @@
+//! Daemon start: what banger owns by name and no record claims. A crash
+//! between making a host object and recording it (or between removing a
+//! record and its objects) leaves these; banger names every object it
+//! makes after the VM's id, so an id no record has marks an orphan.
+//!
+//! Only what carries banger's names in banger's places goes: taps named
+//! `bg-<12 hex>`, NAT rules in banger's own table for such taps, VM dirs
+//! and per-VM sockets under banger's state and runtime dirs, the VMM
+//! processes serving those sockets, build dirs under `<state>/tmp`, and
+//! `*.partial` disks in VM dirs. A link named otherwise, another table,
+//! another process is never touched. Each removal is logged.
+//!
+//! Runs once, before the API serves: no build, start or disk copy of
+//! this daemon can be in flight, so every build dir and partial disk is
+//! left over by an earlier one.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use banger_api::vm::VmmKind;
+use banger_host::layout::{TapName, check_vm_id};
+use banger_store::Store;
+
+use crate::core::Core;
+use crate::error::{CoreError, HostError, InternalError};
+
+/// What a sweep removed, for the log and the tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    pub taps: Vec<String>,
+    pub nat_rules: Vec<String>,
+    pub vmm_processes: Vec<u32>,
+    pub vm_dirs: Vec<PathBuf>,
+    pub sockets: Vec<PathBuf>,
+    pub build_dirs: Vec<PathBuf>,
+    pub partial_disks: Vec<PathBuf>,
+}
+
+impl Swept {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The VM id a per-VM runtime file is named after (`<id>.sock`,
+/// `<id>.vsock_1052`, …), if it is one.
+fn id_of_runtime_file(name: &str) -> Option<&str> {
+    let id = name.split(['.', '_']).next()?;
+    check_vm_id(id).ok().map(|()| id)
+}
+
+async fn entries(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>, CoreError> {
+    let mut out = Vec::new();
+    let mut rd = match tokio::fs::read_dir(dir).await {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(InternalError::io("listing", dir)(e).into()),
+    };
+    while let Some(e) = rd
+        .next_entry()
+        .await
+        .map_err(InternalError::io("listing", dir))?
+    {
+        let is_dir = e.file_type().await.is_ok_and(|t| t.is_dir());
+        out.push((
+            e.file_name().to_string_lossy().into_owned(),
+            e.path(),
+            is_dir,
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl Core {
+    /// Removes banger's orphans (see the module); errors of one step are
+    /// logged and the others still run.
+    pub async fn sweep_orphans(&self) -> Result<Swept, CoreError> {
+        let known: BTreeSet<String> = self
+            .db(Store::list_vms)
+            .await?
+            .into_iter()
+            .map(|v| v.id.to_string())
+            .collect();
+        let mut swept = Swept::default();
+        let steps = [
+            (
+                "vm dirs and their processes",
+                self.sweep_vms(&known, &mut swept).await,
+            ),
+            ("taps", self.sweep_taps(&known, &mut swept).await),
+            ("nat rules", self.sweep_nat(&known, &mut swept).await),
+            ("build dirs", self.sweep_build_dirs(&mut swept).await),
+        ];
+        for (what, r) in steps {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "start-up sweep of {what}");
+            }
+        }
+        if !swept.is_empty() {
+            tracing::info!(?swept, "start-up sweep removed orphans");
+        }
+        Ok(swept)
+    }
+
+    /// VM dirs and runtime files of ids no record has, the VMMs serving
+    /// those files first; and partial disks in the dirs of known VMs.
+    async fn sweep_vms(
+        &self,
+        known: &BTreeSet<String>,
+        swept: &mut Swept,
+    ) -> Result<(), CoreError> {
+        let layout = self.layout();
+        let mut orphans = BTreeSet::new();
+        for (name, path, is_dir) in entries(&layout.vms_dir()).await? {
+            if !is_dir || check_vm_id(&name).is_err() {
+                continue;
+            }
+            if known.contains(&name) {
+                for disk in ["root.ext4.partial", "work.ext4.partial"] {
+                    let p = path.join(disk);
+                    if tokio::fs::remove_file(&p).await.is_ok() {
+                        tracing::info!(file = %p.display(), "removed a partial disk (a copy cut short)");
+                        swept.partial_disks.push(p);
+                    }
+                }
+            } else {
+                orphans.insert(name);
+            }
+        }
+        let sockets = layout.runtime_dir().join("vms");
+        let runtime_files = entries(&sockets).await?;
+        for (name, _, _) in &runtime_files {
+            if let Some(id) = id_of_runtime_file(name).filter(|id| !known.contains(*id)) {
+                orphans.insert(id.to_owned());
+            }
+        }
+        for id in &orphans {
+            let socket = layout.files(id).socket;
+            for kind in [VmmKind::Qemu, VmmKind::Firecracker] {
+                let Ok(vmm) = self.vmm_for(kind) else {
+                    continue;
+                };
+                if let Some(pid) = vmm.find(&socket) {
+                    tracing::info!(vm_id = %id, pid, vmm = %kind, "killing the vmm of a vm no record has");
+                    vmm.kill(pid, &socket).await.map_err(HostError::from)?;
+                    swept.vmm_processes.push(pid);
+                }
+                vmm.release(id, vmm.jail_root(id).as_deref())
+                    .await
+                    .map_err(HostError::from)?;
+            }
+            let dir = layout.vm_dir(id);
+            if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+                tracing::info!(vm_id = %id, dir = %dir.display(), "removing the dir of a vm no record has");
+                self.remove_vm_dir(dir.clone()).await?;
+                swept.vm_dirs.push(dir);
+            }
+        }
+        for (name, path, is_dir) in runtime_files {
+            if is_dir || !id_of_runtime_file(&name).is_some_and(|id| orphans.contains(id)) {
+                continue;
+            }
+            tracing::info!(file = %path.display(), "removing a socket of a vm no record has");
+            tokio::fs::remove_file(&path)
+                .await
+                .map_err(InternalError::io("removing", &path))?;
+            swept.sockets.push(path);
+        }
+        Ok(())
+    }
+
+    async fn sweep_taps(
+        &self,
+        known: &BTreeSet<String>,
+        swept: &mut Swept,
+    ) -> Result<(), CoreError> {
+        let links = self
+            .deps()
+            .net
+            .list_links()
+            .await
+            .map_err(HostError::from)?;
+        for tap in orphan_taps(links, known) {
+            tracing::info!(tap = %tap, "deleting a tap no vm record has");
+            self.deps()
+                .net
+                .delete_link(tap.as_str())
+                .await
+                .map_err(HostError::from)?;
+            swept.taps.push(tap.to_string());
+        }
+        Ok(())
+    }
+
+    async fn sweep_nat(
+        &self,
+        known: &BTreeSet<String>,
+        swept: &mut Swept,
+    ) -> Result<(), CoreError> {
+        let firewall = &self.deps().firewall;
+        let nat_err = |what: String| move |source| HostError::Nat { vm: what, source };
+        let taps = firewall
+            .nat_taps()
+            .await
+            .map_err(nat_err("(start-up sweep)".into()))?;
+        for tap in orphan_taps(taps, known) {
+            tracing::info!(tap = %tap, "removing the nat rules of a tap no vm record has");
+            firewall
+                .remove_nat(tap.as_str())
+                .await
+                .map_err(nat_err(format!("(none: orphan tap {tap})")))?;
+            swept.nat_rules.push(tap.to_string());
+        }
+        Ok(())
+    }
+
+    /// Every entry of `<state>/tmp`: builds and imports stage there, and
+    /// none of this daemon's has begun.
+    async fn sweep_build_dirs(&self, swept: &mut Swept) -> Result<(), CoreError> {
+        let tmp = self.config().tmp_dir();
+        for (_, path, is_dir) in entries(&tmp).await? {
+            tracing::info!(path = %path.display(), "removing what an interrupted build left");
+            let removed = if is_dir {
+                tokio::fs::remove_dir_all(&path).await
+            } else {
+                tokio::fs::remove_file(&path).await
+            };
+            removed.map_err(InternalError::io("removing", &path))?;
+            swept.build_dirs.push(path);
+        }
+        Ok(())
+    }
+}
+
+/// Names of banger's shape (`bg-<12 hex>`) whose id no record starts
+/// with; any other name is someone else's.
+fn orphan_taps(names: Vec<String>, known: &BTreeSet<String>) -> Vec<TapName> {
+    names
+        .into_iter()
+        .filter_map(|n| TapName::parse(&n).ok())
+        .filter(|t| !known.iter().any(|id| id.starts_with(t.vm_id_prefix())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_files_name_their_vm_and_others_do_not() {
+        for (name, id) in [
+            ("0123456789abcdef.sock", Some("0123456789abcdef")),
+            ("0123456789abcdef.vsock_1052", Some("0123456789abcdef")),
+            ("0123456789abcdef.agent", Some("0123456789abcdef")),
+            ("helper.sock", None),
+            ("0123456789ABCDEF.sock", None),
+            ("nat-forwarding", None),
+        ] {
+            assert_eq!(id_of_runtime_file(name), id, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_taps_of_banger_shape_and_unknown_id_are_orphans() {
+        let known: BTreeSet<String> = ["aaaaaaaaaaaa0001".to_owned()].into();
+        let names = [
+            "bg-aaaaaaaaaaaa",
+            "bg-bbbbbbbbbbbb",
+            "bg-weird",
+            "eth0",
+            "banger0",
+            "fg-bbbbbbbbbbbb",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let orphans: Vec<String> = orphan_taps(names, &known)
+            .into_iter()
+            .map(|t| t.to_string())
+            .collect();
+        assert_eq!(orphans, ["bg-bbbbbbbbbbbb"]);
+    }
+}
