@@ -18,8 +18,17 @@ if [ -z "${BANGER_JAILER_BIN:-}" ] && [ -x ../shared/bin/jailer ]; then
   export BANGER_JAILER_BIN="$(cd ../shared/bin && pwd)/jailer"
 fi
 set +e
-cargo test --workspace --locked --all-targets -- --nocapture 2>&1 | tee target/test-output.log
+# Every binary runs even after one failed: one red test must not hide
+# the others' results.
+cargo test --workspace --locked --all-targets --no-fail-fast -- --nocapture 2>&1 | tee target/test-output.log
 status=${PIPESTATUS[0]}
+# The crash matrix: the core with its failpoints compiled in, alone in
+# its process (the failpoint registry is the process's).
+echo "==> failpoint matrix"
+cargo test -p banger-core --locked --features failpoints --lib failpoints \
+  -- --test-threads=1 --nocapture 2>&1 | tee -a target/test-output.log
+matrix=${PIPESTATUS[0]}
+[ "$status" -eq 0 ] && status=$matrix
 set -e
 grep -E '^figure:' target/test-output.log || true
 # Where the time went: each test binary's own duration, slowest first.

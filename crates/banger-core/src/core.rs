@@ -176,6 +176,21 @@ impl Core {
         self
     }
 
+    /// A new daemon over the same store and host (a restart, for the
+    /// crash tests): nothing of this one's memory, its settings alike.
+    #[cfg(all(test, feature = "failpoints"))]
+    pub(crate) fn restarted(&self) -> Self {
+        let host = self.host.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut next = Self::new(
+            self.config.clone(),
+            Arc::clone(&self.store),
+            self.deps.clone(),
+        );
+        next.stop_timeout = self.stop_timeout;
+        *next.host.write().unwrap_or_else(|p| p.into_inner()) = host;
+        next
+    }
+
     /// Resolves when a shutdown was requested through the API.
     pub fn shutdown_requested(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()

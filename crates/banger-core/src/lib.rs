@@ -10,6 +10,17 @@
 //! below them (agent, capability, guest, ipam, admission, ready, handles,
 //! locks) never import the core.
 
+/// A named point of a multi-step operation where the failpoint matrix
+/// (feature `failpoints`, `vm/tests/failpoints.rs`) stops the daemon as
+/// a crash would; nothing at all without the feature. Names are
+/// `<operation>.<what is done by then>`.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+
 pub mod admission;
 pub mod agent;
 pub mod assets;

@@ -17,6 +17,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use banger_api::asset::{ImageRecord, KernelRecord};
 use banger_api::vm::VmmKind;
 use banger_host::layout::{TapName, check_vm_id};
 use banger_store::Store;
@@ -34,6 +35,7 @@ pub struct Swept {
     pub sockets: Vec<PathBuf>,
     pub build_dirs: Vec<PathBuf>,
     pub partial_disks: Vec<PathBuf>,
+    pub asset_dirs: Vec<PathBuf>,
 }
 
 impl Swept {
@@ -91,6 +93,7 @@ impl Core {
             ("taps", self.sweep_taps(&known, &mut swept).await),
             ("nat rules", self.sweep_nat(&known, &mut swept).await),
             ("build dirs", self.sweep_build_dirs(&mut swept).await),
+            ("asset content", self.sweep_asset_dirs(&mut swept).await),
         ];
         for (what, r) in steps {
             if let Err(e) = r {
@@ -228,6 +231,44 @@ impl Core {
             };
             removed.map_err(InternalError::io("removing", &path))?;
             swept.build_dirs.push(path);
+        }
+        Ok(())
+    }
+}
+
+impl Core {
+    /// Content dirs (`<kernels|images>/<digest>`) no record points at: a
+    /// publish whose record was never written.
+    async fn sweep_asset_dirs(&self, swept: &mut Swept) -> Result<(), CoreError> {
+        let kernels: Vec<String> = self
+            .db(Store::list_assets::<KernelRecord>)
+            .await?
+            .into_iter()
+            .map(|k| k.digest)
+            .collect();
+        let images: Vec<String> = self
+            .db(Store::list_assets::<ImageRecord>)
+            .await?
+            .into_iter()
+            .map(|i| i.digest)
+            .collect();
+        for (root, known) in [
+            (self.config().kernels_dir(), kernels),
+            (self.config().images_dir(), images),
+        ] {
+            for (name, path, is_dir) in entries(&root).await? {
+                // Content dirs are named by their sha256; anything else
+                // there is not one of them.
+                let digest_shaped = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+                if !is_dir || !digest_shaped || known.contains(&name) {
+                    continue;
+                }
+                tracing::info!(dir = %path.display(), "removing asset content no record points at");
+                tokio::fs::remove_dir_all(&path)
+                    .await
+                    .map_err(InternalError::io("removing", &path))?;
+                swept.asset_dirs.push(path);
+            }
         }
         Ok(())
     }

@@ -235,7 +235,9 @@ impl Core {
     ) -> Result<T, CoreError> {
         let dest = store_root.join(&digest);
         let d = dest.clone();
+        failpoint!("asset.staged");
         blocking(move || publish(&staged, &d).map_err(io_err("publishing", &d))).await?;
+        failpoint!("asset.published");
         rebase_files(&mut rec, &dest);
         let to_insert = rec.clone();
         match self.db(move |s| s.insert_asset(&to_insert)).await {

@@ -51,6 +51,7 @@ impl Core {
             progress.stage("pause", format!("pausing {}", vm.name));
             vmm.pause(&socket).await.map_err(HostError::from)?;
         }
+        failpoint!("snapshot.paused");
         let saved = self
             .capture(&vm, vmm, &socket, &snap_name, kind, started, progress)
             .await;
@@ -73,6 +74,7 @@ impl Core {
         } else {
             Ok(())
         };
+        failpoint!("snapshot.vm_on_again");
         let snap = saved?;
         after?;
         tracing::info!(vm_id = %vm.id, snapshot = %snap.name, size = snap.size_bytes, save_ms = snap.save_ms, "snapshot taken");
@@ -125,6 +127,7 @@ impl Core {
             .map_err(InternalError::io("creating", &vmm_dir))?;
         progress.stage("save", "saving memory and device state");
         vmm.save(socket, &vmm_dir).await.map_err(HostError::from)?;
+        failpoint!("snapshot.state_saved");
         // The guest is still paused: the disks are exactly as the saved
         // memory knows them. A restore never runs on disks that moved on.
         progress.stage("save", "freezing the disks with it");
@@ -175,6 +178,7 @@ impl Core {
             source,
         })?
         .map_err(InternalError::io("publishing", &dir))?;
+        failpoint!("snapshot.published");
         let rec = SnapshotRecord {
             id: id.to_owned(),
             name: name.to_owned(),

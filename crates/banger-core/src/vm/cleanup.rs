@@ -44,6 +44,7 @@ impl Core {
                 errors.push(CleanupError::Release(e));
             }
         }
+        failpoint!("cleanup.vmm_killed");
         // 2. Capabilities (NAT rules), keyed by the tap, then the tap
         // itself (named by id, so also derivable when all else is lost).
         let tap = super::tap_of(&handles, vm);
@@ -55,9 +56,11 @@ impl Core {
                 });
             }
         }
+        failpoint!("cleanup.nat_removed");
         if let Err(e) = self.deps().net.delete_link(&tap).await {
             errors.push(CleanupError::Tap(e));
         }
+        failpoint!("cleanup.tap_deleted");
         // 3. Sockets: control, vsock, QEMU's vhost-user one and the
         // agent's serial one, whose carrier the connector lets go of.
         if let Some(serial) = &vm.runtime.agent_socket {

@@ -185,6 +185,7 @@ impl Core {
         generate: bool,
         progress: &ProgressSink,
     ) -> Result<VmRecord, CoreError> {
+        failpoint!("create.validated");
         progress.stage("persist", "recording the vm");
         let given = (!generate).then(|| vm.name.clone());
         // A generated name can lose a race with a concurrent create: pick
@@ -202,6 +203,7 @@ impl Core {
                 Err(CoreError::NameTaken(_)) if generate => continue,
                 Err(e) => return Err(e),
                 Ok(()) => {
+                    failpoint!("create.recorded");
                     tracing::info!(vm_id = %vm.id, name = %vm.name, vmm = %vm.spec.vmm, "vm created");
                     return Ok(vm);
                 }

@@ -14,8 +14,10 @@ impl Core {
             // Everything the VM ever held: disks, tap, sockets, address.
             self.cleanup(&mut rec, false).await?;
         }
+        failpoint!("delete.cleaned_up");
         let id = rec.id.clone();
         self.db(move |s| s.delete_vm(&id)).await?;
+        failpoint!("delete.record_removed");
         self.rebuild_dns().await;
         tracing::info!(vm_id = %rec.id, name = %rec.name, "vm deleted");
         Ok(rec)

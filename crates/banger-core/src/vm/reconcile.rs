@@ -5,6 +5,7 @@ use std::sync::Arc;
 use banger_api::vm::{VmId, VmRecord, VmState};
 use banger_store::Store;
 
+use crate::capability;
 use crate::core::Core;
 use crate::error::CoreError;
 use crate::handles::VmHandles;
@@ -90,6 +91,9 @@ impl Core {
                 // Rewrites a lost or corrupt scratch file from what was
                 // recovered, so disk and memory agree again.
                 self.record_handles(&mut vm, h).await?;
+                // The host's side made to match the record (a change the
+                // last daemon applied but never recorded, say).
+                self.resync_capabilities(&vm).await?;
                 // Its disks are its own from now on.
                 vm.runtime.warm_start = false;
                 match vm.state {
@@ -137,6 +141,18 @@ impl Core {
                 self.save(&mut vm).await?;
                 tracing::info!(vm_id = %vm.id, name = %vm.name, state = %vm.state, "reconciled dead vm");
             }
+        }
+        Ok(())
+    }
+
+    /// Each capability torn down and set up again from the record: the
+    /// rules on the host are then what the record says, whatever an
+    /// interrupted change left.
+    async fn resync_capabilities(&self, vm: &VmRecord) -> Result<(), CoreError> {
+        let tap = self.vm_tap(vm).await;
+        for cap in capability::all() {
+            cap.cleanup(self.cap_context(), vm, &tap).await?;
+            cap.start(self.cap_context(), vm, &tap).await?;
         }
         Ok(())
     }

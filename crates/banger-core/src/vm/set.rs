@@ -63,6 +63,7 @@ impl Core {
                 cap.apply_change(self.cap_context(), &before, &rec, &tap)
                     .await?;
             }
+            failpoint!("set.capabilities_changed");
         }
         rec.updated_at = Utc::now();
         let to_store = rec.clone();

@@ -107,6 +107,7 @@ impl Core {
         vm.runtime.root_disk_path = Some(paths.root_disk.clone());
         vm.runtime.work_disk_path = Some(paths.work_disk.clone());
         self.transition(&mut vm, VmState::Starting).await?;
+        failpoint!("start.recorded_starting");
         progress.stage("starting", format!("{} on {}", vm.name, vm.spec.vmm));
 
         let mut boot = boot;
@@ -153,6 +154,7 @@ impl Core {
                 vm.runtime.restore_from = None;
                 vm.runtime.warm_start = false;
                 self.transition(&mut vm, VmState::Running).await?;
+                failpoint!("start.recorded_running");
                 tracing::info!(vm_id = %vm.id, name = %vm.name, "vm running");
                 self.note_booted_on(&kernel, vm.spec.vmm).await;
                 self.rebuild_dns().await;
@@ -194,15 +196,19 @@ impl Core {
     ) -> Result<(), CoreError> {
         let mut timer = StageTimer::new(&vm.id);
         let ip = self.allocate_ip(vm).await?;
+        failpoint!("start.address_allocated");
         match boot {
             Boot::Cold(image) => {
                 self.prepare_disks(vm, paths, image, progress).await?;
+                failpoint!("start.disks_made");
                 timer.lap("storage");
                 self.write_guest_config(vm, ip, paths, progress).await?;
+                failpoint!("start.guest_config_written");
                 timer.lap("guest-config");
             }
             Boot::Restore(snap) => {
                 self.restore_disks(snap, paths, progress).await?;
+                failpoint!("restore.disks_restored");
                 timer.lap("storage");
             }
         }
@@ -222,21 +228,25 @@ impl Core {
             .map_err(HostError::from);
         drop(bridge_guard);
         bridge?;
+        failpoint!("start.bridge_up");
         let tap = TapName::for_vm(&vm.id).to_string();
         let mut handles = VmHandles {
             tap: Some(tap.clone()),
             ..VmHandles::default()
         };
         self.record_handles(vm, handles.clone()).await?;
+        failpoint!("start.tap_recorded");
         self.deps()
             .net
             .create_tap(&tap, &net.bridge, vmm.tap_owner())
             .await
             .map_err(HostError::from)?;
+        failpoint!("start.tap_created");
         for cap in capability::all() {
             cap.start(self.cap_context(), vm, &tap).await?;
         }
         timer.lap("network");
+        failpoint!("start.capabilities_on");
 
         // QEMU gets the tap as a descriptor (from the helper when bangerd is
         // unprivileged); Firecracker opens it by name as the jail's owner.
@@ -329,6 +339,7 @@ impl Core {
         .map_err(HostError::from)?;
         handles.pid = Some(pid);
         self.record_handles(vm, handles).await?;
+        failpoint!("start.vmm_launched");
         timer.lap(match boot {
             Boot::Cold(_) => "vmm-launch",
             Boot::Restore(_) => "vmm-restore",
@@ -350,8 +361,10 @@ impl Core {
         .await;
         timer.lap("agent");
         waited?;
+        failpoint!("start.agent_answered");
         if let Boot::Restore(_) = boot {
             self.take_identity(vm, ip, &paths.dir, progress).await?;
+            failpoint!("restore.identity_taken");
             timer.lap("identity");
         }
         if let Some(key) = make_template {

@@ -58,6 +58,7 @@ impl Core {
         if matches!(vm.state, VmState::Running | VmState::Paused) {
             self.transition(&mut vm, VmState::Stopping).await?;
         }
+        failpoint!("stop.recorded_stopping");
         if graceful {
             let vmm = self.vmm_for(vm.spec.vmm)?;
             let deadline = tokio::time::Instant::now() + self.stop_timeout();
@@ -68,6 +69,7 @@ impl Core {
             let session = Session::new(self.deps().agent.as_ref(), &vm);
             match session.power_off(reboot).await {
                 Ok(()) => {
+                    failpoint!("stop.guest_asked");
                     self.wait_vmm_gone(&vm, vmm, deadline).await;
                 }
                 Err(e) => {
@@ -89,7 +91,9 @@ impl Core {
                 }
             }
         }
+        failpoint!("stop.vmm_gone");
         let result = self.cleanup(&mut vm, true).await;
+        failpoint!("stop.cleaned_up");
         vm.state = VmState::Stopped;
         vm.runtime.last_error = result.as_ref().err().map(ToString::to_string);
         self.save(&mut vm).await?;

@@ -93,13 +93,23 @@ pub(crate) fn streamed(core: Arc<Core>, cmd: Command) -> ApiResult {
     tokio::spawn(async move {
         let lines = Lines { tx: line_tx };
         let mut op = core.launch(cmd).await;
-        while let Some(ev) = op.next().await {
+        loop {
+            // The client's going away is noticed at once, not at the
+            // next line: for the operations it cancels, that is the cancel.
+            let ev = tokio::select! {
+                ev = op.next() => ev,
+                () = lines.tx.closed() => None,
+            };
+            let Some(ev) = ev else {
+                // Dropping the watch cancels what its client owns (an
+                // asset build); the rest goes on.
+                return;
+            };
             let ev = match ev {
                 OperationEvent::Progress(p) => Event::Progress(p),
                 OperationEvent::Done(outcome) => last_event(&outcome),
             };
             if lines.send(&ev) == Sent::Closed {
-                tracing::info!("client went away; the operation goes on");
                 return;
             }
         }

@@ -57,9 +57,9 @@ use crate::{Command, CoreError, ProgressSink, Reply};
 pub(super) struct Fixture {
     pub(super) core: Arc<Core>,
     pub(super) net: Arc<FakeNet>,
-    disks: Arc<FakeDisks>,
+    pub(super) disks: Arc<FakeDisks>,
     pub(super) vmm: Arc<FakeVmm>,
-    dns: Arc<banger_host::dns::FakeDns>,
+    pub(super) dns: Arc<banger_host::dns::FakeDns>,
     pub(super) agent: Arc<crate::agent::FakeAgent>,
     pub(super) firewall: Arc<banger_host::firewall::FakeFirewall>,
     pub(super) _dir: tempfile::TempDir,

@@ -1,5 +1,7 @@
 //! The VM room's tests: whole commands through `Core::execute`.
 
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod leases;
 mod lifecycle;
 mod operations;

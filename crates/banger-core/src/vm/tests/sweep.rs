@@ -54,6 +54,10 @@ async fn the_sweep_removes_exactly_what_banger_made_and_no_record_claims() {
     let kept_dir = kept.runtime.vm_dir.clone().expect("dir");
     let partial = kept_dir.join("work.ext4.partial");
     std::fs::write(&partial, b"half a copy").expect("partial");
+    let orphan_content = f.core.config().kernels_dir().join("ab".repeat(32));
+    std::fs::create_dir_all(&orphan_content).expect("content dir");
+    let not_content = f.core.config().kernels_dir().join("notes");
+    std::fs::create_dir_all(&not_content).expect("other dir");
     // Someone else's file beside banger's sockets.
     let foreign = run.join("vms").join("notes.txt");
     std::fs::write(&foreign, b"mine").expect("foreign");
@@ -67,7 +71,12 @@ async fn the_sweep_removes_exactly_what_banger_made_and_no_record_claims() {
     assert_eq!(swept.sockets, std::slice::from_ref(&orphan_sock));
     assert_eq!(swept.build_dirs, std::slice::from_ref(&build));
     assert_eq!(swept.partial_disks, std::slice::from_ref(&partial));
-    for gone in [&orphan_dir, &orphan_sock, &build, &partial] {
+    assert_eq!(swept.asset_dirs, std::slice::from_ref(&orphan_content));
+    assert!(
+        not_content.exists(),
+        "not named like content: not banger's to remove"
+    );
+    for gone in [&orphan_dir, &orphan_sock, &build, &partial, &orphan_content] {
         assert!(!gone.exists(), "{} is still there", gone.display());
     }
     assert!(
