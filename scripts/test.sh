@@ -17,6 +17,10 @@ fi
 if [ -z "${BANGER_JAILER_BIN:-}" ] && [ -x ../shared/bin/jailer ]; then
   export BANGER_JAILER_BIN="$(cd ../shared/bin && pwd)/jailer"
 fi
+# bangerd with its failpoints, for the crash matrix on real processes
+# (tests/crash_matrix.rs); apart, so the ordinary build stays as it is.
+cargo build --locked -q -p banger --features failpoints --bin bangerd --target-dir target/failpoints
+export BANGER_FAILPOINT_DAEMON="$(pwd)/target/failpoints/debug/bangerd"
 set +e
 # Every binary runs even after one failed: one red test must not hide
 # the others' results.

@@ -28,6 +28,8 @@ pub mod capability;
 pub mod command;
 mod core;
 pub mod error;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod guest;
 pub mod handles;
 pub mod ids;

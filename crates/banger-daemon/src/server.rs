@@ -250,6 +250,8 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
         })?;
     }
     let lock = InstanceLock::acquire(&config.lock_path())?;
+    #[cfg(feature = "failpoints")]
+    let failpoint = banger_core::failpoints::arm_from_env();
     let _log = logging::init(&config.log_path(), &config.log_level, opts.log_to_stderr).map_err(
         |source| DaemonError::Log {
             path: config.log_path(),
@@ -264,6 +266,10 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
         lock = %lock.path().display(),
         "bangerd starting"
     );
+    #[cfg(feature = "failpoints")]
+    if let Some(point) = &failpoint {
+        tracing::warn!(point = %point, "failpoint armed: this daemon aborts there (crash matrix)");
+    }
 
     let store = Arc::new(Store::open(&config.db_path())?);
     let socket = config.socket.clone();
