@@ -78,7 +78,15 @@ pub(crate) async fn run_vm(client: &Client, a: args::RunArgs) -> Result<ExitCode
     let name = rec.name;
     let started = tokio::select! {
         r = staged(false, async |b: &mut Stages| client.start_vm(&name, |p| b.update(p)).await) => r.map(|_| ()),
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted while vm {name} was starting")),
+        _ = tokio::signal::ctrl_c() => {
+            if lease.is_some() {
+                // The start runs on in the daemon, which removes the VM
+                // once it is over: the lease ends with this process.
+                eprintln!("interrupted: bangerd removes vm {name} once its start is over");
+                return Ok(ExitCode::from(130));
+            }
+            Err(anyhow::anyhow!("interrupted while vm {name} was starting"))
+        }
     };
     let outcome = match started {
         Ok(()) => session::exec(client, &name, req).await,

@@ -94,8 +94,9 @@ pub struct LimitsConfig {
 }
 
 /// Default of [`LimitsConfig::api_connections`]: far above what a user
-/// and their agents open, far below what runs a daemon out of files.
-pub const DEFAULT_API_CONNECTIONS: u32 = 256;
+/// and their agents open (a `vm run --rm` holds one for its lease, for
+/// as long as it runs), far below what runs a daemon out of files.
+pub const DEFAULT_API_CONNECTIONS: u32 = 1024;
 /// Default of [`LimitsConfig::api_header_timeout_secs`].
 pub const DEFAULT_API_HEADER_TIMEOUT_SECS: u32 = 10;
 

@@ -72,7 +72,7 @@ pub struct Core {
     handles: HandleCache,
     started_at: chrono::DateTime<Utc>,
     pid: u32,
-    shutdown: watch::Sender<bool>,
+    pub(crate) shutdown: watch::Sender<bool>,
     /// Operations in flight that a later request may join.
     pub(crate) operations: crate::inflight::Operations,
     /// Client leases held now (by id), and the VMs made under each.

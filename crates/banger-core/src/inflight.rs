@@ -28,10 +28,21 @@ pub(crate) struct State {
     pub(crate) outcome: Option<Outcome>,
 }
 
-/// The operations in flight that a later request may join.
-#[derive(Debug, Default)]
+/// The operations in flight: how many, and those a later request may
+/// join.
+#[derive(Debug)]
 pub(crate) struct Operations {
     joinable: Mutex<HashMap<Key, watch::Receiver<State>>>,
+    pub(crate) running: watch::Sender<usize>,
+}
+
+impl Default for Operations {
+    fn default() -> Self {
+        Self {
+            joinable: Mutex::default(),
+            running: watch::channel(0).0,
+        }
+    }
 }
 
 impl Operations {

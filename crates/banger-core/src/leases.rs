@@ -96,6 +96,16 @@ impl Core {
         let Some(vms) = self.lease_table().remove(lease) else {
             return Vec::new();
         };
+        if *self.shutdown.borrow() {
+            // Its connection closed because this daemon is stopping: the
+            // VMs stay recorded `leased`, and the next daemon removes them.
+            tracing::info!(
+                lease,
+                vms = vms.len(),
+                "daemon stopping; the next daemon removes this lease's vms"
+            );
+            return Vec::new();
+        }
         tracing::info!(lease, vms = vms.len(), "lease ended; removing its vms");
         vms.into_iter()
             .filter_map(|id| self.remove_leased(id))

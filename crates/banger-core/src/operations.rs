@@ -43,6 +43,35 @@ impl Job {
     }
 }
 
+/// An operation counted as running, and its key in the registry; both
+/// undone when dropped.
+struct Unjoin {
+    core: Arc<Core>,
+    key: Option<Key>,
+}
+
+impl Unjoin {
+    fn new(core: &Arc<Core>, key: Option<Key>) -> Self {
+        core.operations.running.send_modify(|n| *n += 1);
+        Self {
+            core: Arc::clone(core),
+            key,
+        }
+    }
+}
+
+impl Drop for Unjoin {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.core.operations.lock().remove(&k);
+        }
+        self.core
+            .operations
+            .running
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// Asset builds and imports are the client's own: its going away (a
 /// Ctrl-C, as with `docker build`) cancels them, and their cleanup on
 /// drop removes the half-made asset. Everything else runs to its end.
@@ -85,7 +114,11 @@ impl Core {
             (tx, rx)
         };
         let core = Arc::clone(self);
+        // Leaves the registry with the task however it ends (a panic, an
+        // abort): a dead start must not be joined for good.
+        let unjoin = Unjoin::new(self, key.clone());
         let task = tokio::spawn(async move {
+            let _unjoin = unjoin;
             let (sink, mut stages) = ProgressSink::channel();
             let run = job.run(&core, &sink);
             tokio::pin!(run);
@@ -100,11 +133,23 @@ impl Core {
                 tx.send_modify(|st| st.stages.push(p));
             }
             tx.send_modify(|st| st.outcome = Some(Arc::new(outcome)));
-            if let Some(k) = key {
-                core.operations.lock().remove(&k);
-            }
         });
         OperationWatch::new(rx, false, cancellable.then(|| task.abort_handle()))
+    }
+
+    /// The daemon is stopping: no new command is taken, and leases that
+    /// end now leave their VMs to the next daemon (which removes them).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits, at most `within`, for the operations in flight to end;
+    /// `false` if some still run.
+    pub async fn operations_done(&self, within: std::time::Duration) -> bool {
+        let mut running = self.operations.running.subscribe();
+        tokio::time::timeout(within, running.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The key under which `cmd` may be joined; `None` for commands that

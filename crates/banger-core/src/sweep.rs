@@ -139,25 +139,9 @@ impl Core {
             }
         }
         for id in &orphans {
-            let socket = layout.files(id).socket;
-            for kind in [VmmKind::Qemu, VmmKind::Firecracker] {
-                let Ok(vmm) = self.vmm_for(kind) else {
-                    continue;
-                };
-                if let Some(pid) = vmm.find(&socket) {
-                    tracing::info!(vm_id = %id, pid, vmm = %kind, "killing the vmm of a vm no record has");
-                    vmm.kill(pid, &socket).await.map_err(HostError::from)?;
-                    swept.vmm_processes.push(pid);
-                }
-                vmm.release(id, vmm.jail_root(id).as_deref())
-                    .await
-                    .map_err(HostError::from)?;
-            }
-            let dir = layout.vm_dir(id);
-            if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
-                tracing::info!(vm_id = %id, dir = %dir.display(), "removing the dir of a vm no record has");
-                self.remove_vm_dir(dir.clone()).await?;
-                swept.vm_dirs.push(dir);
+            // One orphan that cannot be removed does not keep the others.
+            if let Err(e) = self.sweep_orphan_vm(id, swept).await {
+                tracing::warn!(vm_id = %id, error = %e, "removing what a vm no record has left");
             }
         }
         for (name, path, is_dir) in runtime_files {
@@ -165,10 +149,36 @@ impl Core {
                 continue;
             }
             tracing::info!(file = %path.display(), "removing a socket of a vm no record has");
-            tokio::fs::remove_file(&path)
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => swept.sockets.push(path),
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "removing a socket"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The VMM serving the orphan's socket, its jail and cgroup, its dir.
+    async fn sweep_orphan_vm(&self, id: &str, swept: &mut Swept) -> Result<(), CoreError> {
+        let layout = self.layout();
+        let socket = layout.files(id).socket;
+        for kind in [VmmKind::Qemu, VmmKind::Firecracker] {
+            let Ok(vmm) = self.vmm_for(kind) else {
+                continue;
+            };
+            if let Some(pid) = vmm.find(&socket) {
+                tracing::info!(vm_id = %id, pid, vmm = %kind, "killing the vmm of a vm no record has");
+                vmm.kill(pid, &socket).await.map_err(HostError::from)?;
+                swept.vmm_processes.push(pid);
+            }
+            vmm.release(id, vmm.jail_root(id).as_deref())
                 .await
-                .map_err(InternalError::io("removing", &path))?;
-            swept.sockets.push(path);
+                .map_err(HostError::from)?;
+        }
+        let dir = layout.vm_dir(id);
+        if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+            tracing::info!(vm_id = %id, dir = %dir.display(), "removing the dir of a vm no record has");
+            self.remove_vm_dir(dir.clone()).await?;
+            swept.vm_dirs.push(dir);
         }
         Ok(())
     }

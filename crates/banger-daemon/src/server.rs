@@ -235,6 +235,9 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), DaemonError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
 }
 
+/// How long a stopping daemon waits for its operations in flight.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs the daemon until SIGTERM, SIGINT or an API shutdown request.
 /// Running VMs are not touched on the way out: they belong to the host,
 /// and the next daemon adopts them.
@@ -359,17 +362,27 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut api_stop = core.shutdown_requested();
+    let stopping = Arc::clone(&core);
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
             _ = api_stop.wait_for(|v| *v) => {}
         }
+        stopping.begin_shutdown();
     };
     tracing::info!("listening");
     let app = api::router(Arc::clone(&core));
     let served = crate::listen::serve(listener, app, core.config().limits, shutdown).await;
     let _ = std::fs::remove_file(&socket);
+    // Operations in flight finish (a create, a snapshot) before the lock
+    // goes: a next daemon's sweep must not meet this one's work.
+    if !core.operations_done(STOP_WAIT).await {
+        tracing::warn!(
+            secs = STOP_WAIT.as_secs(),
+            "operations still running at exit; the next daemon recovers their vms"
+        );
+    }
     tracing::info!("bangerd stopped; running vms were left running");
     served.map_err(DaemonError::Serve)
 }

@@ -211,7 +211,11 @@ impl Shared {
             let mut g = self.lock();
             g.abort_all(io::ErrorKind::ConnectionAborted, "the agent channel closed");
             g.queue.clear();
-            g.ended = Some(cause.map(Arc::new));
+            // The first reason stands (an abort's, over the read loop's
+            // end that follows it).
+            if g.ended.is_none() {
+                g.ended = Some(cause.map(Arc::new));
+            }
         }
         self.closed.send_replace(true);
     }

@@ -63,6 +63,10 @@ pub trait AgentConnector: Send + Sync + std::fmt::Debug {
     async fn detach(&self, _path: &Path) -> Detached {
         Detached::NoCarrier
     }
+    /// The VM behind `path` is paused (or being saved): its guest cannot
+    /// answer, and its silence is no stall. Until [`Self::unpause`].
+    fn pause(&self, _path: &Path) {}
+    fn unpause(&self, _path: &Path) {}
 }
 
 /// What [`AgentConnector::detach`] found.
@@ -115,6 +119,8 @@ impl Default for Keepalive {
 pub struct GuestAgent {
     carriers: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<MuxClient>>>>>,
     keepalive: Keepalive,
+    /// Channels of paused VMs: the keepalive leaves them be.
+    paused: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
 }
 
 impl GuestAgent {
@@ -146,6 +152,7 @@ impl GuestAgent {
             client.downgrade(),
             path.to_owned(),
             self.keepalive,
+            Arc::clone(&self.paused),
         ));
         *held = Some(client.clone());
         Ok(client)
@@ -153,7 +160,12 @@ impl GuestAgent {
 }
 
 /// Watches one carrier for as long as it is kept: see [`Keepalive`].
-async fn keep_alive(carrier: WeakMuxClient, path: PathBuf, k: Keepalive) {
+async fn keep_alive(
+    carrier: WeakMuxClient,
+    path: PathBuf,
+    k: Keepalive,
+    paused: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
+) {
     loop {
         let Some(client) = carrier.upgrade() else {
             return;
@@ -162,17 +174,35 @@ async fn keep_alive(carrier: WeakMuxClient, path: PathBuf, k: Keepalive) {
             return;
         }
         let idle = client.idle_for();
-        if idle < k.idle || client.open_streams() == 0 {
+        let is_paused = paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&path);
+        if idle < k.idle || client.open_streams() == 0 || is_paused {
             // Not a strong handle while asleep: dropping the carrier
             // must not wait for this task.
             drop(client);
             tokio::time::sleep(k.idle.saturating_sub(idle).max(k.idle / 4)).await;
             continue;
         }
-        if tokio::time::timeout(k.within, probe(&client))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        match tokio::time::timeout(k.within, probe(&client)).await {
+            Ok(Ok(())) => continue,
+            // Not the guest's silence: no room for a probe (every stream
+            // in use), or the carrier ended by itself meanwhile.
+            Ok(Err(ProtoError::Mux(MuxError::TooManyStreams | MuxError::Closed { .. }))) => {
+                drop(client);
+                tokio::time::sleep(k.idle).await;
+                continue;
+            }
+            // No answer, or a guest that answers wrong: a stall.
+            Ok(Err(_)) | Err(_) => {}
+        }
+        if paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&path)
         {
+            // Paused while the probe was out: its silence is the pause.
             continue;
         }
         let secs = (idle + k.within).as_secs();
@@ -215,6 +245,21 @@ impl AgentConnector for GuestAgent {
 
     fn forget(&self, path: &Path) {
         self.carriers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
+        self.unpause(path);
+    }
+
+    fn pause(&self, path: &Path) {
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_owned());
+    }
+
+    fn unpause(&self, path: &Path) {
+        self.paused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(path);
@@ -452,5 +497,31 @@ mod tests {
         assert_eq!(agent.detach(&path).await, Detached::Busy { sessions: 1 });
         let kept = agent.carrier(&path).await.expect("carrier");
         assert!(!kept.is_closed(), "a busy carrier is kept");
+    }
+
+    #[tokio::test]
+    async fn a_paused_vms_silence_is_not_a_stall_until_it_runs_again() {
+        let (_dir, path, guest, _serving) = stand_in();
+        let agent = GuestAgent::with_keepalive(QUICK);
+        let mut waiting = agent
+            .connect(AgentChannel::Serial(&path))
+            .await
+            .expect("session");
+        let carrier = agent.carrier(&path).await.expect("carrier");
+        // `vm pause` with a session open: the guest answers nothing.
+        agent.pause(&path);
+        guest
+            .frozen
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Nothing announces that nothing happened: a window of several
+        // keepalive rounds (idle 100 ms, 400 ms to answer) is watched.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!carrier.is_closed(), "a paused vm's channel is kept");
+        // Resumed but still silent: now it is a stall.
+        agent.unpause(&path);
+        send(&mut waiting, &Message::Ping).await.expect("ping");
+        tokio::time::timeout(BOUND, carrier.closed())
+            .await
+            .expect("a stall once it runs again");
     }
 }

@@ -49,7 +49,11 @@ impl Core {
         let was_running = vm.state == VmState::Running;
         if was_running {
             progress.stage("pause", format!("pausing {}", vm.name));
-            vmm.pause(&socket).await.map_err(HostError::from)?;
+            self.agent_paused(&vm, true);
+            if let Err(e) = vmm.pause(&socket).await {
+                self.agent_paused(&vm, false);
+                return Err(HostError::from(e).into());
+            }
         }
         failpoint!("snapshot.paused");
         let saved = self
@@ -68,9 +72,12 @@ impl Core {
             cleaned
         } else if was_running {
             progress.stage("resume", format!("resuming {}", vm.name));
-            vmm.resume(&socket)
+            let resumed = vmm
+                .resume(&socket)
                 .await
-                .map_err(|e| HostError::from(e).into())
+                .map_err(|e| HostError::from(e).into());
+            self.agent_paused(&vm, false);
+            resumed
         } else {
             Ok(())
         };

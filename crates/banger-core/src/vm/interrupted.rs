@@ -10,19 +10,11 @@ use crate::error::CoreError;
 use crate::progress::ProgressSink;
 
 impl Core {
-    /// Waits for the agent as the start would have, then records the VM
-    /// running; without an answer within the start's bound the VM is
-    /// torn down and marked `error` with why.
-    pub(crate) async fn finish_start(
+    async fn wait_adopted_agent(
         &self,
-        id: &VmId,
+        vm: &VmRecord,
         progress: &ProgressSink,
-    ) -> Result<VmRecord, CoreError> {
-        let (mut vm, _lock) = self.lock_vm(id.as_str()).await?;
-        if vm.state != VmState::Starting {
-            // Stopped or killed meanwhile: nothing left to finish.
-            return Ok(vm);
-        }
+    ) -> Result<(), CoreError> {
         let vmm = self.vmm_for(vm.spec.vmm)?;
         let accel = self
             .host_report()
@@ -38,17 +30,36 @@ impl Core {
                 None => std::future::pending().await,
             }
         };
-        let alive = || self.vm_alive(&vm);
-        let waited = agent::wait_ready(
+        let alive = || self.vm_alive(vm);
+        agent::wait_ready(
             self.deps().agent.as_ref(),
-            &vm,
+            vm,
             &alive,
             exited,
             timeout,
             progress,
             None,
         )
-        .await;
+        .await
+    }
+
+    /// Waits for the agent as the start would have, then records the VM
+    /// running; without an answer within the start's bound the VM is
+    /// torn down and marked `error` with why.
+    pub(crate) async fn finish_start(
+        &self,
+        id: &VmId,
+        progress: &ProgressSink,
+    ) -> Result<VmRecord, CoreError> {
+        let (mut vm, _lock) = self.lock_vm(id.as_str()).await?;
+        if vm.state != VmState::Starting {
+            // Stopped or killed meanwhile: nothing left to finish.
+            return Ok(vm);
+        }
+        // Any failure here, this daemon's own included (no driver, no host
+        // report), ends as a failed start: torn down, `error`, never stuck
+        // `starting`.
+        let waited = self.wait_adopted_agent(&vm, progress).await;
         match waited {
             Ok(()) => {
                 self.transition(&mut vm, VmState::Running).await?;

@@ -93,12 +93,19 @@ impl Core {
                 self.record_handles(&mut vm, h).await?;
                 // The host's side made to match the record (a change the
                 // last daemon applied but never recorded, say).
-                self.resync_capabilities(&vm).await?;
+                if let Err(e) = self.resync_capabilities(&vm).await {
+                    // It runs on: a live VM is not made `error` for its
+                    // NAT, and the next change or start sets it again.
+                    tracing::warn!(vm_id = %vm.id, error = %e, "resyncing the capabilities of an adopted vm");
+                    vm.runtime.last_error = Some(format!(
+                        "bangerd restarted and could not set this vm's capabilities (nat) again: {e}; `banger vm set --nat` retries"
+                    ));
+                }
                 // Its disks are its own from now on.
                 vm.runtime.warm_start = false;
                 match vm.state {
                     // A paused VM stays paused: its VMM says so too.
-                    VmState::Paused => {}
+                    VmState::Paused => self.agent_paused(&vm, true),
                     // Running means its agent answered: the start the
                     // last daemon did not finish waits for that again.
                     // A leased one is removed below instead.

@@ -117,3 +117,14 @@ async fn leased_vms_found_at_daemon_start_are_removed() {
     f.core.reconcile().await.expect("reconcile");
     assert!(gone(&f, "orphan").await, "{} is still there", v.name);
 }
+
+#[tokio::test]
+async fn a_lease_ended_by_the_daemon_stopping_leaves_its_vm_to_the_next_daemon() {
+    let f = fixture();
+    let lease = f.core.hold_lease();
+    let v = create_leased(&f, "survives", lease.id()).await;
+    f.core.begin_shutdown();
+    lease.end().await;
+    let kept = f.core.find_vm("survives").await.expect("still recorded");
+    assert!(kept.runtime.leased, "and still leased: {v:?}");
+}
