@@ -30,6 +30,9 @@ pub enum ErrorCode {
     PermissionDenied,
     /// The request body is over the daemon's limit.
     TooLarge,
+    /// The operation was cancelled (`banger operation cancel`, a Ctrl-C,
+    /// or a `vm kill` of a VM being started).
+    Cancelled,
 }
 
 impl ErrorCode {
@@ -40,7 +43,7 @@ impl ErrorCode {
             Self::PermissionDenied => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
-            Self::Conflict | Self::InvalidState => 409,
+            Self::Conflict | Self::InvalidState | Self::Cancelled => 409,
             Self::TooLarge => 413,
             Self::Unavailable => 503,
             Self::Failed | Self::Internal => 500,

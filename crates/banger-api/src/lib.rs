@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod name;
+pub mod operation;
 pub mod size;
 pub mod snapshot;
 pub mod vm;

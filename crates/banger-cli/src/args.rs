@@ -33,6 +33,13 @@ pub enum Top {
         #[command(subcommand)]
         command: SnapshotCmd,
     },
+    /// Long commands in flight (starts, builds, snapshots): list them,
+    /// watch one from another terminal, or cancel a build or a start.
+    #[command(visible_alias = "op")]
+    Operation {
+        #[command(subcommand)]
+        command: OperationCmd,
+    },
     /// Control the bangerd daemon (it starts by itself when needed).
     Daemon {
         #[command(subcommand)]
@@ -199,6 +206,26 @@ pub enum SnapshotCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperationCmd {
+    /// The operations in flight, oldest first.
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow one operation's stages to its result.
+    Watch {
+        /// Its id, as `banger operation list` shows it.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel an asset build, import or add (what it made is removed), or
+    /// a VM start (the VM ends stopped). Other operations run to their end.
+    Cancel { id: String },
 }
 
 /// How to run a command in a guest.

@@ -6,6 +6,7 @@
 
 pub mod args;
 pub mod daemon_ctl;
+mod operations;
 pub mod out;
 pub mod progress;
 pub mod render;
@@ -53,6 +54,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         // `banger vm exec x -- cat big | head`: quiet, like other tools.
         Err(e) if out::is_broken_pipe(&e) => ExitCode::from(out::BROKEN_PIPE_STATUS as u8),
+        Err(e) if e.is::<operations::Interrupted>() => ExitCode::from(operations::INTERRUPTED),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -74,6 +76,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Top::Vm { command } => vm(&config, command).await,
         Top::Kernel { command } => kernel(&config, command).await,
         Top::Image { command } => image(&config, command).await,
+        Top::Operation { command } => {
+            operations::operation(&daemon_ctl::connect(&config).await?, command).await
+        }
         Top::Snapshot { command } => {
             snapshots::snapshot(&daemon_ctl::connect(&config).await?, command).await
         }
@@ -135,8 +140,8 @@ async fn kernel(config: &Settings, cmd: KernelCmd) -> Result<ExitCode> {
                 initrd: initrd.map(|p| host_path("--initrd", &p)).transpose()?,
                 cmdline,
             };
-            let k = staged(json, async |b: &mut Stages| {
-                client.import_kernel(&req, |p| b.update(p)).await
+            let k = operations::cancelled_by_ctrl_c(&client, json, async |w| {
+                client.import_kernel(&req, w).await
             })
             .await?;
             if json {
@@ -154,8 +159,8 @@ async fn kernel(config: &Settings, cmd: KernelCmd) -> Result<ExitCode> {
                 name,
                 package: from_debian.filter(|p| !p.is_empty()),
             };
-            let k = staged(json, async |b: &mut Stages| {
-                client.add_kernel(&req, |p| b.update(p)).await
+            let k = operations::cancelled_by_ctrl_c(&client, json, async |w| {
+                client.add_kernel(&req, w).await
             })
             .await?;
             if json {
@@ -240,8 +245,8 @@ async fn image(config: &Settings, cmd: ImageCmd) -> Result<ExitCode> {
                 suite: debian,
                 packages,
             };
-            let i = staged(json, async |b: &mut Stages| {
-                client.build_image(&req, |p| b.update(p)).await
+            let i = operations::cancelled_by_ctrl_c(&client, json, async |w| {
+                client.build_image(&req, w).await
             })
             .await?;
             if json {
@@ -261,8 +266,8 @@ async fn image(config: &Settings, cmd: ImageCmd) -> Result<ExitCode> {
                 rootfs: rootfs.map(|p| host_path("--rootfs", &p)).transpose()?,
                 dir: dir.map(|p| host_path("--dir", &p)).transpose()?,
             };
-            let i = staged(json, async |b: &mut Stages| {
-                client.import_image(&req, |p| b.update(p)).await
+            let i = operations::cancelled_by_ctrl_c(&client, json, async |w| {
+                client.import_image(&req, w).await
             })
             .await?;
             if json {

@@ -5,12 +5,12 @@ use banger_api::asset::{
     ImageBuildRequest, ImageImportRequest, ImageRecord, KernelAddRequest, KernelImportRequest,
     KernelRecord,
 };
-use banger_api::event::Progress;
 use banger_http::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::paths::asset_path;
+use crate::transport::StreamObserver;
 use crate::{Client, ClientError};
 
 impl Client {
@@ -38,7 +38,7 @@ impl Client {
         &self,
         path: &str,
         body: &B,
-        on_progress: impl FnMut(&Progress),
+        on_progress: impl StreamObserver,
     ) -> Result<T, ClientError> {
         self.stream(self.with_json(Method::POST, path, body)?, on_progress)
             .await
@@ -63,7 +63,7 @@ impl Client {
     pub async fn import_kernel(
         &self,
         req: &KernelImportRequest,
-        on_progress: impl FnMut(&Progress),
+        on_progress: impl StreamObserver,
     ) -> Result<KernelRecord, ClientError> {
         self.post_streamed("/v1/kernels/import", req, on_progress)
             .await
@@ -72,7 +72,7 @@ impl Client {
     pub async fn add_kernel(
         &self,
         req: &KernelAddRequest,
-        on_progress: impl FnMut(&Progress),
+        on_progress: impl StreamObserver,
     ) -> Result<KernelRecord, ClientError> {
         self.post_streamed("/v1/kernels/add", req, on_progress)
             .await
@@ -93,7 +93,7 @@ impl Client {
     pub async fn build_image(
         &self,
         req: &ImageBuildRequest,
-        on_progress: impl FnMut(&Progress),
+        on_progress: impl StreamObserver,
     ) -> Result<ImageRecord, ClientError> {
         self.post_streamed("/v1/images/build", req, on_progress)
             .await
@@ -102,7 +102,7 @@ impl Client {
     pub async fn import_image(
         &self,
         req: &ImageImportRequest,
-        on_progress: impl FnMut(&Progress),
+        on_progress: impl StreamObserver,
     ) -> Result<ImageRecord, ClientError> {
         self.post_streamed("/v1/images/import", req, on_progress)
             .await

@@ -6,6 +6,7 @@
 
 mod assets;
 mod leases;
+mod operations;
 mod paths;
 mod snapshots;
 mod transport;
@@ -17,6 +18,7 @@ use banger_api::{ApiError, ErrorCode};
 use banger_http::{HttpError, UdsHttp};
 
 pub use leases::Lease;
+pub use transport::StreamObserver;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]

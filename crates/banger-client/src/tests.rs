@@ -1,3 +1,4 @@
+use banger_api::event::Progress;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
@@ -87,7 +88,7 @@ async fn stream_reads_progress_split_across_frames_then_result() {
     let mut stages = Vec::new();
     let c = Client::new(sock);
     let v: u32 = c
-        .stream(c.request(Method::POST, "/v1/x"), |p| {
+        .stream(c.request(Method::POST, "/v1/x"), |p: &Progress| {
             stages.push(p.stage.clone())
         })
         .await
@@ -105,7 +106,7 @@ async fn stream_without_result_is_reported_as_ended() {
     );
     let c = Client::new(sock);
     let err = c
-        .stream::<u32>(c.request(Method::POST, "/v1/x"), |_| {})
+        .stream::<u32>(c.request(Method::POST, "/v1/x"), |_: &Progress| {})
         .await
         .expect_err("ended");
     assert!(matches!(err, ClientError::StreamEnded { .. }), "{err}");
@@ -120,10 +121,36 @@ async fn stream_error_event_is_returned() {
     );
     let c = Client::new(sock);
     let err = c
-        .stream::<u32>(c.request(Method::POST, "/v1/x"), |_| {})
+        .stream::<u32>(c.request(Method::POST, "/v1/x"), |_: &Progress| {})
         .await
         .expect_err("error event");
     assert_eq!(err.api_code(), Some(ErrorCode::Conflict));
+}
+
+#[tokio::test]
+async fn the_operation_id_of_a_stream_reaches_its_observer_before_the_stages() {
+    struct Seen<'a>(&'a mut Vec<String>);
+    impl crate::StreamObserver for Seen<'_> {
+        fn started(&mut self, id: &banger_api::operation::OperationId) {
+            self.0.push(id.to_string());
+        }
+        fn progress(&mut self, p: &Progress) {
+            self.0.push(p.stage.clone());
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = serve(
+        dir.path(),
+        "HTTP/1.1 200 OK\r\nbanger-operation: op-00000000000000ab\r\nconnection: close\r\n\r\n{\"event\":\"progress\",\"stage\":\"a\"}\n{\"event\":\"result\",\"value\":1}\n",
+    );
+    let c = Client::new(sock);
+    let mut seen = Vec::new();
+    let v: u32 = c
+        .stream(c.request(Method::POST, "/v1/x"), Seen(&mut seen))
+        .await
+        .expect("stream");
+    assert_eq!(v, 1);
+    assert_eq!(seen, ["op-00000000000000ab", "a"]);
 }
 
 #[test]

@@ -2,12 +2,30 @@
 //! stream or an upgraded connection; error answers become [`ApiError`]s.
 
 use banger_api::event::{Progress, StreamEvent};
+use banger_api::operation::{OPERATION_HEADER, OperationId};
 use banger_api::{ApiError, ErrorCode};
 use banger_http::{Bytes, Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{Attached, Client, ClientError};
+
+/// What the caller of a streamed call hears while it runs. A closure
+/// over [`Progress`] is one that ignores the id.
+pub trait StreamObserver {
+    /// The daemon runs the call as operation `id` (which `banger
+    /// operation cancel` takes).
+    fn started(&mut self, id: &OperationId) {
+        let _ = id;
+    }
+    fn progress(&mut self, p: &Progress);
+}
+
+impl<F: FnMut(&Progress)> StreamObserver for F {
+    fn progress(&mut self, p: &Progress) {
+        self(p)
+    }
+}
 
 impl Client {
     pub(crate) fn request(&self, method: Method, path: &str) -> Request<'_> {
@@ -44,17 +62,23 @@ impl Client {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
-    /// Calls a streaming endpoint: `on_progress` sees each progress event,
-    /// the result event's value is returned.
+    /// Calls a streaming endpoint: `observer` hears the operation's id and
+    /// each progress event, the result event's value is returned.
     pub(crate) async fn stream<T: DeserializeOwned>(
         &self,
         req: Request<'_>,
-        mut on_progress: impl FnMut(&Progress),
+        mut observer: impl StreamObserver,
     ) -> Result<T, ClientError> {
         let what = req.path().to_owned();
         let resp = req.send().await?;
         if !resp.status().is_success() {
             return Err(refusal(resp).await);
+        }
+        if let Some(id) = resp
+            .header(OPERATION_HEADER)
+            .and_then(|h| h.parse::<OperationId>().ok())
+        {
+            observer.started(&id);
         }
         let mut lines = resp.lines();
         while let Some(line) = lines.next().await? {
@@ -64,7 +88,7 @@ impl Client {
                     message: format!("bad stream line: {e}"),
                 })?;
             match ev {
-                StreamEvent::Progress(p) => on_progress(&p),
+                StreamEvent::Progress(p) => observer.progress(&p),
                 StreamEvent::Result { value } => return Ok(value),
                 StreamEvent::Error(e) => return Err(ClientError::Api(e)),
             }

@@ -6,6 +6,7 @@ use banger_api::asset::{
 };
 use banger_api::daemon::DaemonStatus;
 use banger_api::doctor::DoctorReport;
+use banger_api::operation::OperationKind;
 use banger_api::snapshot::{
     ForkVmRequest, SnapshotRecord, SnapshotVmRequest, WarmImageRequest, WarmImageResponse,
 };
@@ -100,6 +101,61 @@ pub enum Command {
         name: String,
         request: WarmImageRequest,
     },
+}
+
+impl Command {
+    /// What the operations list calls this command and what it acts on;
+    /// `None` for the short ones (lists, shows, attaches), which are not
+    /// listed.
+    pub fn operation(&self) -> Option<(OperationKind, String)> {
+        use OperationKind as K;
+        let (kind, target) = match self {
+            Self::VmCreate(r) => (K::VmCreate, r.name.clone().unwrap_or_default()),
+            Self::VmSet { vm, .. } => (K::VmSet, vm.clone()),
+            Self::VmDelete { vm } => (K::VmDelete, vm.clone()),
+            Self::VmStart { vm } => (K::VmStart, vm.clone()),
+            Self::VmStop { vm } => (K::VmStop, vm.clone()),
+            Self::VmKill { vm } => (K::VmKill, vm.clone()),
+            Self::VmPause { vm } => (K::VmPause, vm.clone()),
+            Self::VmResume { vm } => (K::VmResume, vm.clone()),
+            Self::VmSnapshot { vm, .. } => (K::VmSnapshot, vm.clone()),
+            Self::VmFork { vm, .. } => (K::VmFork, vm.clone()),
+            Self::SnapshotRm { name } => (K::SnapshotRm, name.clone()),
+            Self::KernelImport(r) => (K::KernelImport, r.name.clone()),
+            Self::KernelAdd(r) => (K::KernelAdd, r.name.clone()),
+            Self::KernelRm { name, .. } => (K::KernelRm, name.clone()),
+            Self::ImageBuild(r) => (K::ImageBuild, r.name.clone()),
+            Self::ImageImport(r) => (K::ImageImport, r.name.clone()),
+            Self::ImageRm { name, .. } => (K::ImageRm, name.clone()),
+            Self::ImageWarm { name, .. } => (K::ImageWarm, name.clone()),
+            Self::DaemonStatus
+            | Self::Shutdown
+            | Self::Doctor
+            | Self::VmList
+            | Self::VmShow { .. }
+            | Self::VmLogs { .. }
+            | Self::VmAttach { .. }
+            | Self::VmSsh { .. }
+            | Self::SnapshotList
+            | Self::SnapshotShow { .. }
+            | Self::KernelList
+            | Self::KernelShow { .. }
+            | Self::ImageList
+            | Self::ImageShow { .. } => return None,
+        };
+        Some((kind, target))
+    }
+
+    /// Asset builds and imports: cancelling one drops its work where it
+    /// waits, and the drop kills its tools and removes the half-made
+    /// asset. (A start is cancelled otherwise; the rest run to their end,
+    /// since half of one would leave a VM or an asset in between.)
+    pub(crate) fn dropped_on_cancel(&self) -> bool {
+        matches!(
+            self,
+            Self::KernelImport(_) | Self::KernelAdd(_) | Self::ImageBuild(_) | Self::ImageImport(_)
+        )
+    }
 }
 
 /// What a command produced.

@@ -83,6 +83,20 @@ pub enum CoreError {
     Unavailable(String),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error("{what} was cancelled by {by}")]
+    Cancelled {
+        what: String,
+        by: crate::cancel::CancelCause,
+    },
+    #[error("operation {0} is not in flight; `banger operation list` shows the ones that are")]
+    OperationNotFound(banger_api::operation::OperationId),
+    #[error(
+        "operation {id} ({kind}) cannot be cancelled: stopping it half way would leave its vm or asset in between; wait for it (`banger operation watch {id}`), then undo it"
+    )]
+    NotCancellable {
+        id: banger_api::operation::OperationId,
+        kind: banger_api::operation::OperationKind,
+    },
     #[error(transparent)]
     Handles(#[from] HandlesError),
     #[error(transparent)]

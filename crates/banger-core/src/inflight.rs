@@ -6,9 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use banger_api::event::Progress;
+use banger_api::operation::{OperationId, OperationInfo, OperationKind};
 use banger_api::vm::VmId;
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
+use crate::cancel::StartCancels;
 use crate::command::Reply;
 use crate::error::CoreError;
 
@@ -28,26 +32,87 @@ pub(crate) struct State {
     pub(crate) outcome: Option<Outcome>,
 }
 
-/// The operations in flight: how many, and those a later request may
-/// join.
+/// How an operation is cancelled.
+#[derive(Debug, Clone)]
+pub(crate) enum Cancel {
+    /// Its work is dropped where it waits: asset builds and imports,
+    /// whose drop kills their tools and removes the half-made asset.
+    Drop(CancellationToken),
+    /// A VM start, cut short at its next wait (`cancel.rs`) and cleaned
+    /// up as a failed start.
+    Start(VmId),
+}
+
+/// One operation in flight.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) kind: OperationKind,
+    pub(crate) target: String,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) rx: watch::Receiver<State>,
+    pub(crate) cancel: Option<Cancel>,
+}
+
+impl Entry {
+    pub(crate) fn info(&self, id: &OperationId) -> OperationInfo {
+        OperationInfo {
+            id: id.clone(),
+            kind: self.kind,
+            target: self.target.clone(),
+            started_at: self.started_at,
+            stage: self.rx.borrow().stages.last().cloned(),
+            cancellable: self.cancel.is_some(),
+        }
+    }
+}
+
+/// The operations in flight by id, and those a later request may join.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    pub(crate) by_id: HashMap<OperationId, Entry>,
+    pub(crate) joinable: HashMap<Key, OperationId>,
+}
+
+impl Registry {
+    /// The operation a request for `key` joins, if one is in flight.
+    pub(crate) fn joined(&self, key: &Key) -> Option<(&OperationId, &Entry)> {
+        let id = self.joinable.get(key)?;
+        self.by_id.get(id).map(|e| (id, e))
+    }
+
+    /// Forgets `id` (and its key) once its task is over.
+    pub(crate) fn remove(&mut self, id: &OperationId, key: Option<&Key>) {
+        self.by_id.remove(id);
+        if let Some(k) = key
+            && self.joinable.get(k) == Some(id)
+        {
+            self.joinable.remove(k);
+        }
+    }
+}
+
+/// The operations in flight, how many run, and the starts that may be
+/// cut short.
 #[derive(Debug)]
 pub(crate) struct Operations {
-    joinable: Mutex<HashMap<Key, watch::Receiver<State>>>,
+    registry: Mutex<Registry>,
     pub(crate) running: watch::Sender<usize>,
+    pub(crate) starts: StartCancels,
 }
 
 impl Default for Operations {
     fn default() -> Self {
         Self {
-            joinable: Mutex::default(),
+            registry: Mutex::default(),
             running: watch::channel(0).0,
+            starts: StartCancels::default(),
         }
     }
 }
 
 impl Operations {
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, watch::Receiver<State>>> {
-        self.joinable.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -64,36 +129,22 @@ pub struct OperationWatch {
     rx: watch::Receiver<State>,
     seen: usize,
     done: bool,
+    /// The operation's id; `None` for the short commands (list, show)
+    /// that are not registered.
+    pub id: Option<OperationId>,
     /// This watcher joined an operation another request started.
     pub joined: bool,
-    /// Set for an operation its client cancels by going away.
-    cancel: Option<tokio::task::AbortHandle>,
 }
 
 impl OperationWatch {
-    /// A watch from the first stage on; `cancel` aborts the operation if
-    /// this is dropped before its outcome.
-    pub(crate) fn new(
-        rx: watch::Receiver<State>,
-        joined: bool,
-        cancel: Option<tokio::task::AbortHandle>,
-    ) -> Self {
+    /// A watch from the first stage on.
+    pub(crate) fn new(rx: watch::Receiver<State>, id: Option<OperationId>, joined: bool) -> Self {
         Self {
             rx,
             seen: 0,
             done: false,
+            id,
             joined,
-            cancel,
-        }
-    }
-}
-
-impl Drop for OperationWatch {
-    fn drop(&mut self) {
-        if let Some(task) = self.cancel.take() {
-            if !self.done {
-                task.abort();
-            }
         }
     }
 }

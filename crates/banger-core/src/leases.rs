@@ -68,6 +68,12 @@ impl Core {
         }
     }
 
+    /// A VM made under a lease that has ended since: it is on its way
+    /// out, and no start may bring it up again.
+    pub(crate) fn lease_ended(&self, vm: &banger_api::vm::VmRecord) -> bool {
+        vm.runtime.leased && !self.lease_table().values().any(|vms| vms.contains(&vm.id))
+    }
+
     /// Refuses a create under a lease that is not held.
     pub(crate) fn check_lease(&self, lease: &str) -> Result<(), CoreError> {
         if self.lease_table().contains_key(lease) {

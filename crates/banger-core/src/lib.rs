@@ -24,6 +24,7 @@ macro_rules! failpoint {
 pub mod admission;
 pub mod agent;
 pub mod assets;
+pub mod cancel;
 pub mod capability;
 pub mod command;
 mod core;

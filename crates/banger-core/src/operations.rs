@@ -9,13 +9,16 @@
 
 use std::sync::Arc;
 
+use banger_api::operation::{OperationId, OperationInfo, OperationKind};
 use banger_api::vm::{VmId, VmRecord};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
+use crate::cancel::CancelCause;
 use crate::command::{Command, Reply};
 use crate::core::Core;
 use crate::error::CoreError;
-use crate::inflight::{Key, State};
+use crate::inflight::{Cancel, Entry, Key, State};
 pub use crate::inflight::{OperationEvent, OperationWatch, Outcome};
 use crate::progress::ProgressSink;
 
@@ -41,48 +44,54 @@ impl Job {
             Job::FinishStart(id) => core.finish_start(&id, sink).await.map(Reply::Vm),
         }
     }
+
+    /// Its entry in the operations list, and how it is cancelled.
+    fn describe(&self, key: Option<&Key>) -> Option<(OperationKind, String, Option<Cancel>)> {
+        let start = |k: Option<&Key>| k.map(|Key::Start(id)| Cancel::Start(id.clone()));
+        match self {
+            Job::Command(cmd) => {
+                let (kind, target) = cmd.operation()?;
+                let cancel = if cmd.dropped_on_cancel() {
+                    Some(Cancel::Drop(CancellationToken::new()))
+                } else if kind == OperationKind::VmStart {
+                    start(key)
+                } else {
+                    None
+                };
+                Some((kind, target, cancel))
+            }
+            Job::FinishStart(id) => Some((OperationKind::VmStart, id.to_string(), start(key))),
+        }
+    }
 }
 
-/// An operation counted as running, and its key in the registry; both
+/// An operation counted as running, and its entry in the registry; both
 /// undone when dropped.
 struct Unjoin {
     core: Arc<Core>,
-    key: Option<Key>,
+    entry: Option<(OperationId, Option<Key>)>,
 }
 
 impl Unjoin {
-    fn new(core: &Arc<Core>, key: Option<Key>) -> Self {
+    fn new(core: &Arc<Core>, entry: Option<(OperationId, Option<Key>)>) -> Self {
         core.operations.running.send_modify(|n| *n += 1);
         Self {
             core: Arc::clone(core),
-            key,
+            entry,
         }
     }
 }
 
 impl Drop for Unjoin {
     fn drop(&mut self) {
-        if let Some(k) = self.key.take() {
-            self.core.operations.lock().remove(&k);
+        if let Some((id, key)) = self.entry.take() {
+            self.core.operations.lock().remove(&id, key.as_ref());
         }
         self.core
             .operations
             .running
             .send_modify(|n| *n = n.saturating_sub(1));
     }
-}
-
-/// Asset builds and imports are the client's own: its going away (a
-/// Ctrl-C, as with `docker build`) cancels them, and their cleanup on
-/// drop removes the half-made asset. Everything else runs to its end.
-fn cancelled_with_client(cmd: &Command) -> bool {
-    matches!(
-        cmd,
-        Command::KernelImport(_)
-            | Command::KernelAdd(_)
-            | Command::ImageBuild(_)
-            | Command::ImageImport(_)
-    )
 }
 
 impl Core {
@@ -101,40 +110,127 @@ impl Core {
     }
 
     fn spawn_job(self: &Arc<Self>, key: Option<Key>, job: Job) -> OperationWatch {
-        let cancellable = matches!(&job, Job::Command(cmd) if cancelled_with_client(cmd));
-        let (tx, rx) = {
-            let mut joinable = self.operations.lock();
-            if let Some(rx) = key.as_ref().and_then(|k| joinable.get(k)) {
-                return OperationWatch::new(rx.clone(), true, None);
+        let described = job.describe(key.as_ref());
+        let what = described.as_ref().map_or_else(
+            || "the operation".to_owned(),
+            |(k, t, _)| format!("{k} {t:?}"),
+        );
+        let dropped = match &described {
+            Some((_, _, Some(Cancel::Drop(token)))) => Some(token.clone()),
+            _ => None,
+        };
+        let (tx, rx, id) = {
+            let mut reg = self.operations.lock();
+            if let Some((id, e)) = key.as_ref().and_then(|k| reg.joined(k)) {
+                return OperationWatch::new(e.rx.clone(), Some(id.clone()), true);
             }
             let (tx, rx) = watch::channel(State::default());
-            if let Some(k) = &key {
-                joinable.insert(k.clone(), rx.clone());
-            }
-            (tx, rx)
+            let id = described.map(|(kind, target, cancel)| {
+                let id = OperationId::from_number(rand::random());
+                let entry = Entry {
+                    kind,
+                    target,
+                    started_at: chrono::Utc::now(),
+                    rx: rx.clone(),
+                    cancel,
+                };
+                reg.by_id.insert(id.clone(), entry);
+                if let Some(k) = &key {
+                    reg.joinable.insert(k.clone(), id.clone());
+                }
+                id
+            });
+            (tx, rx, id)
         };
         let core = Arc::clone(self);
         // Leaves the registry with the task however it ends (a panic, an
         // abort): a dead start must not be joined for good.
-        let unjoin = Unjoin::new(self, key.clone());
-        let task = tokio::spawn(async move {
-            let _unjoin = unjoin;
+        let unjoin = Unjoin::new(self, id.clone().map(|id| (id, key)));
+        tokio::spawn(async move {
+            let unjoin = unjoin;
             let (sink, mut stages) = ProgressSink::channel();
-            let run = job.run(&core, &sink);
-            tokio::pin!(run);
+            let mut run = Box::pin(job.run(&core, &sink));
+            let dropped = async {
+                match &dropped {
+                    Some(t) => t.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(dropped);
             let outcome = loop {
                 tokio::select! {
                     biased;
                     Some(p) = stages.recv() => tx.send_modify(|st| st.stages.push(p)),
                     res = &mut run => break res,
+                    // Its drop (when `run` goes) is the cleanup.
+                    () = &mut dropped => break Err(CoreError::Cancelled {
+                        what,
+                        by: CancelCause::Request,
+                    }),
                 }
             };
+            // A cancelled job's cleanup (its drop) is over before anyone
+            // hears the outcome, and so is its entry in the list.
+            drop(run);
             while let Ok(p) = stages.try_recv() {
                 tx.send_modify(|st| st.stages.push(p));
             }
+            drop(unjoin);
             tx.send_modify(|st| st.outcome = Some(Arc::new(outcome)));
         });
-        OperationWatch::new(rx, false, cancellable.then(|| task.abort_handle()))
+        OperationWatch::new(rx, id, false)
+    }
+
+    /// The operations in flight, oldest first.
+    pub fn operations_list(&self) -> Vec<OperationInfo> {
+        let reg = self.operations.lock();
+        let mut ops: Vec<_> = reg.by_id.iter().map(|(id, e)| e.info(id)).collect();
+        ops.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        ops
+    }
+
+    /// A watch on operation `id` from its first stage on.
+    pub fn operation_watch(&self, id: &OperationId) -> Result<OperationWatch, CoreError> {
+        let reg = self.operations.lock();
+        let e = reg
+            .by_id
+            .get(id)
+            .ok_or_else(|| CoreError::OperationNotFound(id.clone()))?;
+        Ok(OperationWatch::new(e.rx.clone(), Some(id.clone()), true))
+    }
+
+    /// Cancels operation `id`: an asset build or import stops where it
+    /// is and removes what it made; a VM start is cut short at its next
+    /// wait and cleaned up. Returns the operation as it was; its watchers
+    /// see it end with a `cancelled` error.
+    pub fn operation_cancel(&self, id: &OperationId) -> Result<OperationInfo, CoreError> {
+        let (info, cancel) = {
+            let reg = self.operations.lock();
+            let e = reg
+                .by_id
+                .get(id)
+                .ok_or_else(|| CoreError::OperationNotFound(id.clone()))?;
+            (e.info(id), e.cancel.clone())
+        };
+        match cancel {
+            Some(Cancel::Drop(token)) => token.cancel(),
+            Some(Cancel::Start(vm)) => {
+                self.cancel_start(&vm, CancelCause::Request);
+            }
+            None => {
+                return Err(CoreError::NotCancellable {
+                    id: id.clone(),
+                    kind: info.kind,
+                });
+            }
+        }
+        tracing::info!(operation = %id, kind = %info.kind, target = %info.target, "operation cancelled");
+        Ok(info)
+    }
+
+    /// Cuts the start of `vm` in flight short; `false` if none runs.
+    pub(crate) fn cancel_start(&self, vm: &VmId, cause: CancelCause) -> bool {
+        self.operations.starts.cancel(vm, cause)
     }
 
     /// The daemon is stopping: no new command is taken, and leases that

@@ -232,6 +232,11 @@ impl Response {
         self.inner.status()
     }
 
+    /// A header's value, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.inner.headers().get(name)?.to_str().ok()
+    }
+
     /// The whole body.
     pub async fn bytes(self) -> Result<Bytes, HttpError> {
         let http = self.http;

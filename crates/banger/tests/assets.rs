@@ -346,8 +346,27 @@ fn a_second_add_of_the_same_name_waits_and_a_cancelled_add_leaves_nothing() {
     assert!(matches!(raced, Outcome::Result(_)), "{raced:?}");
     env.ok(&["kernel", "show", "same", "--verify"]);
 
-    // Cancel: the client goes away mid-download (a download that would
-    // take a minute), and the daemon must stop it well before that.
+    // A client that goes away leaves its add running: another client
+    // watches it by id to its end.
+    set_delay(3);
+    let mut left = Stream::post(
+        &env.socket(),
+        "/v1/kernels/add",
+        Some(&add_request("outlived")),
+    );
+    apt_started(&mut left);
+    let id = left
+        .operation
+        .clone()
+        .expect("the stream names its operation");
+    drop(left);
+    let watched = Stream::get(&env.socket(), &format!("/v1/operations/{id}"))
+        .outcome(Duration::from_secs(60));
+    assert!(matches!(watched, Outcome::Result(_)), "{watched:?}");
+    env.ok(&["kernel", "show", "outlived", "--verify"]);
+
+    // Cancel by id (a download that would take a minute): the daemon
+    // kills the tool, removes its work dir, and the add ends `cancelled`.
     set_delay(60);
     let mut victim = Stream::post(
         &env.socket(),
@@ -355,20 +374,73 @@ fn a_second_add_of_the_same_name_waits_and_a_cancelled_add_leaves_nothing() {
         Some(&add_request("cancelled")),
     );
     let apt_pid = apt_started(&mut victim);
-    drop(victim);
-    // The daemon notices, kills the tool and removes its work dir.
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let tool_gone = wait::exited(apt_pid, Duration::from_secs(8));
-    // Nothing announces the work dir's removal: a bounded poll.
-    let tmp_empty = wait::until(deadline.saturating_duration_since(Instant::now()), || {
-        dir_entries(&env.state_dir().join("tmp")).is_empty()
-    });
+    let id = victim.operation.clone().expect("operation id");
+    let listed = env.json(&["operation", "list", "--json"]);
+    let op = listed
+        .as_array()
+        .and_then(|ops| ops.iter().find(|o| o["id"] == id.as_str()))
+        .unwrap_or_else(|| panic!("{id} not in {listed}"));
+    assert_eq!(op["kind"], "kernel_add");
+    assert_eq!(op["target"], "cancelled");
+    assert_eq!(op["cancellable"], true);
+    env.ok(&["operation", "cancel", &id]);
+    let ended = victim.outcome(Duration::from_secs(30));
     assert!(
-        tool_gone && tmp_empty,
-        "cancelled add left tool alive={} tmp={:?}",
-        !tool_gone,
-        dir_entries(&env.state_dir().join("tmp"))
+        matches!(&ended, Outcome::Error(e) if e.contains("Cancelled")),
+        "{ended:?}"
     );
+    assert!(
+        wait::exited(apt_pid, Duration::from_secs(8)),
+        "the tool was not killed"
+    );
+    // The outcome is sent once the work was dropped, its dir with it.
+    assert_eq!(
+        dir_entries(&env.state_dir().join("tmp")),
+        Vec::<String>::new()
+    );
+
+    // A Ctrl-C of the CLI cancels too, as `docker build`'s does.
+    let mut cli = env
+        .command(common::BANGER)
+        .args([
+            "kernel",
+            "add",
+            "interrupted",
+            "--from-debian",
+            "linux-image-real",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Nothing announces the CLI's download to the test: a bounded poll
+    // of the operations list.
+    let running = wait::until(Duration::from_secs(30), || {
+        env.json(&["operation", "list", "--json"])
+            .as_array()
+            .is_some_and(|ops| {
+                ops.iter()
+                    .any(|o| o["target"] == "interrupted" && o["stage"]["stage"] == "download")
+            })
+    });
+    assert!(running, "the CLI's add never reached its download");
+    common::kill(cli.id() as i32, nix::sys::signal::Signal::SIGINT);
+    let status = cli.wait().expect("wait");
+    let mut err = String::new();
+    std::io::Read::read_to_string(cli.stderr.as_mut().expect("stderr"), &mut err).expect("read");
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("cancelled operation"), "{err}");
+    assert!(
+        env.json(&["operation", "list", "--json"])
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "the CLI exits once its operation is over"
+    );
+    assert_eq!(
+        dir_entries(&env.state_dir().join("tmp")),
+        Vec::<String>::new()
+    );
+
     let names: Vec<String> = env
         .json(&["kernel", "list", "--json"])
         .as_array()
@@ -376,7 +448,7 @@ fn a_second_add_of_the_same_name_waits_and_a_cancelled_add_leaves_nothing() {
         .iter()
         .map(|k| k["name"].as_str().unwrap_or("").to_owned())
         .collect();
-    assert_eq!(names, ["same"]);
+    assert_eq!(names, ["outlived", "same"]);
 }
 
 /// A stand-in debootstrap: a tiny tree with the parts banger edits.

@@ -462,3 +462,22 @@ fn half_sent_requests_time_out_excess_connections_get_503_and_big_bodies_413() {
     let err: serde_json::Value = serde_json::from_str(&body).expect("json error");
     assert_eq!(err["code"], "too_large", "{body}");
 }
+
+#[test]
+fn operations_are_listed_and_bad_or_stale_ids_get_clear_errors() {
+    let env = Env::new();
+    let out = env.ok(&["operation", "list"]);
+    for col in ["ID", "COMMAND", "TARGET", "STAGE", "CANCEL"] {
+        assert!(out.contains(col), "{out}");
+    }
+    assert_eq!(env.json(&["op", "ls", "--json"]), serde_json::json!([]));
+    let err = env.fails(&["operation", "cancel", "web"]);
+    assert!(
+        err.contains("not an operation id") && err.contains("banger operation list"),
+        "{err}"
+    );
+    let err = env.fails(&["operation", "cancel", "op-00000000000000ab"]);
+    assert!(err.contains("not in flight"), "{err}");
+    let err = env.fails(&["operation", "watch", "op-00000000000000ab"]);
+    assert!(err.contains("not in flight"), "{err}");
+}

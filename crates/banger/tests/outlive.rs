@@ -85,6 +85,40 @@ fn a_start_whose_client_goes_runs_to_its_end_and_a_second_start_watches_it() {
 }
 
 #[test]
+fn a_kill_cuts_a_start_short_and_the_vm_starts_again() {
+    let Some(lab) = lab() else { return };
+    lab.ok(&["vm", "create", "--name", "cut", "--memory", "512", "--cold"]);
+    let mut start = Stream::post(&lab.env.socket(), "/v1/vms/cut/start", None);
+    // The guest boots: without the kill the start would wait for its
+    // agent, which answers seconds later.
+    start.wait_progress(BOOT, |p| p.stage == "agent");
+    let t = std::time::Instant::now();
+    lab.ok(&["vm", "kill", "cut"]);
+    let killed_in = t.elapsed();
+    match start.outcome(BOOT) {
+        Outcome::Error(e) => assert!(e.contains("Cancelled") && e.contains("vm kill"), "{e}"),
+        other => {
+            eprintln!("{}", lab.diagnostics());
+            panic!("the killed start: {other:?}")
+        }
+    }
+    let shown = lab.json(&["vm", "show", "cut", "--json"]);
+    assert_eq!(shown["state"], "stopped", "{shown}");
+    assert!(
+        vmm_pids(&lab.env.dir.path().display().to_string()).is_empty(),
+        "the cut start left its VMM"
+    );
+    eprintln!("kill during the agent wait returned in {killed_in:?}");
+    // Stopped as after any kill: it starts and runs commands again.
+    lab.ok(&["vm", "start", "cut"]);
+    lab.ok(&["vm", "exec", "cut", "--", "true"]);
+    lab.ok(&["vm", "kill", "cut"]);
+    lab.ok(&["vm", "delete", "cut"]);
+    lab.assert_no_leaks();
+    lab.ok(&["daemon", "stop"]);
+}
+
+#[test]
 fn vm_run_rm_whose_client_dies_during_the_boot_or_the_command_leaves_nothing() {
     let Some(lab) = lab() else { return };
     lab.ok(&["daemon", "start"]);

@@ -4,7 +4,7 @@
 use banger_api::doctor::Accel;
 use banger_api::vm::{VmId, VmRecord, VmState};
 
-use crate::agent::{self, ready_timeout};
+use crate::cancel::StartCancel;
 use crate::core::Core;
 use crate::error::CoreError;
 use crate::progress::ProgressSink;
@@ -13,7 +13,7 @@ impl Core {
     async fn wait_adopted_agent(
         &self,
         vm: &VmRecord,
-        progress: &ProgressSink,
+        (progress, cancel): (&ProgressSink, &StartCancel),
     ) -> Result<(), CoreError> {
         let vmm = self.vmm_for(vm.spec.vmm)?;
         let accel = self
@@ -21,26 +21,9 @@ impl Core {
             .await?
             .default_vmm
             .map_or(Accel::Tcg, |c| c.accel);
-        let timeout = ready_timeout(self.config().guest.ready_timeout_secs, accel);
         let pid = self.handles().get(vm.id.as_str()).and_then(|h| h.pid);
-        let socket = vm.runtime.api_socket.clone().unwrap_or_default();
-        let exited = async {
-            match pid {
-                Some(pid) => vmm.wait_gone(pid, &socket, timeout).await,
-                None => std::future::pending().await,
-            }
-        };
-        let alive = || self.vm_alive(vm);
-        agent::wait_ready(
-            self.deps().agent.as_ref(),
-            vm,
-            &alive,
-            exited,
-            timeout,
-            progress,
-            None,
-        )
-        .await
+        self.await_agent(vm, vmm, pid, accel, None, (progress, cancel))
+            .await
     }
 
     /// Waits for the agent as the start would have, then records the VM
@@ -51,6 +34,8 @@ impl Core {
         id: &VmId,
         progress: &ProgressSink,
     ) -> Result<VmRecord, CoreError> {
+        // A kill cuts the wait short; the VM then ends stopped.
+        let cancel = self.operations.starts.register(id);
         let (mut vm, _lock) = self.lock_vm(id.as_str()).await?;
         if vm.state != VmState::Starting {
             // Stopped or killed meanwhile: nothing left to finish.
@@ -59,13 +44,26 @@ impl Core {
         // Any failure here, this daemon's own included (no driver, no host
         // report), ends as a failed start: torn down, `error`, never stuck
         // `starting`.
-        let waited = self.wait_adopted_agent(&vm, progress).await;
+        let waited = self.wait_adopted_agent(&vm, (progress, &cancel)).await;
         match waited {
             Ok(()) => {
                 self.transition(&mut vm, VmState::Running).await?;
                 tracing::info!(vm_id = %vm.id, name = %vm.name, "vm running (its start outlived a daemon restart)");
                 self.rebuild_dns().await;
                 Ok(vm)
+            }
+            Err(cause @ CoreError::Cancelled { .. }) => {
+                let cleanup = self.cleanup(&mut vm, true).await;
+                let to = if cleanup.is_ok() {
+                    VmState::Stopped
+                } else {
+                    VmState::Error
+                };
+                vm.runtime.last_error = cleanup.err().map(|e| format!("{cause}; cleanup: {e}"));
+                if let Err(e) = self.transition(&mut vm, to).await {
+                    tracing::warn!(vm_id = %vm.id, error = %e, "recording the cancelled start");
+                }
+                Err(cause)
             }
             Err(cause) => {
                 let cleanup = self.cleanup(&mut vm, true).await.err().map(Box::new);

@@ -9,6 +9,7 @@ mod create;
 mod delete;
 mod disks;
 mod dns;
+mod guest_setup;
 mod interrupted;
 mod logs;
 mod pause;

@@ -2,25 +2,21 @@
 //! the VMM, and the agent's answer; on failure everything is cleaned up
 //! and the error says what the console and the host said.
 
-use std::net::Ipv4Addr;
-
 use banger_api::asset::{ImageInit, ImageRecord, KernelRecord};
-use banger_api::doctor::{Accel, DoctorReport};
+use banger_api::doctor::Accel;
 use banger_api::snapshot::{SnapshotKind, SnapshotRecord};
 use banger_api::vm::{VmRecord, VmState, VmmKind};
 use banger_host::layout::{TapName, VmFiles};
-use banger_store::Store;
 use banger_vmm::{AgentTransport, LaunchSpec, NetSpec, Vmm, mac_for};
 
+use super::guest_setup::kernel_cmdline;
 use super::logs::failure_context;
-use crate::admission::{Admission, default_boot_limit};
 use crate::agent::{self, ready_timeout};
+use crate::cancel::{CancelCause, StartCancel};
 use crate::capability;
 use crate::core::Core;
 use crate::error::{CoreError, HostError, InternalError};
-use crate::guest::{self, GuestConfig};
 use crate::handles::VmHandles;
-use crate::ipam;
 use crate::lifecycle::{VmAction, check_action};
 use crate::progress::ProgressSink;
 use crate::ready::{ReadyListener, ready_socket_path};
@@ -48,8 +44,19 @@ impl Core {
         name: &str,
         progress: &ProgressSink,
     ) -> Result<VmRecord, CoreError> {
-        let (mut vm, _lock) = self.lock_vm(name).await?;
+        let found = self.find_vm(name).await?;
+        // Registered before the lock: a start queued behind another
+        // operation on the VM can be cancelled too.
+        let cancel = self.operations.starts.register(&found.id);
+        let (mut vm, _lock) = tokio::select! {
+            locked = self.lock_vm(&found.id) => locked?,
+            by = cancel.cancelled() => return Err(cancelled(&found, by)),
+        };
         check_action(&vm.name, vm.state, VmAction::Start)?;
+        if self.lease_ended(&vm) {
+            // Its removal is queued behind this lock: do not race it.
+            return Err(cancelled(&vm, CancelCause::LeaseEnded));
+        }
         let kernel: KernelRecord = self.find_asset(&vm.spec.kernel).await?;
         // The template to save once this cold boot's agent answers.
         let mut make_template: Option<String> = None;
@@ -119,11 +126,12 @@ impl Core {
                 &boot,
                 make_template.as_deref(),
                 &paths,
-                progress,
+                (progress, &cancel),
             )
             .await;
         if let (Err(cause), Boot::Restore(t)) = (&outcome, &boot)
             && t.kind == SnapshotKind::Template
+            && !matches!(cause, CoreError::Cancelled { .. })
         {
             // A warm start that failed still owes the user a VM: boot it.
             tracing::warn!(vm_id = %vm.id, template = %t.name, error = %cause, "warm start failed; removing the template and booting cold");
@@ -140,7 +148,15 @@ impl Core {
                     progress.stage("starting", format!("{} on {}, cold", vm.name, vm.spec.vmm));
                     // And saves a sound template in its place.
                     outcome = self
-                        .bring_up(&mut vm, vmm, &kernel, &boot, Some(&key), &paths, progress)
+                        .bring_up(
+                            &mut vm,
+                            vmm,
+                            &kernel,
+                            &boot,
+                            Some(&key),
+                            &paths,
+                            (progress, &cancel),
+                        )
                         .await;
                 }
                 Err(e) => {
@@ -159,6 +175,26 @@ impl Core {
                 self.note_booted_on(&kernel, vm.spec.vmm).await;
                 self.rebuild_dns().await;
                 Ok(vm)
+            }
+            Err(cause @ CoreError::Cancelled { .. }) => {
+                // Asked for: the VM ends stopped, as a kill would leave it,
+                // unless its cleanup failed (then `error`, for a delete to
+                // retry).
+                let cleanup = self.cleanup(&mut vm, true).await;
+                let to = match &cleanup {
+                    Ok(()) => VmState::Stopped,
+                    Err(_) => VmState::Error,
+                };
+                vm.runtime.last_error = cleanup
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("{cause}; cleanup: {e}"));
+                if let Err(e) = self.transition(&mut vm, to).await {
+                    tracing::warn!(vm_id = %vm.id, error = %e, "recording the cancelled start");
+                }
+                self.rebuild_dns().await;
+                tracing::info!(vm_id = %vm.id, error = %cause, "start cancelled");
+                Err(cause)
             }
             Err(cause) => {
                 let cleanup = self.cleanup(&mut vm, true).await.err().map(Box::new);
@@ -192,7 +228,7 @@ impl Core {
         boot: &Boot,
         make_template: Option<&str>,
         paths: &VmFiles,
-        progress: &ProgressSink,
+        (progress, cancel): (&ProgressSink, &StartCancel),
     ) -> Result<(), CoreError> {
         let mut timer = StageTimer::new(&vm.id);
         let ip = self.allocate_ip(vm).await?;
@@ -200,6 +236,7 @@ impl Core {
         match boot {
             Boot::Cold(image) => {
                 self.prepare_disks(vm, paths, image, progress).await?;
+                cancel.check().map_err(|by| cancelled(vm, by))?;
                 failpoint!("start.disks_made");
                 timer.lap("storage");
                 self.write_guest_config(vm, ip, paths, progress).await?;
@@ -306,7 +343,10 @@ impl Core {
         // is loading memory (measured: a fork into 4 waited 2-4 s here).
         let _slot = match boot {
             Boot::Cold(_) => {
-                let slot = self.boot_admission(&host).acquire(progress).await;
+                let slot = tokio::select! {
+                    slot = self.boot_admission(&host).acquire(progress) => slot,
+                    by = cancel.cancelled() => return Err(cancelled(vm, by)),
+                };
                 timer.lap("boot-queue");
                 Some(slot)
             }
@@ -345,20 +385,16 @@ impl Core {
             Boot::Restore(_) => "vmm-restore",
         });
         // Running means usable: the guest booted and its agent answers.
-        let timeout = ready_timeout(self.config().guest.ready_timeout_secs, accel);
-        let alive = || self.vm_alive(vm);
-        // The VMM's exit, on its pidfd: ends the wait at once.
-        let exited = vmm.wait_gone(pid, &paths.socket, timeout);
-        let waited = agent::wait_ready(
-            self.deps().agent.as_ref(),
-            vm,
-            &alive,
-            exited,
-            timeout,
-            progress,
-            ready.as_ref(),
-        )
-        .await;
+        let waited = self
+            .await_agent(
+                vm,
+                vmm,
+                Some(pid),
+                accel,
+                ready.as_ref(),
+                (progress, cancel),
+            )
+            .await;
         timer.lap("agent");
         waited?;
         failpoint!("start.agent_answered");
@@ -384,6 +420,41 @@ impl Core {
         });
         Ok(())
     }
+    /// Waits for the agent of `vm`, whose VMM runs as `pid`, within the
+    /// start's bound; its VMM's exit (on a pidfd) or a cancel ends the
+    /// wait at once.
+    pub(super) async fn await_agent(
+        &self,
+        vm: &VmRecord,
+        vmm: &dyn Vmm,
+        pid: Option<u32>,
+        accel: Accel,
+        ready: Option<&ReadyListener>,
+        (progress, cancel): (&ProgressSink, &StartCancel),
+    ) -> Result<(), CoreError> {
+        let timeout = ready_timeout(self.config().guest.ready_timeout_secs, accel);
+        let socket = vm.runtime.api_socket.clone().unwrap_or_default();
+        let exited = async {
+            match pid {
+                Some(pid) => vmm.wait_gone(pid, &socket, timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        let alive = || self.vm_alive(vm);
+        tokio::select! {
+            waited = agent::wait_ready(
+                self.deps().agent.as_ref(),
+                vm,
+                &alive,
+                exited,
+                timeout,
+                progress,
+                ready,
+            ) => waited,
+            by = cancel.cancelled() => Err(cancelled(vm, by)),
+        }
+    }
+
     async fn has_disks(&self, vm: &VmRecord) -> bool {
         let files = self.vm_files(&vm.id);
         // An unreadable dir counts as disks present: never overwrite.
@@ -411,93 +482,6 @@ impl Core {
         }
     }
 
-    /// Hostname, network, ssh and the agent written into a cold boot's
-    /// root disk.
-    async fn write_guest_config(
-        &self,
-        vm: &VmRecord,
-        ip: Ipv4Addr,
-        paths: &VmFiles,
-        progress: &ProgressSink,
-    ) -> Result<(), CoreError> {
-        progress.stage(
-            "guest-config",
-            "writing hostname, network, ssh config and the agent into the root disk",
-        );
-        let agent_bin = &self.config().guest.agent;
-        let agent = tokio::fs::read(agent_bin).await.map_err(|e| {
-            CoreError::Unavailable(format!(
-                "guest agent binary {}: {e}; build it with scripts/build-guest.sh (scripts/setup.sh installs it) or set guest.agent",
-                agent_bin.display()
-            ))
-        })?;
-        let (_, authorized_key) = self.ssh_keys().ensure().await?;
-        let net = &self.config().network;
-        let entries = guest::entries(GuestConfig {
-            hostname: &vm.name,
-            ip,
-            prefix_len: net.prefix_len,
-            gateway: net.bridge_ip,
-            agent,
-            authorized_key: &authorized_key,
-        });
-        self.deps()
-            .disks
-            .write_entries(&paths.root_disk, &entries)
-            .await
-            .map_err(HostError::from)?;
-        Ok(())
-    }
-    /// The boot queue, sized on first use: `limits.concurrent_boots`, or
-    /// one per CPU under software emulation (more with hardware KVM).
-    pub(crate) fn boot_admission(&self, host: &DoctorReport) -> &Admission {
-        self.boots().get_or_init(|| {
-            let limit = match self.config().limits.concurrent_boots {
-                Some(n) => n as usize,
-                None => {
-                    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-                    let kvm = host.default_vmm.is_some_and(|c| c.accel == Accel::Kvm);
-                    default_boot_limit(cpus, kvm)
-                }
-            };
-            tracing::info!(
-                limit = limit,
-                "guest boots admitted {}",
-                if limit == 0 {
-                    "without a limit".to_owned()
-                } else {
-                    format!("{limit} at a time")
-                }
-            );
-            Admission::new("boot", Some(limit))
-        })
-    }
-    async fn allocate_ip(&self, vm: &mut VmRecord) -> Result<Ipv4Addr, CoreError> {
-        if let Some(ip) = vm.runtime.guest_ip {
-            return Ok(ip);
-        }
-        let _g = self.net_lock().lock().await;
-        let used: Vec<Ipv4Addr> = self
-            .db(Store::list_vms)
-            .await?
-            .iter()
-            .filter_map(|v| v.runtime.guest_ip)
-            .collect();
-        let net = &self.config().network;
-        let ip = ipam::subnet(net.bridge_ip, net.prefix_len)
-            .and_then(|subnet| ipam::first_free(subnet, net.bridge_ip, &used))
-            .ok_or_else(|| {
-                CoreError::Unavailable(format!(
-                    "no free address left in {}/{}; delete unused vms or widen network.bridge_cidr",
-                    net.bridge_ip, net.prefix_len
-                ))
-            })?;
-        vm.runtime.guest_ip = Some(ip);
-        // Persisted under the lock: never handed out twice.
-        self.save(vm).await?;
-        Ok(ip)
-    }
-
     /// Records on the kernel that it ran on this VMM (once per VMM).
     async fn note_booted_on(&self, kernel: &KernelRecord, vmm: VmmKind) {
         if kernel.booted_on.contains(&vmm) {
@@ -508,6 +492,14 @@ impl Core {
         if let Err(e) = self.db(move |s| s.update_asset(&k)).await {
             tracing::warn!(kernel = %kernel.name, error = %e, "recording booted_on");
         }
+    }
+}
+
+/// A start cut short by `by`.
+pub(super) fn cancelled(vm: &VmRecord, by: CancelCause) -> CoreError {
+    CoreError::Cancelled {
+        what: format!("the start of vm {:?}", vm.name),
+        by,
     }
 }
 
@@ -530,83 +522,5 @@ fn start_failure_message(e: &CoreError) -> String {
             msg
         }
         other => other.to_string(),
-    }
-}
-
-/// The guest kernel's command line: the console and root, then what
-/// banger-init needs to ready the guest before any distro init (the init
-/// mode, address, gateway, hostname), then the kernel record's own.
-fn kernel_cmdline(
-    kernel: &KernelRecord,
-    init: ImageInit,
-    hostname: &str,
-    ip: Ipv4Addr,
-    net: &banger_config::NetworkConfig,
-) -> String {
-    let mut cmdline = format!(
-        "console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1 quiet banger.init={init} banger.addr={ip}/{prefix} banger.gw={gw} banger.hostname={hostname}",
-        prefix = net.prefix_len,
-        gw = net.bridge_ip,
-    );
-    if !kernel.cmdline.is_empty() {
-        cmdline.push(' ');
-        cmdline.push_str(&kernel.cmdline);
-    }
-    cmdline
-}
-
-#[cfg(test)]
-mod tests {
-    use banger_api::asset::AssetFile;
-
-    use super::*;
-
-    #[test]
-    fn the_kernel_is_told_the_init_mode_address_gateway_and_hostname() {
-        let file = AssetFile {
-            path: "/k".into(),
-            sha256: "00".into(),
-            size: 1,
-        };
-        let mut kernel = KernelRecord {
-            id: "k".into(),
-            name: "default".into(),
-            version: None,
-            source: "test".into(),
-            vmlinux: file,
-            initrd: None,
-            modules: vec![],
-            cmdline: String::new(),
-            booted_on: vec![],
-            digest: "00".into(),
-            created_at: chrono::Utc::now(),
-        };
-        let net = banger_config::NetworkConfig {
-            bridge: "banger0".into(),
-            bridge_ip: Ipv4Addr::new(10, 99, 0, 1),
-            prefix_len: 28,
-            uplink: None,
-        };
-        let line = kernel_cmdline(
-            &kernel,
-            ImageInit::Banger,
-            "web",
-            Ipv4Addr::new(10, 99, 0, 2),
-            &net,
-        );
-        assert_eq!(
-            line,
-            "console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1 quiet banger.init=banger banger.addr=10.99.0.2/28 banger.gw=10.99.0.1 banger.hostname=web"
-        );
-        kernel.cmdline = "mitigations=off".into();
-        let line = kernel_cmdline(
-            &kernel,
-            ImageInit::Systemd,
-            "db",
-            Ipv4Addr::new(10, 99, 0, 3),
-            &net,
-        );
-        assert!(line.contains("banger.init=systemd"), "{line}");
-        assert!(line.ends_with(" mitigations=off"), "{line}");
     }
 }

@@ -7,6 +7,7 @@ use banger_api::vm::{VmRecord, VmState, VmmKind};
 use banger_vmm::Vmm;
 
 use crate::agent::Session;
+use crate::cancel::CancelCause;
 use crate::core::Core;
 use crate::error::CoreError;
 use crate::lifecycle::{VmAction, check_action};
@@ -34,7 +35,16 @@ impl Core {
     }
 
     pub(crate) async fn stop_vm(&self, name: &str, graceful: bool) -> Result<VmRecord, CoreError> {
+        // A kill does not wait for a start in flight: it cuts it short,
+        // and the start's own cleanup leaves the VM stopped.
+        let cut_start = !graceful && {
+            let found = self.find_vm(name).await?;
+            self.cancel_start(&found.id, CancelCause::Kill)
+        };
         let (mut vm, _lock) = self.lock_vm(name).await?;
+        if cut_start && vm.state == VmState::Stopped {
+            return Ok(vm);
+        }
         check_action(
             &vm.name,
             vm.state,

@@ -47,12 +47,12 @@ pub(crate) async fn kernel_rm(
 
 pub(crate) async fn kernel_import(State(core): State<Arc<Core>>, body: Bytes) -> ApiResult {
     let req: KernelImportRequest = parse_body(&body)?;
-    streamed(core, Command::KernelImport(req))
+    streamed(core, Command::KernelImport(req)).await
 }
 
 pub(crate) async fn kernel_add(State(core): State<Arc<Core>>, body: Bytes) -> ApiResult {
     let req: KernelAddRequest = parse_body(&body)?;
-    streamed(core, Command::KernelAdd(req))
+    streamed(core, Command::KernelAdd(req)).await
 }
 
 pub(crate) async fn image_list(State(core): State<Arc<Core>>) -> ApiResult {
@@ -93,15 +93,15 @@ pub(crate) async fn image_warm(
 ) -> ApiResult {
     let name = asset_name(&name)?;
     let request: banger_api::snapshot::WarmImageRequest = parse_body(&body)?;
-    streamed(core, Command::ImageWarm { name, request })
+    streamed(core, Command::ImageWarm { name, request }).await
 }
 
 pub(crate) async fn image_build(State(core): State<Arc<Core>>, body: Bytes) -> ApiResult {
     let req: ImageBuildRequest = parse_body(&body)?;
-    streamed(core, Command::ImageBuild(req))
+    streamed(core, Command::ImageBuild(req)).await
 }
 
 pub(crate) async fn image_import(State(core): State<Arc<Core>>, body: Bytes) -> ApiResult {
     let req: ImageImportRequest = parse_body(&body)?;
-    streamed(core, Command::ImageImport(req))
+    streamed(core, Command::ImageImport(req)).await
 }

@@ -20,6 +20,9 @@ pub fn to_api_error(e: &CoreError) -> ApiError {
         CoreError::Unavailable(_) | CoreError::ShuttingDown | CoreError::Agent { .. } => {
             ErrorCode::Unavailable
         }
+        CoreError::Cancelled { .. } => ErrorCode::Cancelled,
+        CoreError::OperationNotFound(_) => ErrorCode::NotFound,
+        CoreError::NotCancellable { .. } => ErrorCode::InvalidState,
         CoreError::AssetNotFound { .. } => ErrorCode::NotFound,
         CoreError::AssetNameTaken { .. } => ErrorCode::Conflict,
         CoreError::AssetInUse { .. } => ErrorCode::InvalidState,

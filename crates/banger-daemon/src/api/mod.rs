@@ -6,13 +6,14 @@
 //! through axum's `Query` into typed structs, with the same error body.
 //!
 //! [`routes`] is the table; [`daemon`], [`vm`], [`snapshot`], [`assets`] and
-//! [`lease`] hold the handlers, [`request`] what they check on the way in, [`reply`] and
+//! [`lease`], [`operations`] hold the handlers, [`request`] what they check on the way in, [`reply`] and
 //! [`stream`] the two ways out, [`error`] the mapping of core errors.
 
 mod assets;
 mod daemon;
 mod error;
 mod lease;
+mod operations;
 mod reply;
 mod request;
 mod routes;

@@ -16,6 +16,7 @@ use super::assets::{
 use super::daemon::{daemon_shutdown, daemon_status, doctor};
 use super::error::ErrorResponse;
 use super::lease::lease_hold;
+use super::operations::{operation_cancel, operation_list, operation_watch};
 use super::snapshot::{
     snapshot_list, snapshot_rm, snapshot_show, vm_fork, vm_pause, vm_resume, vm_snapshot,
 };
@@ -31,6 +32,9 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/daemon/shutdown", post(daemon_shutdown))
         .route("/v1/host/doctor", get(doctor))
         .route("/v1/leases", post(lease_hold))
+        .route("/v1/operations", get(operation_list))
+        .route("/v1/operations/{id}", get(operation_watch))
+        .route("/v1/operations/{id}/cancel", post(operation_cancel))
         .route("/v1/vms", get(vm_list).post(vm_create))
         .route("/v1/vms/{vm}", get(vm_show).patch(vm_set).delete(vm_delete))
         .route("/v1/vms/{vm}/start", post(vm_start))

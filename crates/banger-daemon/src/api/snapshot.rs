@@ -29,7 +29,7 @@ pub(crate) async fn vm_snapshot(
 ) -> ApiResult {
     let vm = vm_ref(&vm)?;
     let request: SnapshotVmRequest = parse_body(&body)?;
-    streamed(core, Command::VmSnapshot { vm, request })
+    streamed(core, Command::VmSnapshot { vm, request }).await
 }
 
 pub(crate) async fn vm_fork(
@@ -39,7 +39,7 @@ pub(crate) async fn vm_fork(
 ) -> ApiResult {
     let vm = vm_ref(&vm)?;
     let request: ForkVmRequest = parse_body(&body)?;
-    streamed(core, Command::VmFork { vm, request })
+    streamed(core, Command::VmFork { vm, request }).await
 }
 
 pub(crate) async fn snapshot_list(State(core): State<Arc<Core>>) -> ApiResult {

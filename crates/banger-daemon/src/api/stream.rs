@@ -7,8 +7,9 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use banger_api::event::StreamEvent;
+use banger_api::operation::OPERATION_HEADER;
 use banger_api::{ApiError, ErrorCode, NDJSON};
-use banger_core::operations::OperationEvent;
+use banger_core::operations::{OperationEvent, OperationWatch};
 use banger_core::{Command, Core, CoreError, Reply};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -87,22 +88,27 @@ fn last_event(outcome: &Result<Reply, CoreError>) -> Event {
 /// a client that goes away leaves the operation running to its end (and
 /// a later `vm start` of the same VM watches it too). What is wrong on
 /// the request's face is answered before, as a 400.
-pub(crate) fn streamed(core: Arc<Core>, cmd: Command) -> ApiResult {
+pub(crate) async fn streamed(core: Arc<Core>, cmd: Command) -> ApiResult {
     core.check(&cmd)?;
+    let op = core.launch(cmd).await;
+    Ok(watched(op))
+}
+
+/// The stream of `op` from its first stage on, with its id in the
+/// [`OPERATION_HEADER`] (by which the client can cancel it).
+pub(crate) fn watched(mut op: OperationWatch) -> Response {
+    let id = op.id.clone();
     let (line_tx, line_rx) = mpsc::unbounded_channel::<Bytes>();
     tokio::spawn(async move {
         let lines = Lines { tx: line_tx };
-        let mut op = core.launch(cmd).await;
         loop {
-            // The client's going away is noticed at once, not at the
-            // next line: for the operations it cancels, that is the cancel.
+            // A client that goes away is noticed at once, not at the next
+            // line; the operation goes on.
             let ev = tokio::select! {
                 ev = op.next() => ev,
                 () = lines.tx.closed() => None,
             };
             let Some(ev) = ev else {
-                // Dropping the watch cancels what its client owns (an
-                // asset build); the rest goes on.
                 return;
             };
             let ev = match ev {
@@ -118,5 +124,8 @@ pub(crate) fn streamed(core: Arc<Core>, cmd: Command) -> ApiResult {
     let mut resp = Response::new(body);
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
-    Ok(resp)
+    if let Some(id) = id.and_then(|id| HeaderValue::from_str(id.as_str()).ok()) {
+        resp.headers_mut().insert(OPERATION_HEADER, id);
+    }
+    resp
 }

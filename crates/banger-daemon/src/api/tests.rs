@@ -245,3 +245,44 @@ async fn a_create_wrong_on_its_face_is_a_400_before_any_stream() {
     let (_, body) = request(&app, "GET", "/v1/vms", "").await;
     assert_eq!(body.trim(), "[]", "nothing was created");
 }
+
+#[tokio::test]
+async fn a_stream_names_its_operation_which_is_listed_watched_and_refused_by_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app(dir.path());
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/vms")
+        .body(Body::from(r#"{"name":"web"}"#))
+        .expect("request");
+    let resp = call(&app, req).await;
+    let id: banger_api::operation::OperationId = resp
+        .headers()
+        .get(banger_api::operation::OPERATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .expect("the stream names its operation")
+        .parse()
+        .expect("an operation id");
+    let _ = resp.into_body().collect().await.expect("body");
+
+    // Over once its stream ended: no longer listed, watched or cancelled.
+    let (st, body) = request(&app, "GET", "/v1/operations", "").await;
+    assert_eq!(st, StatusCode::OK);
+    let ops: Vec<banger_api::operation::OperationInfo> = serde_json::from_str(&body).expect("json");
+    assert!(ops.iter().all(|o| o.id != id), "{ops:?}");
+    for (method, path) in [
+        ("GET", format!("/v1/operations/{id}")),
+        ("POST", format!("/v1/operations/{id}/cancel")),
+    ] {
+        let (st, body) = request(&app, method, &path, "").await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+        assert!(
+            error_of(&body).message.contains("banger operation list"),
+            "{body}"
+        );
+    }
+    // An id that is not one is the caller's mistake, said as such.
+    let (st, body) = request(&app, "POST", "/v1/operations/..%2Fx/cancel", "").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(error_of(&body).code, ErrorCode::InvalidArgument);
+}

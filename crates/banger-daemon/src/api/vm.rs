@@ -21,7 +21,7 @@ pub(crate) async fn vm_list(State(core): State<Arc<Core>>) -> ApiResult {
 
 pub(crate) async fn vm_create(State(core): State<Arc<Core>>, body: Bytes) -> ApiResult {
     let req: CreateVmRequest = parse_body(&body)?;
-    streamed(core, Command::VmCreate(req))
+    streamed(core, Command::VmCreate(req)).await
 }
 
 pub(crate) async fn vm_show(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> ApiResult {
@@ -43,7 +43,7 @@ pub(crate) async fn vm_delete(State(core): State<Arc<Core>>, Path(vm): Path<Stri
 }
 
 pub(crate) async fn vm_start(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> ApiResult {
-    streamed(core, Command::VmStart { vm: vm_ref(&vm)? })
+    streamed(core, Command::VmStart { vm: vm_ref(&vm)? }).await
 }
 
 pub(crate) async fn vm_stop(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> ApiResult {

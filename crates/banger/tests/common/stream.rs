@@ -28,15 +28,26 @@ pub struct Stream {
     refused: Option<String>,
     /// Progress events seen so far, for failure messages.
     pub stages: Vec<Progress>,
+    /// The operation the stream watches (its `banger-operation` header).
+    pub operation: Option<String>,
 }
 
 impl Stream {
     /// `POST path` with an optional JSON body.
     pub fn post(socket: &Path, path: &str, body: Option<&serde_json::Value>) -> Self {
-        let what = format!("POST {path}");
+        Self::call(socket, "POST", path, body)
+    }
+
+    /// `GET path`: the stream of an operation in flight.
+    pub fn get(socket: &Path, path: &str) -> Self {
+        Self::call(socket, "GET", path, None)
+    }
+
+    fn call(socket: &Path, method: &str, path: &str, body: Option<&serde_json::Value>) -> Self {
+        let what = format!("{method} {path}");
         let mut s = UnixStream::connect(socket)
             .unwrap_or_else(|e| panic!("{what}: connecting to {}: {e}", socket.display()));
-        let mut req = format!("POST {path} HTTP/1.0\r\nHost: bangerd\r\n");
+        let mut req = format!("{method} {path} HTTP/1.0\r\nHost: bangerd\r\n");
         let body = body.map(serde_json::Value::to_string);
         if let Some(b) = &body {
             req.push_str(&format!(
@@ -53,6 +64,7 @@ impl Stream {
         reader
             .read_line(&mut status)
             .unwrap_or_else(|e| panic!("{what}: reading the status line: {e}"));
+        let mut operation = None;
         loop {
             let mut header = String::new();
             let n = reader
@@ -60,6 +72,11 @@ impl Stream {
                 .unwrap_or_else(|e| panic!("{what}: reading headers: {e}"));
             if n == 0 || header.trim().is_empty() {
                 break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case(banger_api::operation::OPERATION_HEADER)
+            {
+                operation = Some(value.trim().to_owned());
             }
         }
         let refused = if status.split_whitespace().nth(1) == Some("200") {
@@ -75,6 +92,7 @@ impl Stream {
             reader,
             refused,
             stages: Vec::new(),
+            operation,
         }
     }
 
