@@ -47,6 +47,8 @@ pub struct HostDeps {
     pub firecracker: Option<Arc<dyn Vmm>>,
     pub agent: Arc<dyn AgentConnector>,
     pub firewall: Arc<dyn Firewall>,
+    /// The process table (the start-up sweep's tools left running).
+    pub procs: Arc<dyn banger_host::procs::Processes>,
 }
 
 /// The daemon core. Shared by every request handler.

@@ -4,11 +4,15 @@
 //! makes after the VM's id, so an id no record has marks an orphan.
 //!
 //! Only what carries banger's names in banger's places goes: taps named
-//! `bg-<12 hex>`, NAT rules in banger's own table for such taps, VM dirs
-//! and per-VM sockets under banger's state and runtime dirs, the VMM
-//! processes serving those sockets, build dirs under `<state>/tmp`, and
-//! `*.partial` disks in VM dirs. A link named otherwise, another table,
-//! another process is never touched. Each removal is logged.
+//! `bg-<12 hex>` on this daemon's bridge (or on none), NAT rules in banger's own table for such taps, VM dirs
+//! and per-VM sockets under banger's state and runtime dirs, jails under
+//! banger's chroot base (their cgroups with them), the VMM processes
+//! serving those sockets and any process still working in those dirs,
+//! build dirs under `<state>/tmp` and the tools still running in them,
+//! and `*.partial` disks in VM dirs (with the copy writing one). An orphan
+//! id is one that a VM dir, a runtime file, a jail or a process names and
+//! no record has. A link named otherwise, another table, a process that
+//! names none of banger's dirs is never touched. Each removal is logged.
 //!
 //! Runs once, before the API serves: no build, start or disk copy of
 //! this daemon can be in flight, so every build dir and partial disk is
@@ -31,6 +35,9 @@ pub struct Swept {
     pub taps: Vec<String>,
     pub nat_rules: Vec<String>,
     pub vmm_processes: Vec<u32>,
+    /// Tools a dead daemon left working in banger's dirs (a debootstrap
+    /// in a build dir, a copy into a VM dir).
+    pub tool_processes: Vec<u32>,
     pub vm_dirs: Vec<PathBuf>,
     pub sockets: Vec<PathBuf>,
     pub build_dirs: Vec<PathBuf>,
@@ -42,6 +49,26 @@ impl Swept {
     fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+}
+
+/// The VM ids a command line names under `dir` (`<dir>/<id>/…` or
+/// `<dir>/<id>.sock`).
+fn ids_named(cmdline: &str, dir: &Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
+    cmdline
+        .match_indices(&prefix)
+        .filter_map(|(at, _)| {
+            let rest = &cmdline[at + prefix.len()..];
+            let id = rest.split(['/', '.', '_', ' ']).next()?;
+            check_vm_id(id).ok().map(|()| id.to_owned())
+        })
+        .collect()
+}
+
+/// Whether a command line names `file` as an argument of its own or as
+/// an option's value (`of=FILE`, `file=FILE,format=raw`).
+fn names_file(cmdline: &str, file: &str) -> bool {
+    cmdline.split([' ', ',', '=']).any(|a| a == file)
 }
 
 /// The VM id a per-VM runtime file is named after (`<id>.sock`,
@@ -122,6 +149,11 @@ impl Core {
             if known.contains(&name) {
                 for disk in ["root.ext4.partial", "work.ext4.partial"] {
                     let p = path.join(disk);
+                    if !tokio::fs::try_exists(&p).await.unwrap_or(false) {
+                        continue;
+                    }
+                    // The copy a dead daemon started may still be writing.
+                    self.kill_users(&p, "writing a partial disk", swept).await;
                     if tokio::fs::remove_file(&p).await.is_ok() {
                         tracing::info!(file = %p.display(), "removed a partial disk (a copy cut short)");
                         swept.partial_disks.push(p);
@@ -136,6 +168,26 @@ impl Core {
         for (name, _, _) in &runtime_files {
             if let Some(id) = id_of_runtime_file(name).filter(|id| !known.contains(*id)) {
                 orphans.insert(id.to_owned());
+            }
+        }
+        // Jails (their dirs under banger's chroot base) and processes
+        // naming a VM's files outlive both when a daemon died mid-delete.
+        for kind in [VmmKind::Qemu, VmmKind::Firecracker] {
+            if let Ok(vmm) = self.vmm_for(kind) {
+                orphans.extend(
+                    vmm.jailed_ids()
+                        .into_iter()
+                        .filter(|id| !known.contains(id)),
+                );
+            }
+        }
+        for dir in [layout.vms_dir(), sockets.clone()] {
+            for p in self.deps().procs.using(&dir).await {
+                orphans.extend(
+                    ids_named(&p.cmdline, &dir)
+                        .into_iter()
+                        .filter(|id| !known.contains(id)),
+                );
             }
         }
         for id in &orphans {
@@ -174,7 +226,38 @@ impl Core {
                 .await
                 .map_err(HostError::from)?;
         }
+        // A VMM whose socket file is gone still names it.
+        let sockets = layout.runtime_dir().join("vms");
+        for p in self.deps().procs.using(&sockets).await {
+            if ids_named(&p.cmdline, &sockets)
+                .iter()
+                .any(|named| named == id)
+            {
+                tracing::info!(vm_id = %id, pid = p.pid, cmdline = %p.cmdline, "killing a process serving a vm no record has");
+                match self.deps().procs.kill(&p).await {
+                    Ok(()) => swept.vmm_processes.push(p.pid),
+                    Err(e) => {
+                        tracing::warn!(vm_id = %id, error = %e, "killing a process serving a vm no record has")
+                    }
+                }
+            }
+        }
+        // Only what writes its disks (a copy, a mkfs): a reader of its
+        // console log is someone's, not banger's.
         let dir = layout.vm_dir(id);
+        for disk in [
+            "root.ext4",
+            "work.ext4",
+            "root.ext4.partial",
+            "work.ext4.partial",
+        ] {
+            self.kill_users(
+                &dir.join(disk),
+                "writing a disk of a vm no record has",
+                swept,
+            )
+            .await;
+        }
         if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
             tracing::info!(vm_id = %id, dir = %dir.display(), "removing the dir of a vm no record has");
             self.remove_vm_dir(dir.clone()).await?;
@@ -194,7 +277,15 @@ impl Core {
             .list_links()
             .await
             .map_err(HostError::from)?;
-        for tap in orphan_taps(links, known) {
+        // A tap on another bridge is another daemon's (another state dir,
+        // another bridge); one on none is ours cut short before its enslaving.
+        let bridge = &self.config().network.bridge;
+        let ours = links
+            .into_iter()
+            .filter(|l| l.master.as_ref().is_none_or(|m| m == bridge))
+            .map(|l| l.name)
+            .collect();
+        for tap in orphan_taps(ours, known) {
             tracing::info!(tap = %tap, "deleting a tap no vm record has");
             self.deps()
                 .net
@@ -217,6 +308,23 @@ impl Core {
             .nat_taps()
             .await
             .map_err(nat_err("(start-up sweep)".into()))?;
+        // The rules of a tap that lives on another bridge are that
+        // bridge's daemon's.
+        let bridge = &self.config().network.bridge;
+        let elsewhere: BTreeSet<String> = self
+            .deps()
+            .net
+            .list_links()
+            .await
+            .map_err(HostError::from)?
+            .into_iter()
+            .filter(|l| l.master.as_ref().is_some_and(|m| m != bridge))
+            .map(|l| l.name)
+            .collect();
+        let taps = taps
+            .into_iter()
+            .filter(|t| !elsewhere.contains(t))
+            .collect();
         for tap in orphan_taps(taps, known) {
             tracing::info!(tap = %tap, "removing the nat rules of a tap no vm record has");
             firewall
@@ -232,6 +340,10 @@ impl Core {
     /// none of this daemon's has begun.
     async fn sweep_build_dirs(&self, swept: &mut Swept) -> Result<(), CoreError> {
         let tmp = self.config().tmp_dir();
+        // A dead daemon's tools (debootstrap, apt-get, mkfs) run on in
+        // their own process groups: stopped before their dirs go.
+        self.kill_users(&tmp, "left running by an interrupted build", swept)
+            .await;
         for (_, path, is_dir) in entries(&tmp).await? {
             tracing::info!(path = %path.display(), "removing what an interrupted build left");
             let removed = if is_dir {
@@ -247,6 +359,33 @@ impl Core {
 }
 
 impl Core {
+    /// Kills every process that names a path under `path` (or `path`
+    /// itself) or runs beneath it; each is logged, a failure too.
+    async fn kill_users(&self, path: &Path, why: &str, swept: &mut Swept) {
+        let procs = &self.deps().procs;
+        let mut users = procs.using(path).await;
+        // A file is named whole, not as a dir prefix.
+        if let Some(parent) = path.parent() {
+            let whole = path.display().to_string();
+            users.extend(
+                procs
+                    .using(parent)
+                    .await
+                    .into_iter()
+                    .filter(|p| names_file(&p.cmdline, &whole)),
+            );
+        }
+        users.sort_by_key(|p| p.pid);
+        users.dedup();
+        for p in users {
+            tracing::info!(pid = p.pid, cmdline = %p.cmdline, path = %path.display(), "killing a process {why}");
+            match procs.kill(&p).await {
+                Ok(()) => swept.tool_processes.push(p.pid),
+                Err(e) => tracing::warn!(pid = p.pid, error = %e, "killing a process {why}"),
+            }
+        }
+    }
+
     /// Content dirs (`<kernels|images>/<digest>`) no record points at: a
     /// publish whose record was never written.
     async fn sweep_asset_dirs(&self, swept: &mut Swept) -> Result<(), CoreError> {
@@ -309,6 +448,48 @@ mod tests {
             ("nat-forwarding", None),
         ] {
             assert_eq!(id_of_runtime_file(name), id, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_file_is_named_whole_or_as_an_options_value() {
+        let f = "/s/vms/0123456789abcdef/root.ext4";
+        for yes in [
+            "cp --sparse=always /base /s/vms/0123456789abcdef/root.ext4",
+            "dd if=/dev/zero of=/s/vms/0123456789abcdef/root.ext4 bs=1M",
+            "qemu -drive file=/s/vms/0123456789abcdef/root.ext4,format=raw",
+        ] {
+            assert!(names_file(yes, f), "{yes}");
+        }
+        for no in [
+            "less /s/vms/0123456789abcdef/console.log",
+            "cp /s/vms/0123456789abcdef/root.ext4.bak /x",
+        ] {
+            assert!(!names_file(no, f), "{no}");
+        }
+    }
+
+    #[test]
+    fn command_lines_name_vm_ids_under_a_dir_only_in_banger_shape() {
+        let dir = Path::new("/run/banger/vms");
+        assert_eq!(
+            ids_named(
+                "qemu -qmp unix:/run/banger/vms/0123456789abcdef.sock,server -chardev socket,path=/run/banger/vms/fedcba9876543210.agent",
+                dir
+            ),
+            ["0123456789abcdef", "fedcba9876543210"]
+        );
+        assert_eq!(
+            ids_named("cp x /run/banger/vms/0123456789abcdef/root.ext4", dir),
+            ["0123456789abcdef"]
+        );
+        for other in [
+            "cat /run/banger/vms/helper.sock",
+            "cat /run/banger/vmsx/0123456789abcdef.sock",
+            "cat /run/banger/vms/0123456789ABCDEF.sock",
+            "sleep 1",
+        ] {
+            assert!(ids_named(other, dir).is_empty(), "{other}");
         }
     }
 

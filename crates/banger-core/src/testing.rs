@@ -69,6 +69,7 @@ pub struct Fakes {
     pub dns: Arc<FakeDns>,
     pub agent: Arc<FakeAgent>,
     pub firewall: Arc<FakeFirewall>,
+    pub procs: Arc<banger_host::procs::FakeProcesses>,
 }
 
 pub fn fake_deps() -> Fakes {
@@ -82,6 +83,7 @@ pub fn fake_deps_with(probe: FakeProbe) -> Fakes {
     let dns = Arc::new(FakeDns::default());
     let agent = Arc::new(FakeAgent::default());
     let firewall = Arc::new(FakeFirewall::with_uplink("eth0"));
+    let procs = Arc::new(banger_host::procs::FakeProcesses::default());
     agent.set_ready(true);
     // A guest that powers off ends its (fake) VMM, found by the vsock
     // path beside the control socket.
@@ -102,6 +104,7 @@ pub fn fake_deps_with(probe: FakeProbe) -> Fakes {
         firecracker: None,
         agent: agent.clone(),
         firewall: firewall.clone(),
+        procs: procs.clone(),
     };
     Fakes {
         deps,
@@ -111,6 +114,7 @@ pub fn fake_deps_with(probe: FakeProbe) -> Fakes {
         dns,
         agent,
         firewall,
+        procs,
     }
 }
 

@@ -298,6 +298,7 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
         ),
     };
     let deps = HostDeps {
+        procs: Arc::new(banger_host::procs::ProcFs),
         probe: Arc::new(SystemProbe),
         net,
         dns: Arc::new(DnsServer::new()),

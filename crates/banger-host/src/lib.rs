@@ -21,6 +21,7 @@ pub mod jail;
 pub mod layout;
 pub mod net;
 pub mod probe;
+pub mod procs;
 pub mod remote;
 pub mod tools;
 

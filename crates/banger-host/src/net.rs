@@ -79,8 +79,16 @@ pub trait NetOps: Send + Sync + std::fmt::Debug {
     }
     /// Deletes a link; a link that does not exist is not an error.
     async fn delete_link(&self, name: &str) -> Result<(), NetError>;
-    /// Names of all links (for reconcile and leak checks).
-    async fn list_links(&self) -> Result<Vec<String>, NetError>;
+    /// All links, each with the bridge it is enslaved to (the sweep
+    /// leaves taps on another bridge to whoever made that bridge).
+    async fn list_links(&self) -> Result<Vec<LinkInfo>, NetError>;
+}
+
+/// A link, and the bridge (or other controller) it is enslaved to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LinkInfo {
+    pub name: String,
+    pub master: Option<String>,
 }
 
 /// The real host, over netlink.
@@ -238,9 +246,10 @@ impl NetOps for Netlink {
         }
     }
 
-    async fn list_links(&self) -> Result<Vec<String>, NetError> {
+    async fn list_links(&self) -> Result<Vec<LinkInfo>, NetError> {
         let h = connect().await?;
-        let mut out = Vec::new();
+        // (index, name, controller index), then controllers by name.
+        let mut seen: Vec<(u32, String, Option<u32>)> = Vec::new();
         let mut links = h.link().get().execute();
         while let Some(msg) = links
             .try_next()
@@ -248,13 +257,31 @@ impl NetOps for Netlink {
             .map_err(link_err("listing", "links"))?
         {
             use rtnetlink::packet_route::link::LinkAttribute;
+            let mut name = None;
+            let mut master = None;
             for a in msg.attributes {
-                if let LinkAttribute::IfName(n) = a {
-                    out.push(n);
+                match a {
+                    LinkAttribute::IfName(n) => name = Some(n),
+                    LinkAttribute::Controller(i) => master = Some(i),
+                    _ => {}
                 }
             }
+            if let Some(n) = name {
+                seen.push((msg.header.index, n, master));
+            }
         }
-        Ok(out)
+        let name_of = |i: u32| {
+            seen.iter()
+                .find(|(idx, _, _)| *idx == i)
+                .map(|(_, n, _)| n.clone())
+        };
+        Ok(seen
+            .iter()
+            .map(|(_, name, master)| LinkInfo {
+                name: name.clone(),
+                master: master.and_then(name_of),
+            })
+            .collect())
     }
 }
 
@@ -402,7 +429,13 @@ mod tests {
                     .await
                     .expect("tap");
                 let links = n.list_links().await.expect("list");
-                assert!(links.contains(&"bg-test0".to_owned()), "{links:?}");
+                assert!(
+                    links.contains(&LinkInfo {
+                        name: "bg-test0".into(),
+                        master: Some("bgtestbr0".into())
+                    }),
+                    "{links:?}"
+                );
                 // /sys shows the host's namespace: ask netlink instead.
                 let h = connect().await.expect("connect");
                 let br = index_of(&h, "bgtestbr0")
@@ -431,7 +464,8 @@ mod tests {
                     !n.list_links()
                         .await
                         .expect("list")
-                        .contains(&"bg-test0".to_owned())
+                        .iter()
+                        .any(|l| l.name == "bg-test0")
                 );
                 assert!(n.create_tap("bad/name", "bgtestbr0", None).await.is_err());
             });

@@ -120,6 +120,11 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     fn jail_root(&self, _vm_id: &str) -> Option<PathBuf> {
         None
     }
+    /// The VM ids this VMM keeps a jail for now (the start-up sweep
+    /// releases those of ids no record has).
+    fn jailed_ids(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Host state the VMM kept beyond its process (a jail), removed after
     /// the process is gone. `jail_root` is the recorded one.
     async fn release(&self, _vm_id: &str, jail_root: Option<&Path>) -> Result<(), VmmError> {

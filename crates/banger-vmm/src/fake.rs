@@ -265,6 +265,25 @@ impl Vmm for FakeVmm {
             .map(|b| b.join(vm_id))
     }
 
+    /// The dirs under the jail base, as the real one lists its chroots.
+    fn jailed_ids(&self) -> Vec<String> {
+        let base = self
+            .jail_base
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut ids: Vec<String> = base
+            .map(std::fs::read_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     async fn release(&self, vm_id: &str, jail_root: Option<&Path>) -> Result<(), VmmError> {
         if let Some(root) = jail_root {
             self.record(VmmCall::Release {

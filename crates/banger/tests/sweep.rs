@@ -100,6 +100,19 @@ add rule ip foreign c iifname "{ORPHAN_TAP}" accept comment "banger {ORPHAN_TAP}
         .spawn()
         .expect("stand-in vmm");
     let vmm_pid = i32::try_from(vmm.id()).expect("pid");
+    // A tool a dead daemon's build left running in its build dir, and a
+    // process of someone else's working in the state dir (not a build).
+    let mut tool = Command::new("sleep")
+        .arg("600")
+        .current_dir(&build)
+        .spawn()
+        .expect("stand-in tool");
+    let tool_pid = i32::try_from(tool.id()).expect("pid");
+    let mut stranger = Command::new("sleep")
+        .arg("600")
+        .current_dir(&state)
+        .spawn()
+        .expect("stranger");
 
     ok(env.command_in(&ns.name, BANGER).args(["daemon", "start"]));
 
@@ -125,6 +138,17 @@ add rule ip foreign c iifname "{ORPHAN_TAP}" accept comment "banger {ORPHAN_TAP}
         "the orphan's vmm was killed"
     );
     let _ = vmm.wait();
+    assert!(
+        exited(tool_pid, Duration::from_secs(20)),
+        "the build's tool was killed"
+    );
+    let _ = tool.wait();
+    assert!(
+        stranger.try_wait().expect("try_wait").is_none(),
+        "a process banger did not start was killed"
+    );
+    let _ = stranger.kill();
+    let _ = stranger.wait();
     let log = std::fs::read_to_string(state.join("bangerd.log")).expect("log");
     assert!(log.contains("start-up sweep removed orphans"), "{log}");
     assert!(

@@ -200,7 +200,7 @@ impl NetOps for HelperClient {
             .map_err(net_err("deleting", name))
     }
 
-    async fn list_links(&self) -> Result<Vec<String>, NetError> {
+    async fn list_links(&self) -> Result<Vec<crate::net::LinkInfo>, NetError> {
         let req = HelperRequest::ListLinks;
         match self.call(&req).await {
             Ok(Reply::Links(links)) => Ok(links),

@@ -87,7 +87,7 @@ pub enum Reply {
     /// `open_tap`, whose value is the descriptor beside the line).
     Done,
     /// `list_links`.
-    Links(Vec<String>),
+    Links(Vec<crate::net::LinkInfo>),
     /// `nat_taps`.
     NatTaps(Vec<String>),
     /// `default_uplink`.

@@ -72,6 +72,21 @@ impl JailConfig {
         self.chroot_base.join("firecracker").join(vm_id)
     }
 
+    /// The VM ids with a jail dir under the chroot base (banger's own
+    /// dir), sorted; entries of any other shape are not banger's.
+    pub fn jailed_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.chroot_base.join("firecracker"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|id| check_vm_id(id).is_ok())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// The chroot itself.
     pub fn root(&self, vm_id: &str) -> PathBuf {
         self.jail_dir(vm_id).join("root")

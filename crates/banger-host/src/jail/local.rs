@@ -186,14 +186,10 @@ impl JailOps for LocalJail {
             Some(d) => d.to_owned(),
             None => own,
         };
-        let tree = {
-            let d = dir.clone();
-            tokio::task::spawn_blocking(move || remove_tree(&d))
-                .await
-                .map_err(JailError::Task)?
-        };
-        // A cgroup stays busy until its last task is reaped, which may lag
-        // the kill by a moment.
+        // The cgroups first: a jail dir then outlives them, and the
+        // start-up sweep, which finds jails by their dirs, finds one a
+        // crash left half released. A cgroup stays busy until its last
+        // task is reaped, which may lag the kill by a moment.
         let mut cgroups = remove_cgroups(&self.config, vm_id);
         for _ in 0..40 {
             if cgroups.is_ok() {
@@ -202,7 +198,13 @@ impl JailOps for LocalJail {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             cgroups = remove_cgroups(&self.config, vm_id);
         }
-        tree.and(cgroups)
+        let tree = {
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || remove_tree(&d))
+                .await
+                .map_err(JailError::Task)?
+        };
+        cgroups.and(tree)
     }
 }
 

@@ -225,3 +225,16 @@ fn release_of_another_jail_dir_is_refused_when_confined() {
     assert!(err.to_string().contains("is not vm"), "{err}");
     assert!(precious.exists());
 }
+
+#[test]
+fn jailed_ids_are_the_vm_shaped_dirs_under_the_chroot_base() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let c = cfg(d.path());
+    assert!(c.jailed_ids().is_empty(), "no base yet");
+    let fc = d.path().join("firecracker");
+    for dir in ["fedcba9876543210", VM, "not-a-vm", "0123456789ABCDEF"] {
+        std::fs::create_dir_all(fc.join(dir)).expect("dir");
+    }
+    std::fs::write(fc.join("1111111111111111"), b"a file").expect("file");
+    assert_eq!(c.jailed_ids(), [VM, "fedcba9876543210"]);
+}

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{NetError, NetOps};
+use super::{LinkInfo, NetError, NetOps};
 
 /// One recorded [`NetOps`] change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,9 @@ impl std::fmt::Display for NetCall {
 #[derive(Debug, Default)]
 pub struct FakeNet {
     pub links: Mutex<BTreeSet<String>>,
+    /// The bridge each enslaved link is on (taps made here, and any a
+    /// test puts on another bridge).
+    pub masters: Mutex<std::collections::BTreeMap<String, String>>,
     pub calls: Mutex<Vec<NetCall>>,
     /// Link names whose creation or deletion fails.
     pub failing: Mutex<BTreeSet<String>>,
@@ -128,6 +131,10 @@ impl NetOps for FakeNet {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned());
+        self.masters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), bridge.to_owned());
         Ok(())
     }
 
@@ -143,13 +150,17 @@ impl NetOps for FakeNet {
         Ok(())
     }
 
-    async fn list_links(&self) -> Result<Vec<String>, NetError> {
+    async fn list_links(&self) -> Result<Vec<LinkInfo>, NetError> {
+        let masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
         Ok(self
             .links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .cloned()
+            .map(|n| LinkInfo {
+                name: n.clone(),
+                master: masters.get(n).cloned(),
+            })
             .collect())
     }
 }

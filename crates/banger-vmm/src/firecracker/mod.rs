@@ -207,6 +207,13 @@ impl Vmm for FirecrackerVmm {
         self.jail.as_ref().map(|j| j.config.jail_dir(vm_id))
     }
 
+    fn jailed_ids(&self) -> Vec<String> {
+        self.jail
+            .as_ref()
+            .map(|j| j.config.jailed_ids())
+            .unwrap_or_default()
+    }
+
     async fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
         let pid = self.spawn(spec).await?;
         let api = FcApi::new(&spec.control_socket);

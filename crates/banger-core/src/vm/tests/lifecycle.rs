@@ -62,6 +62,7 @@ pub(super) struct Fixture {
     pub(super) dns: Arc<banger_host::dns::FakeDns>,
     pub(super) agent: Arc<crate::agent::FakeAgent>,
     pub(super) firewall: Arc<banger_host::firewall::FakeFirewall>,
+    pub(super) procs: Arc<banger_host::procs::FakeProcesses>,
     pub(super) _dir: tempfile::TempDir,
 }
 
@@ -85,13 +86,14 @@ pub(super) fn fixture() -> Fixture {
     let store = Arc::new(Store::open_in_memory().expect("store"));
     crate::testing::seed_real_default_assets(&store, dir.path());
     let fakes = crate::testing::fake_deps();
-    let (net, disks, vmm, dns, agent, firewall) = (
+    let (net, disks, vmm, dns, agent, firewall, procs) = (
         fakes.net,
         fakes.disks,
         fakes.vmm,
         fakes.dns,
         fakes.agent,
         fakes.firewall,
+        fakes.procs,
     );
     let core = Core::new(cfg, store, fakes.deps);
     let core = core.for_tests(
@@ -114,6 +116,7 @@ pub(super) fn fixture() -> Fixture {
         dns,
         agent,
         firewall,
+        procs,
         _dir: dir,
     }
 }
