@@ -44,7 +44,11 @@ fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> IdentityError {
 }
 
 /// Applies `id`; the random pool and the clock first, so nothing made
-/// after (the host key is the host's) draws from the copied state.
+/// after (the host key is the host's) draws from the copied state. The
+/// files before the kernel's name: a restored guest's systemd may still
+/// be booting, and its early setup sets the name from `/etc/hostname`,
+/// so that file must already say the new one; the name is checked once
+/// more at the end for a set that raced ours.
 pub fn apply(id: &Identity, t: Targets<'_>) -> Result<(), IdentityError> {
     if id.machine_id.len() != 32 || !id.machine_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(IdentityError::MachineId(id.machine_id.clone()));
@@ -61,10 +65,10 @@ pub fn apply(id: &Identity, t: Targets<'_>) -> Result<(), IdentityError> {
                 source,
             }
         })?;
-        nix::unistd::sethostname(&id.hostname).map_err(|source| IdentityError::Sys {
-            step: "setting the hostname",
-            source,
-        })?;
+    }
+    write_files(id, &t.root.join("etc"))?;
+    if t.kernel {
+        set_hostname(&id.hostname)?;
         if let Some(nic) = &id.nic {
             banger_guest_net::set_mac(&nic.mac)?;
             banger_guest_net::configure(&banger_guest_net::Address {
@@ -73,8 +77,22 @@ pub fn apply(id: &Identity, t: Targets<'_>) -> Result<(), IdentityError> {
                 gateway: nic.gateway,
             })?;
         }
+        if nix::unistd::gethostname().ok().as_deref() != Some(std::ffi::OsStr::new(&id.hostname)) {
+            set_hostname(&id.hostname)?;
+        }
     }
-    let etc = t.root.join("etc");
+    Ok(())
+}
+
+fn set_hostname(name: &str) -> Result<(), IdentityError> {
+    nix::unistd::sethostname(name).map_err(|source| IdentityError::Sys {
+        step: "setting the hostname",
+        source,
+    })
+}
+
+/// `/etc/hosts`, `/etc/hostname`, `/etc/machine-id` and the ssh host key.
+fn write_files(id: &Identity, etc: &std::path::Path) -> Result<(), IdentityError> {
     // The old name, from before this identity: what /etc/hosts names.
     let old_name = std::fs::read_to_string(etc.join("hostname"))
         .map(|n| n.trim().to_owned())
