@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   e2fsprogs         # mkfs.ext4 -d, debugfs, resize2fs: disks without mounting
   xfsprogs          # mkfs.xfs -m reflink=1 for a reflink-capable state dir
-  nftables          # per-VM NAT
+  nftables          # the guests' network guard and per-VM NAT
   iproute2          # ip netns for the host tests
   iputils-ping      # reachability checks in the host tests
   bind9-dnsutils    # dig, for checking banger's DNS in the host tests
@@ -21,6 +21,7 @@ PACKAGES=(
   cpio              # checking the initramfs we write
   tmux              # driving interactive sessions in tests
   busybox-static    # a root tree without systemd, for the banger-init tests
+  python3-minimal   # a host service the isolation test's guests must not reach
   openssh-client    # banger vm ssh
   ca-certificates
   pkg-config

@@ -144,7 +144,14 @@ pub struct VmRuntime {
     pub root_disk_path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work_disk_path: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why the VM last failed. It can quote the guest (its console), so
+    /// it is cut to [`LAST_ERROR_MAX`] bytes wherever it is written out
+    /// (the store, every API answer).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "capped_error"
+    )]
     pub last_error: Option<String>,
     /// The kernel command line the running guest booted with (a restored
     /// guest's is its snapshot's): a snapshot of it records this.
@@ -308,9 +315,52 @@ impl SetVmRequest {
     }
 }
 
+/// The most of a `last_error` that is kept.
+pub const LAST_ERROR_MAX: usize = 4096;
+
+/// `text` cut to at most `max` bytes on a character boundary, saying so.
+pub fn cap_text(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    const MARK: &str = " … (cut)";
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{MARK}", &text[..end]))
+}
+
+fn capped_error<S: serde::Serializer>(e: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match e {
+        Some(text) => s.serialize_some(&cap_text(text, LAST_ERROR_MAX)),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_sized_last_error_is_cut_where_it_is_written_out() {
+        let rt = VmRuntime {
+            last_error: Some(format!("start failed: {}", "é".repeat(100_000))),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&rt).expect("ser");
+        let text = json["last_error"].as_str().expect("text");
+        assert!(text.len() <= LAST_ERROR_MAX, "{}", text.len());
+        assert!(text.starts_with("start failed: é") && text.ends_with("(cut)"));
+        let short = VmRuntime {
+            last_error: Some("no kernel".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&short).expect("ser")["last_error"],
+            "no kernel"
+        );
+    }
 
     #[test]
     fn state_labels_round_trip() {

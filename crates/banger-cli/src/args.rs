@@ -115,6 +115,10 @@ pub enum VmCmd {
         /// How many lines from the end (0 = all).
         #[arg(short = 'n', long, default_value_t = 0)]
         lines: usize,
+        /// The guest's bytes as they are: control characters (escape
+        /// sequences) are shown escaped otherwise.
+        #[arg(long)]
+        raw: bool,
     },
     /// Delete VMs (they must not be running).
     #[command(visible_alias = "rm")]

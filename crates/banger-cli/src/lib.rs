@@ -8,6 +8,7 @@ pub mod args;
 pub mod daemon_ctl;
 mod operations;
 pub mod out;
+pub mod printable;
 pub mod progress;
 pub mod render;
 mod run;
@@ -56,7 +57,8 @@ pub fn main() -> ExitCode {
         Err(e) if out::is_broken_pipe(&e) => ExitCode::from(out::BROKEN_PIPE_STATUS as u8),
         Err(e) if e.is::<operations::Interrupted>() => ExitCode::from(operations::INTERRUPTED),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // An error may carry an agent's or a guest's words.
+            eprintln!("error: {}", printable::printable(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -478,16 +480,16 @@ async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
             let rec = client.kill_vm(&vm).await?;
             crate::outln!("{} killed", rec.name);
         }
-        VmCmd::Logs { vm, lines } => {
-            let text = client.vm_logs(&vm).await?;
-            let all: Vec<&str> = text.lines().collect();
-            let from = if lines == 0 {
-                0
-            } else {
-                all.len().saturating_sub(lines)
-            };
-            for l in &all[from..] {
-                crate::outln!("{l}");
+        VmCmd::Logs { vm, lines, raw } => {
+            // The daemon reads the tail from the end: a flooded log is
+            // never sent whole for ten lines of it.
+            let text = client.vm_logs(&vm, (lines > 0).then_some(lines)).await?;
+            for l in text.lines() {
+                if raw {
+                    crate::outln!("{l}");
+                } else {
+                    crate::outln!("{}", printable::printable(l));
+                }
             }
         }
         VmCmd::Exec { vm, exec } => {
@@ -517,7 +519,7 @@ async fn vm(config: &Settings, cmd: VmCmd) -> Result<ExitCode> {
                 match client.delete_vm(&vm).await {
                     Ok(rec) => crate::outln!("deleted {}", rec.name),
                     Err(e) => {
-                        eprintln!("error: {vm}: {e}");
+                        eprintln!("error: {vm}: {}", printable::printable(&e.to_string()));
                         failed = true;
                     }
                 }

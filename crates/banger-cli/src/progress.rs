@@ -43,7 +43,9 @@ impl Stages {
                 bar.set_position((f.clamp(0.0, 1.0) * 1000.0) as u64);
             }
             if !p.detail.is_empty() {
-                bar.set_message(format!("{}: {}", p.stage, p.detail));
+                bar.set_message(
+                    crate::printable::printable(&format!("{}: {}", p.stage, p.detail)).into_owned(),
+                );
             }
         }
     }
@@ -80,11 +82,12 @@ impl Stages {
             );
             b
         };
-        bar.set_message(if p.detail.is_empty() {
+        let message = if p.detail.is_empty() {
             p.stage.clone()
         } else {
             format!("{}: {}", p.stage, p.detail)
-        });
+        };
+        bar.set_message(crate::printable::printable(&message).into_owned());
         bar.enable_steady_tick(Duration::from_millis(100));
         bar
     }

@@ -68,7 +68,10 @@ pub fn vm_detail(vm: &VmRecord) {
         t.add_row(vec![format!("{k}:"), v]);
     }
     if let Some(err) = &vm.runtime.last_error {
-        t.add_row(vec!["last error:".to_owned(), err.clone()]);
+        t.add_row(vec![
+            "last error:".to_owned(),
+            crate::printable::printable(err).into_owned(),
+        ]);
     }
     crate::outln!("{t}");
 }

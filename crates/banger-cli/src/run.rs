@@ -96,12 +96,16 @@ pub(crate) async fn run_vm(client: &Client, a: args::RunArgs) -> Result<ExitCode
         // Kill, not stop: the VM is going away, its disks with it.
         if let Err(e) = client.kill_vm(&name).await {
             if e.api_code() != Some(banger_api::ErrorCode::InvalidState) {
-                eprintln!("warning: killing vm {name}: {e}");
+                eprintln!(
+                    "warning: killing vm {name}: {}",
+                    crate::printable::printable(&e.to_string())
+                );
             }
         }
         if let Err(e) = client.delete_vm(&name).await {
             eprintln!(
-                "error: vm {name} was not deleted: {e}; remove it with `banger vm delete {name}`"
+                "error: vm {name} was not deleted: {}; remove it with `banger vm delete {name}`",
+                crate::printable::printable(&e.to_string())
             );
             return outcome.map(|_| ExitCode::FAILURE);
         }

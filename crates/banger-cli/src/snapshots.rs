@@ -95,7 +95,10 @@ pub(crate) async fn snapshot(client: &Client, cmd: SnapshotCmd) -> Result<ExitCo
                 match client.remove_snapshot(&name).await {
                     Ok(s) => crate::outln!("removed {} ({})", s.name, format_size(s.size_bytes)),
                     Err(e) => {
-                        eprintln!("error: {name}: {e}");
+                        eprintln!(
+                            "error: {name}: {}",
+                            crate::printable::printable(&e.to_string())
+                        );
                         failed = true;
                     }
                 }

@@ -70,9 +70,13 @@ impl Client {
         self.call(self.request(Method::POST, &path)).await
     }
 
-    /// The serial console log.
-    pub async fn vm_logs(&self, vm: &str) -> Result<String, ClientError> {
-        let path = format!("{}/logs", vm_path(vm));
+    /// The serial console log: its last `lines` lines, or all that the
+    /// daemon keeps.
+    pub async fn vm_logs(&self, vm: &str, lines: Option<usize>) -> Result<String, ClientError> {
+        let path = match lines {
+            Some(n) => format!("{}/logs?lines={n}", vm_path(vm)),
+            None => format!("{}/logs", vm_path(vm)),
+        };
         self.text(self.request(Method::GET, &path)).await
     }
 

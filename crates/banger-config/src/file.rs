@@ -72,6 +72,7 @@ pub(crate) struct FileGuest {
     pub(crate) init: Option<PathBuf>,
     pub(crate) agent: Option<PathBuf>,
     pub(crate) ready_timeout_secs: Option<u32>,
+    pub(crate) console_max: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +100,8 @@ pub(crate) struct FileNetwork {
     pub(crate) bridge: Option<String>,
     pub(crate) bridge_cidr: Option<String>,
     pub(crate) uplink: Option<String>,
+    pub(crate) vm_to_vm: Option<bool>,
+    pub(crate) guest_ipv6: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -44,6 +44,12 @@ pub struct NetworkConfig {
     pub prefix_len: u8,
     /// Where NATed traffic leaves; `None`: the default route's interface.
     pub uplink: Option<String>,
+    /// VMs on the bridge may reach each other (off: each sees only the
+    /// host's DNS and, with NAT, the outside).
+    pub vm_to_vm: bool,
+    /// Guests may send IPv6 on the bridge (off: every IPv6 frame from a
+    /// guest is dropped).
+    pub guest_ipv6: bool,
 }
 
 /// Values a VM gets when the request does not say.
@@ -78,6 +84,9 @@ pub struct GuestConfig {
     /// How long a start waits for the agent's first answer; `None` picks
     /// by acceleration (software emulation boots far slower).
     pub ready_timeout_secs: Option<u32>,
+    /// How large a VM's console log grows before it is rotated (the
+    /// guest writes it: one older generation is kept beside it).
+    pub console_max_bytes: u64,
 }
 
 /// How much the daemon runs at once.

@@ -17,8 +17,8 @@ use crate::file::{
     FileTools, FileVmm,
 };
 use crate::values::{
-    LOOSE, STRICT, abs_path, binary, bounded_int, disk_size, flag, ifname, opt_bounded_int,
-    parse_cidr,
+    LOOSE, STRICT, abs_path, binary, bounded_int, byte_size, disk_size, flag, ifname,
+    opt_bounded_int, parse_cidr,
 };
 use crate::{
     AssetConfig, Config, GuestConfig, JailerConfig, LimitsConfig, NetworkConfig, ToolPaths,
@@ -166,6 +166,18 @@ fn network(pick: &Pick<'_>, f: FileNetwork) -> Result<NetworkConfig, ConfigError
         bridge_ip,
         prefix_len,
         uplink,
+        vm_to_vm: flag(
+            "network.vm_to_vm",
+            pick.shown("BANGER_VM_TO_VM", f.vm_to_vm),
+            &LOOSE,
+            false,
+        )?,
+        guest_ipv6: flag(
+            "network.guest_ipv6",
+            pick.shown("BANGER_GUEST_IPV6", f.guest_ipv6),
+            &LOOSE,
+            false,
+        )?,
     })
 }
 
@@ -248,6 +260,12 @@ fn guest(pick: &Pick<'_>, f: FileGuest) -> Result<GuestConfig, ConfigError> {
             pick.shown("BANGER_READY_TIMEOUT_SECS", f.ready_timeout_secs),
             1,
             3600,
+        )?,
+        console_max_bytes: byte_size(
+            "guest.console_max",
+            pick.text("BANGER_CONSOLE_MAX", f.console_max),
+            8 << 20,
+            64 << 10,
         )?,
     })
 }

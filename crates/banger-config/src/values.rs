@@ -74,6 +74,16 @@ pub(crate) fn disk_size(
     v: Option<Picked>,
     default: u64,
 ) -> Result<u64, ConfigError> {
+    byte_size(key, v, default, MIN_DISK_BYTES)
+}
+
+/// A size such as `8M` or `1G`, at least `min` bytes.
+pub(crate) fn byte_size(
+    key: &'static str,
+    v: Option<Picked>,
+    default: u64,
+    min: u64,
+) -> Result<u64, ConfigError> {
     let Some(v) = v else { return Ok(default) };
     let bytes = match parse_size(&v.value) {
         Ok(b) => b,
@@ -82,13 +92,18 @@ pub(crate) fn disk_size(
             return Err(v.invalid(key, message));
         }
     };
-    if bytes < MIN_DISK_BYTES {
+    if bytes < min {
         // Reported as the file's key whatever the source, as before.
+        let least = if min % (1 << 20) == 0 {
+            format!("{}M", min >> 20)
+        } else {
+            format!("{}K", min >> 10)
+        };
         return Err(invalid(
             key,
             Source::File,
             v.value,
-            "must be at least 64M".into(),
+            format!("must be at least {least}"),
         ));
     }
     Ok(bytes)

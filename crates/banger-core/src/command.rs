@@ -44,6 +44,8 @@ pub enum Command {
     },
     VmLogs {
         vm: String,
+        /// The last this many lines; all that is kept when `None`.
+        lines: Option<usize>,
     },
     /// Exec or copy: answered with a connection to the guest agent.
     VmAttach {

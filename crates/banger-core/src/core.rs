@@ -314,7 +314,7 @@ impl Core {
             Command::VmStart { vm } => self.start_vm(&vm, progress).await.map(Reply::Vm),
             Command::VmStop { vm } => self.stop_vm(&vm, true).await.map(Reply::Vm),
             Command::VmKill { vm } => self.stop_vm(&vm, false).await.map(Reply::Vm),
-            Command::VmLogs { vm } => self.vm_logs(&vm).await.map(Reply::Logs),
+            Command::VmLogs { vm, lines } => self.vm_logs(&vm, lines).await.map(Reply::Logs),
             Command::VmAttach { vm, request } => {
                 self.attach(&vm, request).await.map(Reply::Attached)
             }

@@ -158,6 +158,12 @@ pub enum HostError {
         #[source]
         source: FirewallError,
     },
+    #[error("the network guard of vm {vm:?}: {source}")]
+    Guard {
+        vm: String,
+        #[source]
+        source: FirewallError,
+    },
     #[error(transparent)]
     Vmm(#[from] VmmError),
     #[error(transparent)]

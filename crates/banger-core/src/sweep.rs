@@ -33,7 +33,8 @@ use crate::error::{CoreError, HostError, InternalError};
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Swept {
     pub taps: Vec<String>,
-    pub nat_rules: Vec<String>,
+    /// Taps whose NAT or guard rules went.
+    pub rule_taps: Vec<String>,
     pub vmm_processes: Vec<u32>,
     /// Tools a dead daemon left working in banger's dirs (a debootstrap
     /// in a build dir, a copy into a VM dir).
@@ -305,7 +306,7 @@ impl Core {
         let firewall = &self.deps().firewall;
         let nat_err = |what: String| move |source| HostError::Nat { vm: what, source };
         let taps = firewall
-            .nat_taps()
+            .tagged_taps()
             .await
             .map_err(nat_err("(start-up sweep)".into()))?;
         // The rules of a tap that lives on another bridge are that
@@ -326,12 +327,17 @@ impl Core {
             .filter(|t| !elsewhere.contains(t))
             .collect();
         for tap in orphan_taps(taps, known) {
-            tracing::info!(tap = %tap, "removing the nat rules of a tap no vm record has");
+            tracing::info!(tap = %tap, "removing the nat and guard rules of a tap no vm record has");
+            let what = || format!("(none: orphan tap {tap})");
             firewall
                 .remove_nat(tap.as_str())
                 .await
-                .map_err(nat_err(format!("(none: orphan tap {tap})")))?;
-            swept.nat_rules.push(tap.to_string());
+                .map_err(nat_err(what()))?;
+            firewall
+                .remove_guard(tap.as_str())
+                .await
+                .map_err(|source| HostError::Guard { vm: what(), source })?;
+            swept.rule_taps.push(tap.to_string());
         }
         Ok(())
     }

@@ -126,6 +126,7 @@ pub async fn run_helper(config: Config, daemon_uid: u32) -> Result<(), DaemonErr
         firewall: Arc::new(Nft {
             bin: "nft".into(),
             forwarding_marker: config.runtime_dir.join("nat-forwarding"),
+            policy: guard_policy(&config.network),
         }),
         jail,
     });
@@ -294,6 +295,7 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
             Arc::new(Nft {
                 bin: "nft".into(),
                 forwarding_marker: config.runtime_dir.join("nat-forwarding"),
+                policy: guard_policy(&config.network),
             }),
         ),
     };
@@ -337,6 +339,8 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
     if let Err(e) = core.reconcile().await {
         tracing::error!(error = %e, "reconcile failed; continuing");
     }
+    // Guests write their consoles; the keeper bounds them.
+    tokio::spawn(core.clone().keep_consoles());
 
     // We hold the instance lock, so a socket file here is a dead daemon's.
     match std::fs::remove_file(&socket) {
@@ -386,4 +390,12 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
     }
     tracing::info!("bangerd stopped; running vms were left running");
     served.map_err(DaemonError::Serve)
+}
+
+/// The guard's host-wide switches, from the config.
+fn guard_policy(net: &banger_config::NetworkConfig) -> banger_host::firewall::GuardPolicy {
+    banger_host::firewall::GuardPolicy {
+        vm_to_vm: net.vm_to_vm,
+        guest_ipv6: net.guest_ipv6,
+    }
 }

@@ -481,3 +481,36 @@ fn operations_are_listed_and_bad_or_stale_ids_get_clear_errors() {
     let err = env.fails(&["operation", "watch", "op-00000000000000ab"]);
     assert!(err.contains("not in flight"), "{err}");
 }
+
+/// A guest writes its console: what it wrote reaches the user's terminal
+/// as text, escape sequences shown escaped, unless `--raw` asks for the
+/// bytes.
+#[test]
+fn guest_console_text_reaches_the_terminal_escaped_unless_raw() {
+    let env = Env::new();
+    env.seed_assets();
+    env.ok(&["vm", "create", "--name", "noisy"]);
+    let id = env.json(&["vm", "show", "noisy", "--json"])["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let dir = env.state_dir().join("vms").join(&id);
+    std::fs::create_dir_all(&dir).expect("vm dir");
+    let hostile = "booting\n\x1b]0;owned\x07\x1b[2J\x1b[1;1Hall is well\r\nlast \u{9b}31mline\n";
+    std::fs::write(dir.join("console.log"), hostile).expect("console");
+
+    let shown = env.ok(&["vm", "logs", "noisy"]);
+    assert!(
+        !shown.contains('\x1b') && !shown.contains('\x07') && !shown.contains('\u{9b}'),
+        "{shown:?}"
+    );
+    assert!(shown.contains("\\x1b]0;owned\\x07\\x1b[2J"), "{shown:?}");
+    assert!(
+        shown.contains("booting") && shown.contains("\\u{9b}31mline"),
+        "{shown:?}"
+    );
+    let last = env.ok(&["vm", "logs", "noisy", "-n", "1"]);
+    assert_eq!(last.trim_end(), "last \\u{9b}31mline");
+    let raw = env.ok(&["vm", "logs", "noisy", "--raw"]);
+    assert!(raw.contains("\x1b]0;owned\x07"), "{raw:?}");
+}

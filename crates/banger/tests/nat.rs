@@ -9,49 +9,9 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Lab, Netns, kill, lab, wait_gone};
+use common::uplink::OUTSIDE;
+use common::{Lab, kill, lab, wait_gone};
 use nix::sys::signal::Signal;
-
-const OUTSIDE: &str = "203.0.113.10";
-
-fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().expect("ip");
-    assert!(st.success(), "ip {args:?}");
-}
-
-/// The uplink namespace and its veth to the lab, with the lab's default
-/// route through it.
-fn uplink(lab: &Lab) -> Netns {
-    let up = Netns::new();
-    let (l, u) = (lab.ns.name.as_str(), up.name.as_str());
-    ip(&[
-        "-n", l, "link", "add", "upl0", "type", "veth", "peer", "name", "upl1", "netns", u,
-    ]);
-    ip(&["-n", l, "addr", "add", "198.51.100.2/24", "dev", "upl0"]);
-    ip(&["-n", l, "link", "set", "upl0", "up"]);
-    ip(&["-n", u, "addr", "add", "198.51.100.1/24", "dev", "upl1"]);
-    ip(&["-n", u, "link", "set", "upl1", "up"]);
-    ip(&[
-        "-n",
-        u,
-        "addr",
-        "add",
-        &format!("{OUTSIDE}/32"),
-        "dev",
-        "lo",
-    ]);
-    ip(&["-n", l, "route", "add", "default", "via", "198.51.100.1"]);
-    up
-}
-
-/// The lab's ruleset.
-fn ruleset(lab: &Lab) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns.name, "nft", "list", "ruleset"])
-        .output()
-        .expect("nft (scripts/setup.sh installs nftables)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn forwarding(lab: &Lab) -> String {
     let out = Command::new("ip")
@@ -79,6 +39,21 @@ fn reaches_outside(lab: &Lab, vm: &str) -> bool {
     })
 }
 
+/// The NAT rules of `tap` in a listing (the guard's carry its tag too):
+/// the masquerade, the way out, the replies back.
+fn nat_lines(rules: &str, tap: &str) -> usize {
+    let tag = format!("banger {tap}");
+    rules
+        .lines()
+        .filter(|l| {
+            l.contains(&tag)
+                && (l.contains("masquerade")
+                    || l.contains("oifname \"upl0\"")
+                    || l.contains("iifname \"upl0\""))
+        })
+        .count()
+}
+
 fn tap_of(lab: &Lab, vm: &str) -> String {
     let id = lab.json(&["vm", "show", vm, "--json"])["id"]
         .as_str()
@@ -90,7 +65,7 @@ fn tap_of(lab: &Lab, vm: &str) -> String {
 #[test]
 fn nat_reaches_the_fake_outside_toggles_live_and_never_leaks_a_rule() {
     let Some(lab) = lab() else { return };
-    let _up = uplink(&lab);
+    let _up = lab.uplink();
 
     // NAT on from creation.
     lab.ok(&["vm", "create", "--name", "n1", "--nat", "--memory", "512"]);
@@ -100,9 +75,9 @@ fn nat_reaches_the_fake_outside_toggles_live_and_never_leaks_a_rule() {
         reaches_outside(&lab, "n1"),
         "nat on: the guest reaches {OUTSIDE}"
     );
-    let rules = ruleset(&lab);
+    let rules = lab.ruleset();
     assert!(rules.contains("table ip banger"), "{rules}");
-    assert!(rules.contains(&format!("banger {tap}")), "{rules}");
+    assert_eq!(nat_lines(&rules, &tap), 3, "{rules}");
     assert_eq!(forwarding(&lab), "1");
 
     // Off and on again on the running VM, no restart.
@@ -113,7 +88,15 @@ fn nat_reaches_the_fake_outside_toggles_live_and_never_leaks_a_rule() {
         t.elapsed().as_secs_f64() * 1000.0
     );
     assert!(!reaches_outside(&lab, "n1"), "nat off: no way out");
-    assert!(!ruleset(&lab).contains(&format!("banger {tap}")));
+    assert_eq!(
+        nat_lines(&lab.ruleset(), &tap),
+        0,
+        "nat off: its rules gone"
+    );
+    assert!(
+        lab.ruleset().contains(&format!("banger {tap}")),
+        "the guard stays"
+    );
     assert_eq!(forwarding(&lab), "0", "nobody needs forwarding");
     lab.ok(&["vm", "set", "n1", "--nat", "on"]);
     assert!(reaches_outside(&lab, "n1"), "nat back on");
@@ -137,7 +120,7 @@ fn nat_reaches_the_fake_outside_toggles_live_and_never_leaks_a_rule() {
     assert!(reaches_outside(&lab, "n1"), "rules survive the daemon");
     lab.ok(&["vm", "kill", "n1"]);
     lab.ok(&["vm", "delete", "n1"]);
-    let rules = ruleset(&lab);
+    let rules = lab.ruleset();
     assert!(!rules.contains(&format!("banger {tap}")), "{rules}");
     assert!(
         !rules.contains("table ip banger"),
@@ -159,7 +142,7 @@ fn nat_reaches_the_fake_outside_toggles_live_and_never_leaks_a_rule() {
     lab.ok(&["vm", "kill", "n2"]);
     lab.ok(&["vm", "kill", "plain"]);
     lab.ok(&["vm", "delete", "n2", "plain"]);
-    let rules = ruleset(&lab);
+    let rules = lab.ruleset();
     assert!(!rules.contains("banger"), "{rules}");
     assert_eq!(forwarding(&lab), "0");
     lab.assert_no_leaks();

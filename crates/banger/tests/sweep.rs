@@ -61,7 +61,7 @@ fn the_daemon_start_removes_exactly_the_orphans_banger_left() {
     for tap in [ORPHAN_TAP, "bg-weird", "fg-tap0"] {
         in_ns(&ns, &["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
     }
-    // Rules in banger's table for the orphan tap, and a foreign table
+    // Rules in banger's tables for the orphan tap (NAT and guard), and a foreign table
     // whose rule even carries banger's tag.
     nft_load(
         &ns,
@@ -72,6 +72,10 @@ fn the_daemon_start_removes_exactly_the_orphans_banger_left() {
 }}
 add rule ip banger postrouting ip saddr 10.99.0.9 oifname "lo" masquerade comment "banger {ORPHAN_TAP}"
 add rule ip banger forward iifname "{ORPHAN_TAP}" accept comment "banger {ORPHAN_TAP}"
+table bridge banger {{
+  chain prerouting {{ type filter hook prerouting priority -200; policy accept; }}
+}}
+add rule bridge banger prerouting iifname "{ORPHAN_TAP}" ether saddr 02:b6:01:23:45:67 accept comment "banger {ORPHAN_TAP}"
 table ip foreign {{
   chain c {{ type filter hook forward priority 0; policy accept; }}
 }}
@@ -131,6 +135,7 @@ add rule ip foreign c iifname "{ORPHAN_TAP}" accept comment "banger {ORPHAN_TAP}
         foreign.matches(ORPHAN_TAP).count(),
         "{ruleset}"
     );
+    assert!(!ruleset.contains("table bridge banger"), "{ruleset}");
     assert!(!vm_dir.exists() && !socket.exists() && !build.exists());
     assert!(foreign_file.exists());
     assert!(
@@ -153,7 +158,7 @@ add rule ip foreign c iifname "{ORPHAN_TAP}" accept comment "banger {ORPHAN_TAP}
     assert!(log.contains("start-up sweep removed orphans"), "{log}");
     assert!(
         log.contains(&format!(
-            "removing the nat rules of a tap no vm record has tap={ORPHAN_TAP}"
+            "removing the nat and guard rules of a tap no vm record has tap={ORPHAN_TAP}"
         )),
         "{log}"
     );

@@ -1,12 +1,14 @@
 //! Capabilities: host features a VM opts into, each with the same hooks
 //! called from the lifecycle: at start once the VM's tap exists, on a
-//! spec change of a running VM, and in cleanup. NAT is the first.
+//! spec change of a running VM, and in cleanup: the network guard (every
+//! VM) and NAT.
 //!
 //! Hooks receive the tap cleanup resolved (memory, scratch file, runtime
 //! mirror, name derived from the id), so a capability's teardown works
 //! after a daemon restart or with a corrupt `handles.json`; and a
 //! [`CapContext`] with just the host pieces capabilities may use.
 
+mod guard;
 mod nat;
 
 use async_trait::async_trait;
@@ -16,6 +18,7 @@ use banger_host::firewall::Firewall;
 
 use crate::error::CoreError;
 
+pub use guard::NetGuard;
 pub use nat::Nat;
 
 /// What a capability hook may reach: the firewall and the network
@@ -44,7 +47,8 @@ pub trait Capability: Send + Sync + std::fmt::Debug {
     async fn cleanup(&self, cx: CapContext<'_>, vm: &VmRecord, tap: &str) -> Result<(), CoreError>;
 }
 
-/// Every capability, in the order they are applied (cleanup reverses it).
-pub fn all() -> [&'static dyn Capability; 1] {
-    [&Nat]
+/// Every capability, in the order they are applied (cleanup reverses
+/// it): the guard first, so no frame of the guest passes unchecked.
+pub fn all() -> [&'static dyn Capability; 2] {
+    [&NetGuard, &Nat]
 }

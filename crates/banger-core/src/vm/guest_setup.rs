@@ -159,6 +159,8 @@ mod tests {
             bridge_ip: Ipv4Addr::new(10, 99, 0, 1),
             prefix_len: 28,
             uplink: None,
+            vm_to_vm: false,
+            guest_ipv6: false,
         };
         let line = kernel_cmdline(
             &kernel,

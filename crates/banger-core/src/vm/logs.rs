@@ -1,23 +1,7 @@
-//! A VM's console log: whole for `vm logs`, and the bounded excerpts a
-//! failed start's error carries.
+//! The bounded excerpts of a VM's logs a failed start's error carries
+//! (`console.rs` serves `vm logs`).
 
 use std::path::Path;
-
-use crate::core::Core;
-use crate::error::{CoreError, InternalError};
-
-impl Core {
-    /// The serial console log of a VM.
-    pub(crate) async fn vm_logs(&self, name: &str) -> Result<String, CoreError> {
-        let vm = self.find_vm(name).await?;
-        let path = self.vm_files(&vm.id).console;
-        match tokio::fs::read(&path).await {
-            Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-            Err(e) => Err(InternalError::io("reading", path)(e).into()),
-        }
-    }
-}
 
 /// The last `lines` lines of a guest-written log, at most [`TAIL_BYTES`]
 /// of it read (the guest decides how long the log is).

@@ -5,6 +5,7 @@
 
 mod attach;
 mod cleanup;
+mod console;
 mod create;
 mod delete;
 mod disks;

@@ -87,6 +87,28 @@ pub(crate) struct VerifyQuery {
     pub(crate) verify: QueryFlag,
 }
 
+/// `?lines=N`: the last N lines of a log (1 to 1,000,000).
+#[derive(Debug, Deserialize)]
+pub(crate) struct LinesQuery {
+    #[serde(default)]
+    pub(crate) lines: Option<usize>,
+}
+
+impl LinesQuery {
+    pub(crate) fn checked(self) -> Result<Option<usize>, ErrorResponse> {
+        match self.lines {
+            Some(0) | None => Ok(None),
+            Some(n) if n <= 1_000_000 => Ok(Some(n)),
+            Some(n) => Err(ErrorResponse::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "query parameter lines: {n} is more than 1000000; ask for fewer, or leave it out for the whole log"
+                ),
+            )),
+        }
+    }
+}
+
 /// A query that did not deserialise; axum's message names the field
 /// (`force: "maybe": use true or false`).
 pub(crate) fn bad_query(rejection: QueryRejection) -> ErrorResponse {

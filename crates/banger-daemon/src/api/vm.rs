@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use banger_api::ErrorCode;
@@ -12,7 +13,7 @@ use banger_core::{Command, Core, ProgressSink, Reply};
 
 use super::error::{ApiResult, ErrorResponse};
 use super::reply::exec;
-use super::request::{parse_body, parse_json, vm_ref};
+use super::request::{LinesQuery, bad_query, parse_body, parse_json, vm_ref};
 use super::stream::streamed;
 
 pub(crate) async fn vm_list(State(core): State<Arc<Core>>) -> ApiResult {
@@ -54,8 +55,21 @@ pub(crate) async fn vm_kill(State(core): State<Arc<Core>>, Path(vm): Path<String
     exec(&core, Command::VmKill { vm: vm_ref(&vm)? }).await
 }
 
-pub(crate) async fn vm_logs(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> ApiResult {
-    exec(&core, Command::VmLogs { vm: vm_ref(&vm)? }).await
+pub(crate) async fn vm_logs(
+    State(core): State<Arc<Core>>,
+    Path(vm): Path<String>,
+    query: Result<Query<LinesQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = query.map_err(bad_query)?;
+    let lines = q.checked()?;
+    exec(
+        &core,
+        Command::VmLogs {
+            vm: vm_ref(&vm)?,
+            lines,
+        },
+    )
+    .await
 }
 
 pub(crate) async fn vm_ssh(State(core): State<Arc<Core>>, Path(vm): Path<String>) -> ApiResult {

@@ -4,11 +4,13 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Firewall, FirewallError, NatRule};
+use super::{Firewall, FirewallError, Guard, NatRule};
 
 /// One recorded [`Firewall`] change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FirewallCall {
+    AddGuard(Guard),
+    RemoveGuard { tap: String },
     AddNat(NatRule),
     RemoveNat { tap: String },
 }
@@ -21,6 +23,10 @@ impl std::fmt::Display for FirewallCall {
                 write!(f, "add_nat {} {} via {}", r.tap, r.guest_ip, r.uplink)
             }
             FirewallCall::RemoveNat { tap } => write!(f, "remove_nat {tap}"),
+            FirewallCall::AddGuard(g) => {
+                write!(f, "add_guard {} {} {}", g.tap, g.mac, g.guest_ip)
+            }
+            FirewallCall::RemoveGuard { tap } => write!(f, "remove_guard {tap}"),
         }
     }
 }
@@ -29,10 +35,13 @@ impl std::fmt::Display for FirewallCall {
 pub struct FakeFirewall {
     pub calls: Mutex<Vec<FirewallCall>>,
     pub rules: Mutex<Vec<NatRule>>,
+    pub guards: Mutex<Vec<Guard>>,
     pub forwarding: Mutex<bool>,
     pub uplink: Mutex<Option<String>>,
     /// When set, `remove_nat` fails with this message.
     pub fail_remove: Mutex<Option<String>>,
+    /// When set, `add_guard` fails with this message.
+    pub fail_guard: Mutex<Option<String>>,
 }
 
 impl FakeFirewall {
@@ -40,6 +49,23 @@ impl FakeFirewall {
         let f = Self::default();
         *f.uplink.lock().unwrap_or_else(|p| p.into_inner()) = Some(uplink.to_owned());
         f
+    }
+
+    /// Whether `tap` has a guard now.
+    pub fn guarded(&self, tap: &str) -> bool {
+        self.guards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|g| g.tap == tap)
+    }
+
+    /// Every NAT change asked for, in order (the guard's calls left out).
+    pub fn nat_calls(&self) -> Vec<FirewallCall> {
+        self.calls()
+            .into_iter()
+            .filter(|c| matches!(c, FirewallCall::AddNat(_) | FirewallCall::RemoveNat { .. }))
+            .collect()
     }
 
     /// Every change asked for, in order.
@@ -65,8 +91,37 @@ impl FakeFirewall {
     }
 }
 
+/// The error a test armed, if it did.
+fn injected(slot: &Mutex<Option<String>>) -> Result<(), FirewallError> {
+    match slot.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        Some(m) => Err(FirewallError::Io {
+            path: "fake-nft".into(),
+            source: std::io::Error::other(m),
+        }),
+        None => Ok(()),
+    }
+}
+
 #[async_trait]
 impl Firewall for FakeFirewall {
+    async fn add_guard(&self, guard: &Guard) -> Result<(), FirewallError> {
+        self.record(FirewallCall::AddGuard(guard.clone()));
+        injected(&self.fail_guard)?;
+        let mut guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
+        guards.retain(|g| g.tap != guard.tap);
+        guards.push(guard.clone());
+        Ok(())
+    }
+
+    async fn remove_guard(&self, tap: &str) -> Result<(), FirewallError> {
+        self.record(FirewallCall::RemoveGuard { tap: tap.into() });
+        self.guards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|g| g.tap != tap);
+        Ok(())
+    }
+
     async fn add_nat(&self, rule: &NatRule) -> Result<(), FirewallError> {
         self.record(FirewallCall::AddNat(rule.clone()));
         let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
@@ -78,17 +133,7 @@ impl Firewall for FakeFirewall {
 
     async fn remove_nat(&self, tap: &str) -> Result<(), FirewallError> {
         self.record(FirewallCall::RemoveNat { tap: tap.into() });
-        if let Some(m) = self
-            .fail_remove
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            return Err(FirewallError::Io {
-                path: "fake-nft".into(),
-                source: std::io::Error::other(m),
-            });
-        }
+        injected(&self.fail_remove)?;
         let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
         rules.retain(|r| r.tap != tap);
         if rules.is_empty() {
@@ -97,14 +142,24 @@ impl Firewall for FakeFirewall {
         Ok(())
     }
 
-    async fn nat_taps(&self) -> Result<Vec<String>, FirewallError> {
-        Ok(self
+    async fn tagged_taps(&self) -> Result<Vec<String>, FirewallError> {
+        let mut taps: Vec<String> = self
             .rules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|r| r.tap.clone())
-            .collect())
+            .chain(
+                self.guards
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|g| g.tap.clone()),
+            )
+            .collect();
+        taps.sort();
+        taps.dedup();
+        Ok(taps)
     }
 
     async fn default_uplink(&self) -> Result<Option<String>, FirewallError> {

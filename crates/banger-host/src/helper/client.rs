@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use super::proto::{FailureCode, HelperRequest, HelperResponse, Reply};
-use crate::firewall::{Firewall, FirewallError, NatRule};
+use crate::firewall::{Firewall, FirewallError, Guard, NatRule};
 use crate::jail::{JailError, JailOps, JailStage};
 use crate::net::{NetError, NetOps};
 use crate::remote::HelperError;
@@ -220,6 +220,18 @@ fn fw_err(e: HelperError) -> FirewallError {
 
 #[async_trait]
 impl Firewall for HelperClient {
+    async fn add_guard(&self, guard: &Guard) -> Result<(), FirewallError> {
+        self.run(&HelperRequest::AddGuard(guard.clone()))
+            .await
+            .map_err(fw_err)
+    }
+
+    async fn remove_guard(&self, tap: &str) -> Result<(), FirewallError> {
+        self.run(&HelperRequest::RemoveGuard { tap: tap.into() })
+            .await
+            .map_err(fw_err)
+    }
+
     async fn add_nat(&self, rule: &NatRule) -> Result<(), FirewallError> {
         self.run(&HelperRequest::AddNat {
             tap: rule.tap.clone(),
@@ -237,10 +249,10 @@ impl Firewall for HelperClient {
             .map_err(fw_err)
     }
 
-    async fn nat_taps(&self) -> Result<Vec<String>, FirewallError> {
-        let req = HelperRequest::NatTaps;
+    async fn tagged_taps(&self) -> Result<Vec<String>, FirewallError> {
+        let req = HelperRequest::TaggedTaps;
         match self.call(&req).await.map_err(fw_err)? {
-            Reply::NatTaps(taps) => Ok(taps),
+            Reply::TaggedTaps(taps) => Ok(taps),
             other => Err(FirewallError::Helper(self.unexpected(&req, &other))),
         }
     }

@@ -44,6 +44,31 @@ fn plain_ifname(what: &str, n: &str) -> Result<(), PolicyError> {
     check_ifname(what, n).map_err(PolicyError::Name)
 }
 
+/// A unicast, locally administered MAC (`02:b6:…` for banger's guests):
+/// never a multicast or another vendor's address.
+fn guest_mac(mac: &str) -> Result<(), PolicyError> {
+    let octets: Vec<Option<u8>> = mac
+        .split(':')
+        .map(|o| {
+            (o.len() == 2)
+                .then(|| u8::from_str_radix(o, 16).ok())
+                .flatten()
+        })
+        .collect();
+    match octets.first() {
+        Some(Some(first)) if octets.len() == 6 && octets.iter().all(Option::is_some) => {
+            if first & 0x03 == 0x02 {
+                Ok(())
+            } else {
+                refuse(format!(
+                    "MAC {mac} is not a unicast, locally administered address"
+                ))
+            }
+        }
+        _ => refuse(format!("{mac:?} is not a MAC address (xx:xx:xx:xx:xx:xx)")),
+    }
+}
+
 impl Policy {
     fn bridge(&self, name: &str) -> Result<(), PolicyError> {
         if name == self.bridge {
@@ -164,11 +189,23 @@ impl Policy {
                 self.in_subnet(*guest_ip)?;
                 plain_ifname("uplink", uplink)
             }
-            HelperRequest::RemoveNat { tap } => {
+            HelperRequest::AddGuard(g) => {
+                self.tap(&g.tap)?;
+                self.bridge(&g.bridge)?;
+                self.in_subnet(g.guest_ip)?;
+                if g.bridge_ip != self.bridge_ip {
+                    return refuse(format!(
+                        "bridge address {} is not the configured {}",
+                        g.bridge_ip, self.bridge_ip
+                    ));
+                }
+                guest_mac(&g.mac)
+            }
+            HelperRequest::RemoveGuard { tap } | HelperRequest::RemoveNat { tap } => {
                 plain_ifname("tap", tap)?;
                 tap_shape(tap).map(drop)
             }
-            HelperRequest::ListLinks | HelperRequest::NatTaps | HelperRequest::DefaultUplink => {
+            HelperRequest::ListLinks | HelperRequest::TaggedTaps | HelperRequest::DefaultUplink => {
                 Ok(())
             }
             HelperRequest::StageJail(s) => {

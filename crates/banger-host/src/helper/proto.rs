@@ -44,7 +44,11 @@ pub enum HelperRequest {
     RemoveNat {
         tap: String,
     },
-    NatTaps,
+    AddGuard(crate::firewall::Guard),
+    RemoveGuard {
+        tap: String,
+    },
+    TaggedTaps,
     DefaultUplink,
     /// Builds a VM's chroot; answered with the jail dir.
     StageJail(JailStage),
@@ -70,7 +74,9 @@ impl HelperRequest {
             HelperRequest::ListLinks => "list_links",
             HelperRequest::AddNat { .. } => "add_nat",
             HelperRequest::RemoveNat { .. } => "remove_nat",
-            HelperRequest::NatTaps => "nat_taps",
+            HelperRequest::AddGuard(_) => "add_guard",
+            HelperRequest::RemoveGuard { .. } => "remove_guard",
+            HelperRequest::TaggedTaps => "tagged_taps",
             HelperRequest::DefaultUplink => "default_uplink",
             HelperRequest::StageJail(_) => "stage_jail",
             HelperRequest::SpawnJail { .. } => "spawn_jail",
@@ -88,8 +94,8 @@ pub enum Reply {
     Done,
     /// `list_links`.
     Links(Vec<crate::net::LinkInfo>),
-    /// `nat_taps`.
-    NatTaps(Vec<String>),
+    /// `tagged_taps`.
+    TaggedTaps(Vec<String>),
     /// `default_uplink`.
     Uplink(Option<String>),
     /// `stage_jail`.
@@ -104,7 +110,7 @@ impl Reply {
         match self {
             Reply::Done => "done",
             Reply::Links(_) => "links",
-            Reply::NatTaps(_) => "nat_taps",
+            Reply::TaggedTaps(_) => "tagged_taps",
             Reply::Uplink(_) => "uplink",
             Reply::JailDir(_) => "jail_dir",
             Reply::Pid(_) => "pid",

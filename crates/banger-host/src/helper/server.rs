@@ -108,13 +108,19 @@ impl HelperServer {
                 firewall_code,
                 done,
             ),
+            HelperRequest::AddGuard(g) => {
+                answer(self.firewall.add_guard(&g).await, firewall_code, done)
+            }
+            HelperRequest::RemoveGuard { tap } => {
+                answer(self.firewall.remove_guard(&tap).await, firewall_code, done)
+            }
             HelperRequest::RemoveNat { tap } => {
                 answer(self.firewall.remove_nat(&tap).await, firewall_code, done)
             }
-            HelperRequest::NatTaps => answer(
-                self.firewall.nat_taps().await,
+            HelperRequest::TaggedTaps => answer(
+                self.firewall.tagged_taps().await,
                 firewall_code,
-                Reply::NatTaps,
+                Reply::TaggedTaps,
             ),
             HelperRequest::DefaultUplink => answer(
                 self.firewall.default_uplink().await,

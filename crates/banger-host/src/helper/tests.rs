@@ -129,10 +129,56 @@ async fn bad_inputs_are_refused_before_anything_happens() {
         &s.handle(nat([172, 16, 0, 2], "../eth0")).await,
         "not an interface name",
     );
+    // A guard for a multicast or malformed MAC, another bridge address,
+    // a foreign tap.
+    let guard = |mac: &str, bridge_ip: [u8; 4], tap: &str| {
+        HelperRequest::AddGuard(crate::firewall::Guard {
+            tap: tap.into(),
+            mac: mac.into(),
+            guest_ip: Ipv4Addr::new(172, 16, 0, 2),
+            bridge: "banger0".into(),
+            bridge_ip: Ipv4Addr::from(bridge_ip),
+        })
+    };
+    refused(
+        &s.handle(guard("03:b6:01:23:45:67", [172, 16, 0, 1], TAP))
+            .await,
+        "not a unicast",
+    );
+    refused(
+        &s.handle(guard("02:b6:01:23:45", [172, 16, 0, 1], TAP))
+            .await,
+        "not a MAC address",
+    );
+    refused(
+        &s.handle(guard("02:b6:01:23:45:zz", [172, 16, 0, 1], TAP))
+            .await,
+        "not a MAC address",
+    );
+    refused(
+        &s.handle(guard("02:b6:01:23:45:67", [10, 0, 0, 1], TAP))
+            .await,
+        "not the configured",
+    );
+    refused(
+        &s.handle(guard(
+            "02:b6:01:23:45:67",
+            [172, 16, 0, 1],
+            "bg-ffffffffffff",
+        ))
+        .await,
+        "foreign id",
+    );
     assert!(net.recorded().is_empty(), "{:?}", net.recorded());
     assert!(fw.recorded().is_empty(), "{:?}", fw.recorded());
 
     // And what is inside the policy goes through.
+    assert_eq!(
+        s.handle(guard("02:b6:01:23:45:67", [172, 16, 0, 1], TAP))
+            .await,
+        HelperResponse::Ok(Reply::Done)
+    );
+    assert!(fw.guarded(TAP));
     assert_eq!(s.handle(tap(TAP)).await, HelperResponse::Ok(Reply::Done));
     assert_eq!(
         s.handle(nat([172, 16, 0, 2], "eth0")).await,
@@ -173,7 +219,7 @@ async fn the_client_drives_the_server_over_a_socket_and_malformed_lines_are_answ
     })
     .await
     .expect("nat");
-    assert_eq!(c.nat_taps().await.expect("taps"), [TAP]);
+    assert_eq!(c.tagged_taps().await.expect("taps"), [TAP]);
     assert_eq!(
         c.default_uplink().await.expect("uplink").as_deref(),
         Some("eth0")
@@ -342,12 +388,12 @@ async fn an_answer_of_the_wrong_shape_is_an_error_never_an_empty_default() {
     let wrong = dir.path().join("wrong.sock");
     scripted_helper(&wrong, "{\"ok\":\"done\"}\n").await;
     let c = HelperClient { socket: wrong };
-    let err = c.nat_taps().await.expect_err("done is no tap list");
+    let err = c.tagged_taps().await.expect_err("done is no tap list");
     assert!(
         matches!(
             err,
             FirewallError::Helper(HelperError::Unexpected {
-                op: "nat_taps",
+                op: "tagged_taps",
                 got: "done",
                 ..
             })
@@ -357,9 +403,9 @@ async fn an_answer_of_the_wrong_shape_is_an_error_never_an_empty_default() {
     assert!(c.list_links().await.is_err());
 
     let garbage = dir.path().join("garbage.sock");
-    scripted_helper(&garbage, "{\"ok\":{\"nat_taps\":\"bg-0123456789ab\"}}\n").await;
+    scripted_helper(&garbage, "{\"ok\":{\"tagged_taps\":\"bg-0123456789ab\"}}\n").await;
     let c = HelperClient { socket: garbage };
-    let err = c.nat_taps().await.expect_err("a string is no list");
+    let err = c.tagged_taps().await.expect_err("a string is no list");
     assert!(
         matches!(err, FirewallError::Helper(HelperError::Decode { .. })),
         "{err:?}"
@@ -405,8 +451,8 @@ fn answers_have_one_stable_shape_on_the_wire() {
     let line = |r: &HelperResponse| serde_json::to_string(r).expect("json");
     assert_eq!(line(&HelperResponse::Ok(Reply::Done)), r#"{"ok":"done"}"#);
     assert_eq!(
-        line(&HelperResponse::Ok(Reply::NatTaps(vec![TAP.into()]))),
-        r#"{"ok":{"nat_taps":["bg-0123456789ab"]}}"#
+        line(&HelperResponse::Ok(Reply::TaggedTaps(vec![TAP.into()]))),
+        r#"{"ok":{"tagged_taps":["bg-0123456789ab"]}}"#
     );
     assert_eq!(
         line(&HelperResponse::Ok(Reply::Uplink(None))),

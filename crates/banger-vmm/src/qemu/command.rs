@@ -133,7 +133,8 @@ impl QemuCommand {
             );
         }
         a.push("-chardev".into());
-        a.push(format!("file,id=con,path={}", spec.console_log.display()).into());
+        // Appending, so a rotation's truncation starts the file again.
+        a.push(format!("file,id=con,path={},append=on", spec.console_log.display()).into());
         a.push("-serial".into());
         a.push("chardev:con".into());
         a.push("-qmp".into());

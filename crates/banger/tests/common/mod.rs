@@ -7,6 +7,7 @@
 pub mod busybox;
 pub mod helper;
 pub mod stream;
+pub mod uplink;
 pub mod wait;
 
 use std::os::unix::fs::PermissionsExt;
@@ -643,7 +644,8 @@ impl Lab {
             .expect("pid") as i32
     }
 
-    /// Nothing of banger's left on the host: taps, VMMs, VM dirs, sockets.
+    /// Nothing of banger's left on the host: taps, VMMs, VM dirs, sockets,
+    /// NAT rules naming a tap, build dirs.
     pub fn assert_no_leaks(&self) {
         let taps: Vec<String> = self
             .ns
@@ -658,6 +660,15 @@ impl Lab {
         assert!(dirs.is_empty(), "leaked vm dirs: {dirs:?}");
         let socks = dir_entries(&self.env.dir.path().join("run/vms"));
         assert!(socks.is_empty(), "leaked sockets: {socks:?}");
+        let rules: Vec<String> = self
+            .ruleset()
+            .lines()
+            .filter(|l| l.contains("bg-"))
+            .map(str::to_owned)
+            .collect();
+        assert!(rules.is_empty(), "leaked nft rules: {rules:#?}");
+        let tmp = dir_entries(&self.env.state_dir().join("tmp"));
+        assert!(tmp.is_empty(), "leaked build dirs: {tmp:?}");
     }
 }
 

@@ -361,6 +361,10 @@ async fn leaks(f: &Fixture, core: &Arc<Core>) -> Vec<String> {
     if rules > 0 {
         found.push(format!("{rules} nat rules"));
     }
+    let guards = f.firewall.guards.lock().expect("lock").len();
+    if guards > 0 {
+        found.push(format!("{guards} guards"));
+    }
     if !f.dns.last().is_empty() {
         found.push(format!("dns records {:?}", f.dns.last()));
     }

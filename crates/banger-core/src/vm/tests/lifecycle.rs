@@ -642,7 +642,7 @@ fn nat_calls(f: &Fixture) -> Vec<NatRule> {
         .into_iter()
         .filter_map(|c| match c {
             FirewallCall::AddNat(rule) => Some(rule),
-            FirewallCall::RemoveNat { .. } => None,
+            _ => None,
         })
         .collect()
 }
@@ -674,6 +674,74 @@ async fn nat_rules_live_exactly_as_long_as_the_vm_runs() {
     vm(&f.core, Command::VmStop { vm: "out".into() }).await;
     assert!(!f.firewall.has(&tap), "stop removes the rules");
     assert!(!*f.firewall.forwarding.lock().expect("lock"));
+}
+
+#[tokio::test]
+async fn every_vm_is_guarded_with_its_own_mac_and_address_while_it_runs() {
+    let f = fixture();
+    create(&f, "plain").await;
+    let v = vm(&f.core, Command::VmStart { vm: "plain".into() }).await;
+    let tap = tap_name(&v.id);
+    assert!(f.firewall.guarded(&tap), "no opt-in: every vm");
+    assert!(!f.firewall.has(&tap), "and no nat without asking");
+    let guards: Vec<_> = f
+        .firewall
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            FirewallCall::AddGuard(g) => Some(g),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        guards,
+        [banger_host::firewall::Guard {
+            tap: tap.clone(),
+            mac: banger_vmm::mac_for(&v.id),
+            guest_ip: std::net::Ipv4Addr::new(10, 99, 0, 2),
+            bridge: "banger0".into(),
+            bridge_ip: f.core.config().network.bridge_ip,
+        }]
+    );
+    vm(&f.core, Command::VmStop { vm: "plain".into() }).await;
+    assert!(!f.firewall.guarded(&tap), "stop removes the guard");
+    assert!(
+        f.firewall
+            .calls()
+            .iter()
+            .any(|c| matches!(c, FirewallCall::RemoveGuard { tap: t } if *t == tap))
+    );
+}
+
+/// The guard comes before the VMM: a guest never runs unguarded.
+#[tokio::test]
+async fn a_guard_that_cannot_be_put_up_fails_the_start_before_any_vmm() {
+    let f = fixture();
+    let v = create(&f, "bare").await;
+    *f.firewall.fail_guard.lock().expect("lock") = Some("nft said no".into());
+    let err = f
+        .core
+        .execute(
+            Command::VmStart { vm: "bare".into() },
+            &ProgressSink::discard(),
+        )
+        .await
+        .expect_err("no guard, no start");
+    assert!(err.to_string().contains("network guard"), "{err}");
+    assert!(
+        !f.vmm
+            .vmm_calls()
+            .iter()
+            .any(|c| matches!(c, VmmCall::Launch { .. })),
+        "{:?}",
+        f.vmm.vmm_calls()
+    );
+    assert!(
+        !f.net.has(&tap_name(&v)),
+        "the tap went with the failed start"
+    );
+    *f.firewall.fail_guard.lock().expect("lock") = None;
+    vm(&f.core, Command::VmStart { vm: "bare".into() }).await;
 }
 
 #[tokio::test]
@@ -775,6 +843,13 @@ async fn nat_teardown_falls_back_to_the_runtime_tap_and_joins_errors() {
     f.core.cleanup(&mut v, true).await.expect("clean");
     assert_eq!(
         f.firewall.calls().last(),
+        Some(&FirewallCall::RemoveGuard {
+            tap: "bg-fromrecord".into()
+        }),
+        "the guard goes last"
+    );
+    assert_eq!(
+        f.firewall.nat_calls().last(),
         Some(&FirewallCall::RemoveNat {
             tap: "bg-fromrecord".into()
         })
@@ -975,4 +1050,16 @@ async fn concurrent_starts_get_distinct_addresses_and_delete_releases_everything
     // Its address is free again.
     let again = vm(&f.core, Command::VmStart { vm: "full".into() }).await;
     assert_eq!(again.runtime.guest_ip, v.runtime.guest_ip);
+}
+
+#[tokio::test]
+async fn the_console_keeper_rotates_a_live_vms_log_past_its_cap() {
+    let f = fixture();
+    let v = create_and_start(&f, "loud").await;
+    let console = f.core.vm_files(&v.id).console;
+    let max = f.core.config().guest.console_max_bytes;
+    std::fs::write(&console, vec![b'x'; max as usize + 10]).expect("flood");
+    assert_eq!(f.core.rotate_consoles().await.expect("round"), ["loud"]);
+    assert_eq!(std::fs::metadata(&console).expect("log").len(), 0);
+    assert!(f.core.rotate_consoles().await.expect("round").is_empty());
 }

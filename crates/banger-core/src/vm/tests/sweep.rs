@@ -47,6 +47,20 @@ async fn the_sweep_removes_exactly_what_banger_made_and_no_record_claims() {
         rule(&kept_tap),
         rule(ELSEWHERE),
     ]);
+    // A guard whose VM is gone (a daemon killed mid-cleanup); the kept
+    // VM's guard stays.
+    let guard = |tap: &str| banger_host::firewall::Guard {
+        tap: tap.into(),
+        mac: "02:b6:00:00:00:01".into(),
+        guest_ip: std::net::Ipv4Addr::new(10, 99, 0, 9),
+        bridge: "banger0".into(),
+        bridge_ip: std::net::Ipv4Addr::new(10, 99, 0, 1),
+    };
+    f.firewall
+        .guards
+        .lock()
+        .expect("lock")
+        .extend([guard("bg-00000000cafe"), guard(&kept_tap)]);
     let orphan_dir = state.join("vms").join(ORPHAN_ID);
     std::fs::create_dir_all(&orphan_dir).expect("orphan dir");
     std::fs::write(orphan_dir.join("root.ext4"), b"disk").expect("disk");
@@ -74,7 +88,7 @@ async fn the_sweep_removes_exactly_what_banger_made_and_no_record_claims() {
     let swept = f.core.sweep_orphans().await.expect("sweep");
 
     assert_eq!(swept.taps, [ORPHAN_TAP]);
-    assert_eq!(swept.nat_rules, [ORPHAN_TAP]);
+    assert_eq!(swept.rule_taps, ["bg-00000000cafe", ORPHAN_TAP]);
     assert_eq!(swept.vmm_processes, [4242]);
     assert_eq!(swept.vm_dirs, std::slice::from_ref(&orphan_dir));
     assert_eq!(swept.sockets, std::slice::from_ref(&orphan_sock));
@@ -111,6 +125,11 @@ async fn the_sweep_removes_exactly_what_banger_made_and_no_record_claims() {
         .map(|r| r.tap.clone())
         .collect();
     assert_eq!(rules, [kept_tap.clone(), ELSEWHERE.to_owned()]);
+    assert!(
+        !f.firewall.guarded("bg-00000000cafe"),
+        "an orphan's guard goes"
+    );
+    assert!(f.firewall.guarded(&kept_tap), "a recorded vm's guard stays");
     assert!(foreign.exists());
     assert!(kept_dir.join("root.ext4").exists() || kept_dir.exists());
     assert!(f.core.vm_alive(&kept), "the recorded vm runs on");
