@@ -46,6 +46,7 @@ pub(crate) struct FileLimits {
 #[serde(deny_unknown_fields)]
 pub(crate) struct FilePrivileges {
     pub(crate) helper_socket: Option<PathBuf>,
+    pub(crate) helper_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

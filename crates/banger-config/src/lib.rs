@@ -149,6 +149,9 @@ pub struct Config {
     /// Where banger-helper listens; when set, bangerd asks it for every
     /// network and firewall change instead of making them itself.
     pub helper_socket: Option<PathBuf>,
+    /// The helper's own files (its log, the NAT forwarding marker): a
+    /// root-owned directory, never one the daemon's uid can change.
+    pub helper_dir: PathBuf,
 }
 
 /// Firecracker under its jailer.

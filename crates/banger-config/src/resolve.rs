@@ -48,6 +48,11 @@ impl Config {
             .path("BANGER_HELPER_SOCKET", file.privileges.helper_socket)
             .filter(|v| !v.value.is_empty())
             .map(|v| PathBuf::from(v.value));
+        let helper_dir = abs_path(
+            "privileges.helper_dir",
+            pick.path("BANGER_HELPER_DIR", file.privileges.helper_dir),
+            "/run/banger-helper",
+        )?;
         Ok(Self {
             state_dir: dirs.state_dir,
             runtime_dir: dirs.runtime_dir,
@@ -62,6 +67,7 @@ impl Config {
             jailer,
             limits,
             helper_socket,
+            helper_dir,
         })
     }
 }

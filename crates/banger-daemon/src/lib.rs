@@ -5,6 +5,7 @@
 //! errors into responses; nothing below it sees HTTP.
 
 pub mod api;
+pub mod helper_files;
 mod listen;
 pub mod lock;
 pub mod logging;

@@ -34,6 +34,8 @@ use crate::{api, logging};
 pub enum DaemonError {
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    HelperFiles(#[from] crate::helper_files::HelperFilesError),
     #[error("creating {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -84,6 +86,9 @@ pub struct DaemonOptions {
 /// and firewall requests from the daemon running as `uid` (and root) on
 /// `config.helper_socket`, owned by that uid, mode 0600.
 pub async fn run_helper(config: Config, daemon_uid: u32) -> Result<(), DaemonError> {
+    // Every connection costs a descriptor: as many as the host allows, so
+    // a flood of them meets the idle timeout before the limit.
+    raise_nofile();
     let socket = config
         .helper_socket
         .clone()
@@ -93,26 +98,16 @@ pub async fn run_helper(config: Config, daemon_uid: u32) -> Result<(), DaemonErr
         path: dir.clone(),
         source,
     })?;
-    let log_path = dir.join("banger-helper.log");
+    let own = &config.helper_dir;
+    crate::helper_files::ensure_helper_dir(own)?;
+    let log_path = own.join("banger-helper.log");
     let _log = crate::logging::init(&log_path, &config.log_level, true).map_err(|source| {
         DaemonError::Log {
             path: log_path.clone(),
             source,
         }
     })?;
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).map_err(|source| DaemonError::Listen {
-        path: socket.clone(),
-        source,
-    })?;
-    let listen_err = |source| DaemonError::Listen {
-        path: socket.clone(),
-        source,
-    };
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(listen_err)?;
-    nix::unistd::chown(&socket, Some(nix::unistd::Uid::from_raw(daemon_uid)), None)
-        .map_err(|e| listen_err(std::io::Error::from(e)))?;
+    let listener = crate::helper_files::bind_socket(&socket, daemon_uid)?;
     let jail = helper_jail(&config, daemon_uid);
     let server = Arc::new(HelperServer {
         policy: Policy {
@@ -121,11 +116,13 @@ pub async fn run_helper(config: Config, daemon_uid: u32) -> Result<(), DaemonErr
             prefix_len: config.network.prefix_len,
             layout: VmLayout::new(&config.state_dir, &config.runtime_dir),
             daemon_uid,
+            daemon_gid: primary_gid(daemon_uid),
+            uplink: config.network.uplink.clone(),
         },
         net: Arc::new(Netlink),
         firewall: Arc::new(Nft {
             bin: "nft".into(),
-            forwarding_marker: config.runtime_dir.join("nat-forwarding"),
+            forwarding_marker: own.join("nat-forwarding"),
             policy: guard_policy(&config.network),
         }),
         jail,
@@ -134,7 +131,10 @@ pub async fn run_helper(config: Config, daemon_uid: u32) -> Result<(), DaemonErr
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     tokio::select! {
-        r = server.serve(listener) => r.map_err(listen_err)?,
+        r = server.serve(listener) => r.map_err(|source| DaemonError::Listen {
+            path: socket.clone(),
+            source,
+        })?,
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
@@ -162,10 +162,7 @@ fn helper_jail(config: &Config, daemon_uid: u32) -> Option<Arc<dyn JailOps>> {
         tracing::info!("not jailing: jailer disabled, or a root daemon jails by itself");
         return None;
     }
-    let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(daemon_uid))
-        .ok()
-        .flatten()
-        .map_or(daemon_uid, |u| u.gid.as_raw());
+    let gid = primary_gid(daemon_uid);
     let base = &config.jailer.chroot_base;
     if let Err(e) = ensure_chroot_base(base) {
         // Refused again at every stage, with the same words.
@@ -390,6 +387,29 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
     }
     tracing::info!("bangerd stopped; running vms were left running");
     served.map_err(DaemonError::Serve)
+}
+
+/// The soft descriptor limit raised to the hard one (logged if refused).
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "raising the descriptor limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reading the descriptor limit"),
+    }
+}
+
+/// The primary group of `uid` (its own number when it has no passwd
+/// entry, as for the jail's files).
+fn primary_gid(uid: u32) -> u32 {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or(uid, |u| u.gid.as_raw())
 }
 
 /// The guard's host-wide switches, from the config.

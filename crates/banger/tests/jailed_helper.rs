@@ -121,6 +121,7 @@ fn start_helper(env: &Env, l: &Layout, jailer: &Path, firecracker: &Path) -> Hel
         .env("BANGER_STATE_DIR", l.state())
         .env("BANGER_RUNTIME_DIR", l.run())
         .env("BANGER_HELPER_SOCKET", &sock)
+        .env("BANGER_HELPER_DIR", l.dir.join("helper"))
         .env("BANGER_JAILER_CHROOT_BASE", l.dir.join("jail"))
         .env("BANGER_JAILER_BIN", jailer)
         .env("BANGER_FIRECRACKER_BIN", firecracker);

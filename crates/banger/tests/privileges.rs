@@ -88,6 +88,7 @@ fn an_unprivileged_daemon_runs_vms_through_the_helper() {
         let mut hc = env.command_in(&ns.name, BANGERD);
         hc.args(["--helper", "--for-uid", &NOBODY.to_string()])
             .env("BANGER_HELPER_SOCKET", &helper_socket)
+            .env("BANGER_HELPER_DIR", dir.join("helper"))
             .env("BANGER_JAILER_CHROOT_BASE", &chroot_base)
             .env("BANGER_JAILER_BIN", vmm_bin("BANGER_JAILER_BIN"))
             .env("BANGER_FIRECRACKER_BIN", vmm_bin("BANGER_FIRECRACKER_BIN"));

@@ -28,6 +28,11 @@ pub struct Policy {
     /// The daemon's uid: the only non-root peer served, and the only
     /// owner a tap may be given.
     pub daemon_uid: u32,
+    /// The daemon's group: the only group a tap may be given.
+    pub daemon_gid: u32,
+    /// The configured NAT uplink; `None`: the default route's interface,
+    /// read when a request names one.
+    pub uplink: Option<String>,
 }
 
 fn refuse<T>(msg: impl Into<String>) -> Result<T, PolicyError> {
@@ -70,6 +75,27 @@ fn guest_mac(mac: &str) -> Result<(), PolicyError> {
 }
 
 impl Policy {
+    /// NAT leaves only through the configured uplink, or the default
+    /// route's interface when none is configured: never through an
+    /// interface the daemon picks.
+    fn uplink_is_ours(&self, uplink: &str) -> Result<(), PolicyError> {
+        let allowed = match &self.uplink {
+            Some(u) => Some(u.clone()),
+            None => std::fs::read_to_string("/proc/net/route")
+                .ok()
+                .and_then(|t| crate::firewall::default_route_iface(&t)),
+        };
+        match allowed {
+            Some(a) if a == uplink => Ok(()),
+            Some(a) => refuse(format!(
+                "uplink {uplink:?} is not the configured or default-route interface ({a:?})"
+            )),
+            None => refuse(format!(
+                "uplink {uplink:?}: no network.uplink is configured and this host has no default route"
+            )),
+        }
+    }
+
     fn bridge(&self, name: &str) -> Result<(), PolicyError> {
         if name == self.bridge {
             Ok(())
@@ -167,6 +193,10 @@ impl Policy {
                         "a tap may be owned by the daemon's uid {} only, not {uid}",
                         self.daemon_uid
                     )),
+                    Some((_, gid)) if *gid != self.daemon_gid => refuse(format!(
+                        "a tap may be given the daemon's group {} only, not {gid}",
+                        self.daemon_gid
+                    )),
                     _ => Ok(()),
                 }
             }
@@ -187,7 +217,8 @@ impl Policy {
                 self.tap(tap)?;
                 self.bridge(bridge)?;
                 self.in_subnet(*guest_ip)?;
-                plain_ifname("uplink", uplink)
+                plain_ifname("uplink", uplink)?;
+                self.uplink_is_ours(uplink)
             }
             HelperRequest::AddGuard(g) => {
                 self.tap(&g.tap)?;

@@ -3,6 +3,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -173,11 +174,22 @@ impl HelperServer {
         })
     }
 
-    /// Serves connections until the listener fails: one request per line,
-    /// from root or the daemon's uid only.
+    /// Serves connections for good: one request per line, from root or
+    /// the daemon's uid only. A failed accept (out of descriptors under a
+    /// flood of connections) is logged and retried after a pause, never
+    /// the helper's end: idle connections time out and free their
+    /// descriptors meanwhile.
     pub async fn serve(self: Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
         loop {
-            let (stream, _) = listener.accept().await?;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "helper accept failed; retrying");
+                    // Nothing announces a descriptor freed: a short pause.
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
             let me = Arc::clone(&self);
             tokio::spawn(async move {
                 if let Err(e) = me.connection(stream).await {
@@ -212,16 +224,35 @@ impl HelperServer {
     async fn connection(&self, stream: UnixStream) -> std::io::Result<()> {
         let uid = stream.peer_cred().ok().map(|c| c.uid());
         let (r, mut w) = stream.into_split();
-        let mut lines = BufReader::new(r).lines();
-        while let Some(line) = lines.next_line().await? {
-            let (resp, passed) = if uid != Some(0) && uid != Some(self.policy.daemon_uid) {
-                let who = uid.map_or_else(|| "unknown".into(), |u| u.to_string());
-                let msg = format!(
-                    "refused: the helper serves uid {} only, not {who}",
-                    self.policy.daemon_uid,
-                );
-                (HelperResponse::failed(FailureCode::Refused, msg), None)
-            } else {
+        // Anyone else is answered once and let go, before a byte of
+        // theirs is read.
+        if uid != Some(0) && uid != Some(self.policy.daemon_uid) {
+            let who = uid.map_or_else(|| "unknown".into(), |u| u.to_string());
+            let msg = format!(
+                "refused: the helper serves uid {} only, not {who}",
+                self.policy.daemon_uid,
+            );
+            w.write_all(&encode(&HelperResponse::failed(FailureCode::Refused, msg))?)
+                .await?;
+            return Ok(());
+        }
+        let mut reader = BufReader::new(r);
+        loop {
+            let line = match read_request(&mut reader).await {
+                Ok(Some(line)) => line,
+                Ok(None) => return Ok(()),
+                Err(RequestLine::Idle) => return Ok(()),
+                Err(RequestLine::TooLong) => {
+                    let resp = HelperResponse::failed(
+                        FailureCode::Malformed,
+                        format!("malformed request: a line longer than {MAX_LINE} bytes"),
+                    );
+                    w.write_all(&encode(&resp)?).await?;
+                    return Ok(());
+                }
+                Err(RequestLine::Io(e)) => return Err(e),
+            };
+            let (resp, passed) = {
                 match serde_json::from_str::<HelperRequest>(&line) {
                     Ok(HelperRequest::OpenTap { name }) => self.open_tap(name).await,
                     Ok(req) => (self.handle(req).await, None),
@@ -258,7 +289,58 @@ impl HelperServer {
                 }
             }
         }
-        Ok(())
+    }
+}
+
+/// How long a connection may sit without sending a whole request.
+const IDLE: Duration = Duration::from_secs(30);
+/// The longest request line (a jail stage, the largest, is far smaller).
+const MAX_LINE: usize = 64 << 10;
+/// The pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+enum RequestLine {
+    Idle,
+    TooLong,
+    Io(std::io::Error),
+}
+
+/// The next request line, read at most [`MAX_LINE`] bytes and [`IDLE`]
+/// long; `None` at the end of the connection.
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<String>, RequestLine> {
+    let mut line = Vec::new();
+    let read = async {
+        loop {
+            let buf = r.fill_buf().await.map_err(RequestLine::Io)?;
+            if buf.is_empty() {
+                return Ok(!line.is_empty());
+            }
+            let (take, done) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            if line.len() + take > MAX_LINE + 1 {
+                return Err(RequestLine::TooLong);
+            }
+            line.extend_from_slice(&buf[..take]);
+            r.consume(take);
+            if done {
+                return Ok(true);
+            }
+        }
+    };
+    match tokio::time::timeout(IDLE, read).await {
+        Err(_) => Err(RequestLine::Idle),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(false)) => Ok(None),
+        Ok(Ok(true)) => {
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            Ok(Some(String::from_utf8_lossy(&line).into_owned()))
+        }
     }
 }
 

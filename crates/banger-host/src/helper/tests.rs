@@ -40,6 +40,8 @@ fn server_with_jail(
             prefix_len: 24,
             layout: VmLayout::new(dir, dir.join("run")),
             daemon_uid: 1000,
+            daemon_gid: 1000,
+            uplink: Some("eth0".into()),
         },
         net: net.clone(),
         firewall: fw.clone(),
@@ -110,6 +112,16 @@ async fn bad_inputs_are_refused_before_anything_happens() {
         .await,
         "daemon's uid 1000 only",
     );
+    // The daemon's uid with someone else's group.
+    refused(
+        &s.handle(HelperRequest::CreateTap {
+            name: TAP.into(),
+            bridge: "banger0".into(),
+            owner: Some((1000, 0)),
+        })
+        .await,
+        "daemon's group 1000 only",
+    );
     // NAT outside the subnet, or through a path-like uplink.
     let nat = |ip: [u8; 4], uplink: &str| HelperRequest::AddNat {
         tap: TAP.into(),
@@ -128,6 +140,11 @@ async fn bad_inputs_are_refused_before_anything_happens() {
     refused(
         &s.handle(nat([172, 16, 0, 2], "../eth0")).await,
         "not an interface name",
+    );
+    // A well-formed name that is not the configured uplink.
+    refused(
+        &s.handle(nat([172, 16, 0, 2], "wg0")).await,
+        "not the configured or default-route interface",
     );
     // A guard for a multicast or malformed MAC, another bridge address,
     // a foreign tap.
@@ -190,22 +207,7 @@ async fn bad_inputs_are_refused_before_anything_happens() {
 #[tokio::test]
 async fn the_client_drives_the_server_over_a_socket_and_malformed_lines_are_answered() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (s, net, fw) = server(dir.path());
-    let sock = dir.path().join("helper.sock");
-    let listener = UnixListener::bind(&sock).expect("bind");
-    // Our own uid must be served: make it the daemon's.
-    let mut policy = s.policy.clone();
-    policy.daemon_uid = nix::unistd::geteuid().as_raw();
-    let s = Arc::new(HelperServer {
-        policy,
-        net: s.net.clone(),
-        firewall: s.firewall.clone(),
-        jail: s.jail.clone(),
-    });
-    tokio::spawn(s.serve(listener));
-    let c = HelperClient {
-        socket: sock.clone(),
-    };
+    let (sock, c, net, fw) = serving(dir.path());
     c.ensure_bridge("banger0", Ipv4Addr::new(172, 16, 0, 1), 24)
         .await
         .expect("bridge");
@@ -471,4 +473,77 @@ fn answers_have_one_stable_shape_on_the_wire() {
         serde_json::from_str::<HelperResponse>(r#"{"error":{"code":"new","message":"x"}}"#)
             .is_err()
     );
+}
+
+/// A helper serving our own uid (made the daemon's) over a socket in
+/// `dir`, with its fakes.
+fn serving(
+    dir: &Path,
+) -> (
+    std::path::PathBuf,
+    HelperClient,
+    Arc<FakeNet>,
+    Arc<FakeFirewall>,
+) {
+    let (s, net, fw) = server(dir);
+    let sock = dir.join("helper.sock");
+    let listener = UnixListener::bind(&sock).expect("bind");
+    let mut policy = s.policy.clone();
+    policy.daemon_uid = nix::unistd::geteuid().as_raw();
+    let s = Arc::new(HelperServer {
+        policy,
+        net: s.net.clone(),
+        firewall: s.firewall.clone(),
+        jail: s.jail.clone(),
+    });
+    tokio::spawn(s.serve(listener));
+    let c = HelperClient {
+        socket: sock.clone(),
+    };
+    (sock, c, net, fw)
+}
+
+/// Idle connections by the thousand, half-sent lines and a line without
+/// end do not keep the helper from answering the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_idle_connections_and_endless_lines_leave_the_helper_answering() {
+    // Both ends of every connection live in this process.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit");
+    if hard < 4500 {
+        eprintln!("SKIPPED idle-connection test: RLIMIT_NOFILE hard limit {hard} < 4500");
+        return;
+    }
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+        .expect("setrlimit");
+    let dir = tempfile::tempdir().expect("tmp");
+    let (sock, c, _, _) = serving(dir.path());
+    let mut idle = Vec::new();
+    for i in 0..2000 {
+        let mut s = UnixStream::connect(&sock).await.expect("connect");
+        if i % 2 == 0 {
+            // Half a request, never finished.
+            s.write_all(b"{\"op\":\"list_li").await.expect("write");
+        }
+        idle.push(s);
+    }
+    assert_eq!(
+        c.tagged_taps()
+            .await
+            .expect("answered past 2000 idle connections"),
+        Vec::<String>::new()
+    );
+    // A line longer than any request is cut off with an answer.
+    let mut endless = UnixStream::connect(&sock).await.expect("connect");
+    let junk = vec![b'x'; 1 << 20];
+    // The helper stops reading at its bound: the write may not finish.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), endless.write_all(&junk)).await;
+    let mut reply = String::new();
+    BufReader::new(endless)
+        .read_line(&mut reply)
+        .await
+        .expect("read");
+    assert!(reply.contains("longer than"), "{reply}");
+    assert!(c.tagged_taps().await.is_ok(), "still answering");
+    drop(idle);
 }

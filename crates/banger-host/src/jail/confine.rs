@@ -61,8 +61,18 @@ impl Confinement {
             Mode::empty(),
         )
         .map_err(|e| io_err(&self.state_dir, e))?;
+        // Non-blocking until the file is known regular: a FIFO opened
+        // for writing would otherwise wait for a reader, and the helper
+        // with it.
+        let path_only = flags.contains(OFlag::O_PATH);
+        // (openat2 takes no other flag beside O_PATH.)
+        let nonblock = if path_only {
+            OFlag::empty()
+        } else {
+            OFlag::O_NONBLOCK
+        };
         let mut how = OpenHow::new()
-            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | nonblock)
             .resolve(
                 ResolveFlag::RESOLVE_BENEATH
                     | ResolveFlag::RESOLVE_NO_SYMLINKS
@@ -71,9 +81,15 @@ impl Confinement {
         if create {
             how = how.mode(Mode::from_bits_truncate(0o640));
         }
-        let fd = nix::fcntl::openat2(&base, rel, how).map_err(|e| JailError::Beneath {
-            path: path.to_owned(),
-            source: e.into(),
+        let fd = nix::fcntl::openat2(&base, rel, how).map_err(|e| match e {
+            // O_WRONLY | O_NONBLOCK on a FIFO without a reader.
+            nix::errno::Errno::ENXIO => {
+                JailError::Refused(format!("{} is not a regular file", path.display()))
+            }
+            e => JailError::Beneath {
+                path: path.to_owned(),
+                source: e.into(),
+            },
         })?;
         let st = nix::sys::stat::fstat(&fd).map_err(|e| io_err(path, e))?;
         match st.st_mode & nix::libc::S_IFMT {
@@ -105,6 +121,13 @@ impl Confinement {
                 )));
             }
             nix::unistd::fchown(&fd, Some(nix::unistd::Uid::from_raw(self.owner)), None)
+                .map_err(|e| io_err(path, e))?;
+        }
+        if !path_only {
+            let fl = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)
+                .map_err(|e| io_err(path, e))?;
+            let blocking = OFlag::from_bits_truncate(fl) & !OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(blocking))
                 .map_err(|e| io_err(path, e))?;
         }
         Ok(fd)

@@ -110,7 +110,11 @@ impl LocalJail {
         Ok(dir)
     }
 
-    fn open_console(&self, vm_id: &str, console: &Path) -> Result<std::fs::File, JailError> {
+    pub(super) fn open_console(
+        &self,
+        vm_id: &str,
+        console: &Path,
+    ) -> Result<std::fs::File, JailError> {
         match &self.confine {
             Some(c) => {
                 let own = c.state_dir.join("vms").join(vm_id).join("console.log");

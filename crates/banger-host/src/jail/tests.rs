@@ -181,6 +181,42 @@ fn confined_staging_refuses_paths_outside_the_state_dir_symlinks_and_other_owner
     );
 }
 
+/// A FIFO where the console should be: refused at once, where opening
+/// it for writing would wait for a reader (and the helper with it).
+#[test]
+fn a_fifo_for_a_console_is_refused_without_blocking() {
+    let d = tempfile::tempdir().expect("tmp");
+    let (mut jail, _) = fixture(d.path());
+    let state = d.path().join("state");
+    jail.confine = Some(Confinement {
+        state_dir: state.clone(),
+        owner: me().0,
+    });
+    let console = state.join("vms").join(VM).join("console.log");
+    std::fs::create_dir_all(console.parent().expect("dir")).expect("vm dir");
+    nix::unistd::mkfifo(&console, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let j = jail.clone();
+    let c = console.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(j.open_console(VM, &c).map(drop));
+    });
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("open_console blocked on a fifo");
+    let err = got.expect_err("a fifo is no console");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    // A regular console still opens, for appending and blocking writes.
+    std::fs::remove_file(&console).expect("rm");
+    std::fs::write(&console, b"").expect("console");
+    let f = jail.open_console(VM, &console).expect("console");
+    let fl = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL).expect("flags");
+    assert_eq!(
+        nix::fcntl::OFlag::from_bits_truncate(fl) & nix::fcntl::OFlag::O_NONBLOCK,
+        nix::fcntl::OFlag::empty()
+    );
+}
+
 fn path_mode(p: &Path) -> u32 {
     std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
 }
