@@ -226,6 +226,11 @@ pub enum AgentError {
     ChannelStuck { secs: u64 },
     #[error("the guest has no /etc/ssh/ssh_host_ed25519_key.pub (is openssh-server in the image?)")]
     NoHostKey,
+    /// A short command's output past what the daemon keeps of one.
+    #[error("{what} wrote more than {max} bytes; the daemon keeps no more of a guest's answer")]
+    TooMuchOutput { what: String, max: usize },
+    #[error("the guest's ssh host key is not an ed25519 public key")]
+    BadHostKey,
 }
 
 impl From<ProtoError> for AgentError {

@@ -24,6 +24,8 @@ pub struct FakeAgent {
     pub detaches: Mutex<Vec<PathBuf>>,
     /// What a detach answers (default: it closed).
     pub detach_answer: Mutex<Option<Detached>>,
+    /// What every exec writes to stdout (default: an ed25519 host key).
+    pub exec_stdout: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for FakeAgent {
@@ -64,6 +66,12 @@ impl AgentConnector for FakeAgent {
         let (ours, mut theirs) = tokio::io::duplex(64 << 10);
         let (power_offs, hook) = (Arc::clone(&self.power_offs), Arc::clone(&self.on_power_off));
         let vsock = channel.path().to_owned();
+        let stdout = self
+            .exec_stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| b"ssh-ed25519 AAAAfakehostkey root@fake\n".to_vec());
         tokio::spawn(async move {
             while let Ok(Some(Frame::Control(m))) = read_frame(&mut theirs).await {
                 let reply = match m {
@@ -83,12 +91,18 @@ impl AgentConnector for FakeAgent {
                         Message::Pong
                     }
                     Message::Exec(_) => {
-                        let _ = banger_agent_proto::write_frame(
-                            &mut theirs,
-                            banger_agent_proto::Kind::Stdout,
-                            b"ssh-ed25519 AAAAfakehostkey root@fake\n",
-                        )
-                        .await;
+                        for chunk in stdout.chunks(banger_agent_proto::CHUNK) {
+                            if banger_agent_proto::write_frame(
+                                &mut theirs,
+                                banger_agent_proto::Kind::Stdout,
+                                chunk,
+                            )
+                            .await
+                            .is_err()
+                            {
+                                return;
+                            }
+                        }
                         Message::Exit {
                             code: Some(0),
                             signal: None,

@@ -15,6 +15,9 @@ pub(super) const ATTEMPT: Duration = Duration::from_secs(5);
 const OUTPUT_WITHIN: Duration = Duration::from_secs(30);
 /// How long the guest may take to make its ssh host key after boot.
 const HOST_KEY_WITHIN: Duration = Duration::from_secs(30);
+/// The most the daemon keeps of a short command's output: the guest
+/// writes it, the daemon holds it in memory.
+const OUTPUT_MAX: usize = 64 << 10;
 
 /// One VM's agent, reached over the channel it was started with.
 #[derive(Debug, Clone, Copy)]
@@ -91,7 +94,15 @@ impl<'a> Session<'a> {
             let mut out = Vec::new();
             loop {
                 match read_frame(&mut s).await? {
-                    Some(Frame::Stdout(d)) => out.extend(d),
+                    Some(Frame::Stdout(d)) => {
+                        if out.len() + d.len() > OUTPUT_MAX {
+                            return Err(AgentError::TooMuchOutput {
+                                what: format!("{argv:?}"),
+                                max: OUTPUT_MAX,
+                            });
+                        }
+                        out.extend(d);
+                    }
                     Some(Frame::Control(Message::Exit { code, .. })) => return Ok((code, out)),
                     Some(Frame::Control(Message::Error { message })) => {
                         return Err(AgentError::Guest(message));
@@ -126,6 +137,15 @@ impl<'a> Session<'a> {
             let text = String::from_utf8_lossy(&out);
             let mut parts = text.split_whitespace();
             if let (Some(0), Some(kind), Some(key)) = (code, parts.next(), parts.next()) {
+                // It goes into a known_hosts line: nothing but the key.
+                let base64 = |k: &str| {
+                    k.len() <= 128
+                        && k.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+                };
+                if kind != "ssh-ed25519" || !base64(key) {
+                    return Err(AgentError::BadHostKey);
+                }
                 return Ok(format!("{kind} {key}"));
             }
             if tokio::time::Instant::now() > deadline {

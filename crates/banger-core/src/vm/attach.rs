@@ -23,7 +23,7 @@ fn agent_err(vm: &VmRecord) -> impl FnOnce(AgentError) -> CoreError + '_ {
 }
 
 impl Core {
-    fn session<'a>(&'a self, vm: &'a VmRecord) -> Session<'a> {
+    pub(crate) fn session<'a>(&'a self, vm: &'a VmRecord) -> Session<'a> {
         Session::new(self.deps().agent.as_ref(), vm)
     }
 

@@ -1063,3 +1063,31 @@ async fn the_console_keeper_rotates_a_live_vms_log_past_its_cap() {
     assert_eq!(std::fs::metadata(&console).expect("log").len(), 0);
     assert!(f.core.rotate_consoles().await.expect("round").is_empty());
 }
+
+/// The guest answers the host-key probe: an endless answer is cut off
+/// at the daemon's bound, anything but an ed25519 key is refused.
+#[tokio::test]
+async fn a_guests_answer_for_its_host_key_is_bounded_and_checked() {
+    let f = fixture();
+    let v = create_and_start(&f, "hk").await;
+    let answer = |bytes: Vec<u8>| {
+        *f.agent.exec_stdout.lock().expect("lock") = Some(bytes);
+    };
+    answer(vec![b'A'; 8 << 20]);
+    let err = f.core.session(&v).host_key().await.expect_err("8 MiB");
+    assert!(err.to_string().contains("wrote more than"), "{err}");
+    answer(b"ssh-ed25519 AAAA\n@cert-authority * ssh-rsa EVIL\n".to_vec());
+    assert_eq!(
+        f.core
+            .session(&v)
+            .host_key()
+            .await
+            .expect("the first key only"),
+        "ssh-ed25519 AAAA"
+    );
+    answer(b"ssh-rsa AAAAB3Nza root@guest\n".to_vec());
+    let err = f.core.session(&v).host_key().await.expect_err("rsa");
+    assert!(err.to_string().contains("not an ed25519"), "{err}");
+    answer(b"ssh-ed25519 AAAA,evil root@guest\n".to_vec());
+    assert!(f.core.session(&v).host_key().await.is_err());
+}
