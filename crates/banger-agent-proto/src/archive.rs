@@ -5,6 +5,13 @@
 //! component. Unpacking follows `cp -r`/`docker cp`: into `dest` when it
 //! is a directory, else *as* `dest` (the top-level entry renamed). Modes
 //! and mtimes are kept; ownership is not (the unpacking user owns it all).
+//!
+//! The other end may be hostile (a guest's archive lands on the user's
+//! host), so unpacking trusts no entry: paths that leave the destination
+//! end the copy; hard links to anything but an entry of this same copy,
+//! symlinks pointing out of the destination, and device nodes or FIFOs
+//! are left out and reported; setuid, setgid, sticky and world-writable
+//! bits are masked off.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -54,8 +61,109 @@ pub fn pack<W: Write>(src: &Path, w: W) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-/// Unpacks an archive made by [`pack`] at `dest`.
-pub fn unpack_to<R: Read>(r: R, dest: &Path) -> Result<(), ArchiveError> {
+/// Why an entry was left out of a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A hard link to something that is not an entry of this copy (the
+    /// user's `~/.ssh/id_*`, say).
+    HardLink { target: PathBuf },
+    /// A symlink whose target lies outside the destination.
+    Symlink { target: PathBuf },
+    /// A device node, FIFO or other special file.
+    Special { kind: &'static str },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::HardLink { target } => write!(
+                f,
+                "a hard link to {} (not an entry of this copy)",
+                target.display()
+            ),
+            Refusal::Symlink { target } => write!(
+                f,
+                "a symlink to {} (outside the destination)",
+                target.display()
+            ),
+            Refusal::Special { kind } => write!(f, "a {kind}"),
+        }
+    }
+}
+
+/// Who made the archive: a guest's is unpacked on the user's host and
+/// trusted in nothing; the host's, unpacked in a guest at the user's
+/// request, keeps its symlinks and modes as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Untrusted,
+    Trusted,
+}
+
+/// What a copy did besides writing its entries.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    /// Entries left out, each with why (paths as the archive names them).
+    pub refused: Vec<(PathBuf, Refusal)>,
+    /// Entries whose setuid/setgid/sticky/world-writable bits were masked.
+    pub masked: Vec<PathBuf>,
+}
+
+/// The mode bits a copy keeps: no setuid, setgid, sticky, nor write for
+/// everyone.
+const KEPT_MODE: u32 = 0o775;
+
+/// `raw` as a path relative to the unpack base: the first component
+/// renamed when unpacking *as* a new name; `None` when it would leave.
+fn relative(raw: &Path, rename: Option<&OsString>) -> Option<PathBuf> {
+    let mut rel = PathBuf::new();
+    for c in raw.components() {
+        match c {
+            Component::Normal(part) => match (rename, rel.as_os_str().is_empty()) {
+                (Some(new), true) => rel.push(new),
+                _ => rel.push(part),
+            },
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    Some(rel)
+}
+
+/// Whether a symlink at `at` (relative to the base) pointing at `target`
+/// stays inside the base, read lexically.
+fn link_stays_inside(at: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth: Vec<&std::ffi::OsStr> = at
+        .parent()
+        .into_iter()
+        .flat_map(|p| p.components())
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    for c in target.components() {
+        match c {
+            Component::Normal(n) => depth.push(n),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if depth.pop().is_none() {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Unpacks an archive made by [`pack`] at `dest`; see the module's notes
+/// on what is left out.
+pub fn unpack_to<R: Read>(r: R, dest: &Path, origin: Origin) -> Result<Unpacked, ArchiveError> {
+    let hostile = origin == Origin::Untrusted;
     let (base, rename): (PathBuf, Option<OsString>) = if dest.is_dir() {
         (dest.to_owned(), None)
     } else {
@@ -73,21 +181,14 @@ pub fn unpack_to<R: Read>(r: R, dest: &Path) -> Result<(), ArchiveError> {
     };
     let mut archive = tar::Archive::new(r);
     let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
+    let mut files = std::collections::HashSet::new();
+    let mut done = Unpacked::default();
     let mut any = false;
     for entry in archive.entries().map_err(io(dest))? {
         let mut entry = entry.map_err(io(dest))?;
         let raw = entry.path().map_err(io(dest))?.into_owned();
-        let mut rel = PathBuf::new();
-        for (i, c) in raw.components().enumerate() {
-            match c {
-                Component::Normal(part) => match (&rename, i == 0 || rel.as_os_str().is_empty()) {
-                    (Some(new), true) => rel.push(new),
-                    _ => rel.push(part),
-                },
-                Component::CurDir => {}
-                _ => return Err(ArchiveError::Unsafe(raw)),
-            }
-        }
+        let rel =
+            relative(&raw, rename.as_ref()).ok_or_else(|| ArchiveError::Unsafe(raw.clone()))?;
         if rel.as_os_str().is_empty() {
             continue;
         }
@@ -101,21 +202,86 @@ pub fn unpack_to<R: Read>(r: R, dest: &Path) -> Result<(), ArchiveError> {
             }
         }
         let target = base.join(&rel);
+        let kind = entry.header().entry_type();
+        let link = entry
+            .link_name()
+            .map_err(io(&target))?
+            .map(|l| l.into_owned());
+        let refusal = match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory => {
+                None
+            }
+            tar::EntryType::Symlink if !hostile => None,
+            tar::EntryType::Symlink => match &link {
+                Some(t) if link_stays_inside(&rel, t) => None,
+                Some(t) => Some(Refusal::Symlink { target: t.clone() }),
+                None => Some(Refusal::Special {
+                    kind: "symlink without a target",
+                }),
+            },
+            tar::EntryType::Link => {
+                let to = link.as_deref().and_then(|l| relative(l, rename.as_ref()));
+                match to {
+                    Some(to) if files.contains(&to) => {
+                        if let Some(parent) = target.parent() {
+                            std::fs::create_dir_all(parent).map_err(io(parent))?;
+                        }
+                        std::fs::hard_link(base.join(&to), &target).map_err(io(&target))?;
+                        any = true;
+                        continue;
+                    }
+                    _ => Some(Refusal::HardLink {
+                        target: link.unwrap_or_default(),
+                    }),
+                }
+            }
+            tar::EntryType::Char => Some(Refusal::Special {
+                kind: "character device",
+            }),
+            tar::EntryType::Block => Some(Refusal::Special {
+                kind: "block device",
+            }),
+            tar::EntryType::Fifo => Some(Refusal::Special { kind: "fifo" }),
+            _ => Some(Refusal::Special {
+                kind: "special entry",
+            }),
+        };
+        if let Some(why) = refusal {
+            done.refused.push((raw, why));
+            continue;
+        }
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        let is_dir = entry.header().entry_type().is_dir();
+        let mode = entry.header().mode().unwrap_or(0o644);
         let mtime = entry.header().mtime().unwrap_or(0);
-        entry.set_preserve_permissions(true);
+        // Modes are set below, masked: never a setuid bit, not even for
+        // a moment.
+        entry.set_preserve_permissions(false);
         entry.set_preserve_mtime(true);
         entry.set_unpack_xattrs(false);
         entry.unpack(&target).map_err(io(&target))?;
-        if is_dir {
+        if kind != tar::EntryType::Symlink {
+            use std::os::unix::fs::PermissionsExt;
+            let kept = if hostile {
+                mode & KEPT_MODE
+            } else {
+                mode & 0o7777
+            };
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(kept))
+                .map_err(io(&target))?;
+            if mode & 0o7777 != kept {
+                done.masked.push(raw.clone());
+            }
+        }
+        if kind.is_dir() {
             dirs.push((target, mtime));
+        } else if kind.is_file() {
+            files.insert(rel);
         }
         any = true;
     }
-    if !any {
+    if !any && done.refused.is_empty() {
         return Err(ArchiveError::Empty);
     }
     // Writing into a directory bumps its mtime: set directories last,
@@ -126,7 +292,7 @@ pub fn unpack_to<R: Read>(r: R, dest: &Path) -> Result<(), ArchiveError> {
             .and_then(|f| f.set_modified(t))
             .map_err(io(dir))?;
     }
-    Ok(())
+    Ok(done)
 }
 
 /// Packs `src` on a blocking thread; chunks of about [`crate::CHUNK`]
@@ -149,9 +315,10 @@ pub fn pack_stream(
 /// the sender ends the stream.
 pub fn unpack_stream(
     dest: PathBuf,
+    origin: Origin,
 ) -> (
     tokio::sync::mpsc::Sender<Vec<u8>>,
-    tokio::task::JoinHandle<Result<(), ArchiveError>>,
+    tokio::task::JoinHandle<Result<Unpacked, ArchiveError>>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let job = tokio::task::spawn_blocking(move || {
@@ -160,8 +327,7 @@ pub fn unpack_stream(
             buf: Vec::new(),
             pos: 0,
         };
-        unpack_to(reader, &dest)?;
-        Ok(())
+        unpack_to(reader, &dest, origin)
     });
     (tx, job)
 }
@@ -243,7 +409,7 @@ mod tests {
         tree(src.path());
         let mut buf = Vec::new();
         pack(&src.path().join("d"), &mut buf).expect("pack");
-        unpack_to(&buf[..], dst.path()).expect("unpack");
+        unpack_to(&buf[..], dst.path(), Origin::Untrusted).expect("unpack");
         let out = dst.path().join("d");
         assert_eq!(std::fs::read(out.join("a.txt")).expect("read"), b"alpha");
         let mode = std::fs::metadata(out.join("sub/run.sh"))
@@ -271,16 +437,18 @@ mod tests {
         tree(src.path());
         let mut buf = Vec::new();
         pack(&src.path().join("d/a.txt"), &mut buf).expect("pack");
-        unpack_to(&buf[..], &dst.path().join("renamed.txt")).expect("unpack file");
+        unpack_to(&buf[..], &dst.path().join("renamed.txt"), Origin::Untrusted)
+            .expect("unpack file");
         assert_eq!(
             std::fs::read(dst.path().join("renamed.txt")).expect("read"),
             b"alpha"
         );
         let mut buf = Vec::new();
         pack(&src.path().join("d"), &mut buf).expect("pack");
-        unpack_to(&buf[..], &dst.path().join("copy")).expect("unpack dir");
+        unpack_to(&buf[..], &dst.path().join("copy"), Origin::Untrusted).expect("unpack dir");
         assert!(dst.path().join("copy/sub/run.sh").is_file());
-        let err = unpack_to(&buf[..], &dst.path().join("no/such/dir")).expect_err("no parent");
+        let err = unpack_to(&buf[..], &dst.path().join("no/such/dir"), Origin::Untrusted)
+            .expect_err("no parent");
         assert!(matches!(err, ArchiveError::NoParent(_)), "{err}");
     }
 
@@ -299,8 +467,15 @@ mod tests {
         h.set_mode(0o644);
         b.append_data(&mut h, "x/evil", &b"hi"[..]).expect("file");
         let buf = b.into_inner().expect("tar");
-        let err = unpack_to(&buf[..], dst.path()).expect_err("through a symlink");
+        // Trusted, the link is made, and nothing is written through it.
+        let err = unpack_to(&buf[..], dst.path(), Origin::Trusted).expect_err("through a symlink");
         assert!(matches!(err, ArchiveError::Unsafe(_)), "{err}");
+        assert!(!outside.path().join("evil").exists());
+        // Untrusted, the link is never made: the file lands inside.
+        let dst = tempfile::tempdir().expect("tmp");
+        let done = unpack_to(&buf[..], dst.path(), Origin::Untrusted).expect("unpack");
+        assert_eq!(done.refused.len(), 1, "{done:?}");
+        assert!(dst.path().join("x/evil").is_file());
         assert!(!outside.path().join("evil").exists());
 
         // `..` in a name (written raw: the builder itself refuses it).
@@ -311,8 +486,128 @@ mod tests {
         raw.set_cksum();
         let mut buf = raw.as_bytes().to_vec();
         buf.extend_from_slice(&[0u8; 1024]);
-        let err = unpack_to(&buf[..], dst.path()).expect_err("dotdot");
+        let err = unpack_to(&buf[..], dst.path(), Origin::Untrusted).expect_err("dotdot");
         assert!(matches!(err, ArchiveError::Unsafe(_)), "{err}");
         assert!(!dst.path().parent().expect("parent").join("escape").exists());
+    }
+
+    /// What a hostile guest puts in an archive for the host to unpack.
+    #[test]
+    fn a_hostile_archive_leaves_the_host_untouched_and_says_what_it_refused() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let host = tempfile::tempdir().expect("tmp");
+        let secret = host.path().join("id_ed25519");
+        std::fs::write(&secret, b"PRIVATE KEY").expect("secret");
+        let dst = tempfile::tempdir().expect("tmp");
+
+        let mut b = tar::Builder::new(Vec::new());
+        let dir = |b: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            h.set_mode(mode);
+            b.append_data(&mut h, name, &[][..]).expect("dir");
+        };
+        let file = |b: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(2);
+            h.set_mode(mode);
+            b.append_data(&mut h, name, &b"hi"[..]).expect("file");
+        };
+        let link = |b: &mut tar::Builder<Vec<u8>>, kind, name: &str, to: &Path| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            b.append_link(&mut h, name, to).expect("link");
+        };
+        dir(&mut b, "out", 0o777);
+        file(&mut b, "out/plain", 0o644);
+        file(&mut b, "out/suid", 0o4755);
+        link(&mut b, tar::EntryType::Link, "out/key", &secret);
+        link(
+            &mut b,
+            tar::EntryType::Link,
+            "out/twin",
+            Path::new("out/plain"),
+        );
+        link(
+            &mut b,
+            tar::EntryType::Symlink,
+            "out/etc",
+            Path::new("../../../etc"),
+        );
+        link(
+            &mut b,
+            tar::EntryType::Symlink,
+            "out/abs",
+            Path::new("/etc/passwd"),
+        );
+        link(
+            &mut b,
+            tar::EntryType::Symlink,
+            "out/near",
+            Path::new("plain"),
+        );
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Block);
+        h.set_size(0);
+        h.set_mode(0o660);
+        h.set_device_major(8).expect("major");
+        h.set_device_minor(0).expect("minor");
+        b.append_data(&mut h, "out/sda", &[][..]).expect("dev");
+        let buf = b.into_inner().expect("tar");
+
+        let done = unpack_to(&buf[..], dst.path(), Origin::Untrusted).expect("unpack");
+        let out = dst.path().join("out");
+        let refused: Vec<String> = done
+            .refused
+            .iter()
+            .map(|(p, why)| format!("{}: {why}", p.display()))
+            .collect();
+        assert_eq!(refused.len(), 4, "{refused:#?}");
+        assert!(
+            refused
+                .iter()
+                .any(|r| r.starts_with("out/key: a hard link")),
+            "{refused:?}"
+        );
+        assert!(
+            refused.iter().any(|r| r.starts_with("out/etc: a symlink")),
+            "{refused:?}"
+        );
+        assert!(
+            refused.iter().any(|r| r.starts_with("out/abs: a symlink")),
+            "{refused:?}"
+        );
+        assert!(
+            refused.iter().any(|r| r.contains("block device")),
+            "{refused:?}"
+        );
+        for gone in ["key", "etc", "abs", "sda"] {
+            assert!(
+                std::fs::symlink_metadata(out.join(gone)).is_err(),
+                "{gone} exists"
+            );
+        }
+        // The host's file: not linked, not changed.
+        assert_eq!(std::fs::metadata(&secret).expect("secret").nlink(), 1);
+        assert_eq!(std::fs::read(&secret).expect("secret"), b"PRIVATE KEY");
+        // What is inside the copy stays: a link between its own entries,
+        // a symlink within it; modes masked.
+        assert_eq!(
+            std::fs::metadata(out.join("twin")).expect("twin").ino(),
+            std::fs::metadata(out.join("plain")).expect("plain").ino()
+        );
+        assert_eq!(
+            std::fs::read_link(out.join("near")).expect("near"),
+            Path::new("plain")
+        );
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode(&out.join("suid")), 0o755);
+        assert_eq!(mode(&out), 0o775);
+        assert_eq!(
+            done.masked,
+            [PathBuf::from("out"), PathBuf::from("out/suid")]
+        );
     }
 }

@@ -120,13 +120,13 @@ where
 
 /// The end of a request: `Exit` for success, `Error` with the reason.
 /// Waits for an archive job (`what`: pack or unpack) and reports it.
-async fn finish<W: AsyncWrite + Unpin>(
+async fn finish<W: AsyncWrite + Unpin, T>(
     w: &mut W,
-    job: tokio::task::JoinHandle<Result<(), ArchiveError>>,
+    job: tokio::task::JoinHandle<Result<T, ArchiveError>>,
     what: &str,
 ) -> Result<(), AgentError> {
     let msg = match job.await {
-        Ok(Ok(())) => Message::Exit {
+        Ok(Ok(_)) => Message::Exit {
             code: Some(0),
             signal: None,
         },
@@ -147,7 +147,8 @@ async fn put<S: AsyncRead + AsyncWrite>(
     mut r: ReadHalf<S>,
     mut w: WriteHalf<S>,
 ) -> Result<(), AgentError> {
-    let (tx, job) = archive::unpack_stream(dest);
+    // The host's archive, sent at the user's request: as it is.
+    let (tx, job) = archive::unpack_stream(dest, archive::Origin::Trusted);
     let mut tx = Some(tx);
     loop {
         match read_frame(&mut r).await? {

@@ -278,7 +278,8 @@ async fn copy_out(client: &Client, vm: &str, path: &str, local: &Path) -> Result
         .await
         .with_context(|| format!("vm {vm}"))?;
     let (mut r, _w) = tokio::io::split(stream);
-    let (tx, job) = archive::unpack_stream(local.to_path_buf());
+    // The guest's archive, on the user's host: trusted in nothing.
+    let (tx, job) = archive::unpack_stream(local.to_path_buf(), archive::Origin::Untrusted);
     let mut tx = Some(tx);
     let outcome = loop {
         match read_frame(&mut r).await {
@@ -306,7 +307,35 @@ async fn copy_out(client: &Client, vm: &str, path: &str, local: &Path) -> Result
     drop(tx);
     let unpacked = job.await.context("unpacking task")?;
     outcome?;
-    unpacked.with_context(|| format!("writing {}", local.display()))
+    let done = unpacked.with_context(|| format!("writing {}", local.display()))?;
+    report_unpacked(vm, &done)
+}
+
+/// What a guest's archive held that was not copied, or copied with its
+/// mode masked: said on stderr, and a refusal fails the command (the
+/// rest was copied).
+fn report_unpacked(vm: &str, done: &archive::Unpacked) -> Result<()> {
+    for p in &done.masked {
+        eprintln!(
+            "warning: {}: setuid, setgid, sticky or world-writable bits masked",
+            crate::printable::printable(&p.display().to_string())
+        );
+    }
+    for (p, why) in &done.refused {
+        eprintln!(
+            "refused: {}: {}",
+            crate::printable::printable(&p.display().to_string()),
+            crate::printable::printable(&why.to_string())
+        );
+    }
+    if done.refused.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "vm {vm}: {} entries of the guest's archive were refused (the rest was copied)",
+            done.refused.len()
+        ))
+    }
 }
 
 #[cfg(test)]

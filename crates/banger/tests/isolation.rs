@@ -394,19 +394,96 @@ fn a_console_flood_stays_capped_and_its_tail_is_read_from_the_end() {
             || std::fs::read_to_string(&older).is_ok_and(|o| o.contains("the-last-line")),
         "{tail}"
     );
+    let t = std::time::Instant::now();
     let all = lab.ok(&["vm", "logs", "loud"]);
+    let all_took = t.elapsed();
     assert!(
         all.len() as u64 <= 3 * CAP,
         "vm logs sent {} bytes",
         all.len()
     );
     println!(
-        "figure: 8 MiB console flood written in {:.1}s; vm logs -n 10 of the capped log took {} ms",
+        "figure: 8 MiB console flood written in {:.1}s, kept to {} + {} bytes (cap {CAP}); vm logs -n 10 took {} ms, the whole kept log ({} bytes) {} ms",
         flood.as_secs_f64(),
-        tail_took.as_millis()
+        size(&console),
+        size(&older),
+        tail_took.as_millis(),
+        all.len(),
+        all_took.as_millis()
     );
     lab.ok(&["vm", "kill", "loud"]);
     lab.ok(&["vm", "delete", "loud"]);
+    lab.assert_no_leaks();
+    lab.ok(&["daemon", "stop"]);
+}
+
+/// `vm cp` from a guest that plants what a host must not take: its
+/// symlinks out of the copy, a FIFO and a setuid file. The host keeps
+/// nothing of them but the masked file, and the CLI says what it refused.
+#[test]
+fn vm_cp_from_a_hostile_guest_leaves_the_host_untouched_and_says_what_it_refused() {
+    let Some(lab) = lab() else { return };
+    lab.ok(&["vm", "create", "--name", "h", "--memory", "384"]);
+    lab.ok(&["vm", "start", "h"]);
+    // Its QEMU runs under a seccomp filter (mode 2).
+    let socket = field(&lab, "h", &["runtime", "api_socket"]);
+    let qemu = common::vmm_pids(&socket)
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("qemu-system"))
+        })
+        .expect("the vm's qemu");
+    let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"]),
+        "{status}"
+    );
+    let (ok, out) = sh(
+        &lab,
+        "h",
+        "mkdir -p /root/loot && cd /root/loot && echo hi > plain && \
+         cp /bin/true suid && chmod 4755 suid && ln -s /etc/passwd abs && \
+         ln -s ../../../../../../etc escape && ln -s plain near && mkfifo pipe && ls -l",
+    );
+    assert!(ok, "{out}");
+    let dest = lab.env.dir.path().join("from-guest");
+    std::fs::create_dir(&dest).expect("dest");
+    let got = lab.banger(&["vm", "cp", "h:/root/loot", dest.to_str().expect("utf8")]);
+    let stderr = String::from_utf8_lossy(&got.stderr).into_owned();
+    assert!(!got.status.success(), "refusals fail the command: {stderr}");
+    for refused in ["loot/abs", "loot/escape", "loot/pipe"] {
+        assert!(
+            stderr.contains(&format!("refused: {refused}")),
+            "{refused} not reported: {stderr}"
+        );
+    }
+    assert!(stderr.contains("masked"), "{stderr}");
+    let loot = dest.join("loot");
+    for gone in ["abs", "escape", "pipe"] {
+        assert!(
+            std::fs::symlink_metadata(loot.join(gone)).is_err(),
+            "{gone} was copied"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(loot.join("plain")).expect("plain"),
+        "hi\n"
+    );
+    assert_eq!(
+        std::fs::read_link(loot.join("near")).expect("near"),
+        std::path::Path::new("plain")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(loot.join("suid"))
+        .expect("suid")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755, "setuid masked");
+    lab.ok(&["vm", "kill", "h"]);
+    lab.ok(&["vm", "delete", "h"]);
     lab.assert_no_leaks();
     lab.ok(&["daemon", "stop"]);
 }

@@ -139,12 +139,22 @@ impl QemuCommand {
         a.push("chardev:con".into());
         a.push("-qmp".into());
         a.push(format!("unix:{},server=on,wait=off", spec.control_socket.display()).into());
+        // QEMU's seccomp filter: a guest that escapes into the VMM finds
+        // obsolete and resource-control syscalls refused. (Its
+        // `elevateprivileges=deny` and `spawn=deny` refuse the fork and
+        // setsid of -daemonize itself, so they wait for a QEMU banger
+        // starts detached on its own.)
+        a.push("-sandbox".into());
+        a.push(SANDBOX.into());
         a.push("-daemonize".into());
         a.push("-pidfile".into());
         a.push(spec.pid_file.clone().into());
         a
     }
 }
+
+/// The `-sandbox` options every QEMU runs with.
+pub const SANDBOX: &str = "on,obsolete=deny,resourcecontrol=deny";
 
 /// The host TSC frequency in kHz, from `/proc/cpuinfo`.
 pub fn host_tsc_khz() -> Option<u64> {
@@ -251,7 +261,9 @@ mod tests {
             "-object rng-random,id=rng,filename=/dev/urandom -device virtio-rng-device,rng=rng"
         ));
         assert!(joined.contains("-qmp unix:/run/banger/0123.qmp,server=on,wait=off"));
-        assert!(joined.ends_with("-daemonize -pidfile /v/vmm.pid"));
+        assert!(joined.ends_with(
+            "-sandbox on,obsolete=deny,resourcecontrol=deny -daemonize -pidfile /v/vmm.pid"
+        ));
     }
 
     #[test]
