@@ -2,7 +2,6 @@
 //! spawning the jailer, removing the jail.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -11,6 +10,7 @@ use nix::sys::stat::Mode;
 
 use super::config::{INITRD, KERNEL, LOG, METRICS, check_vm_id, drive, remove_cgroups};
 use super::confine::{Confinement, beneath, ensure_chroot_base};
+use super::remove::remove_tree;
 use super::{JailConfig, JailError, JailOps, JailStage, io_err};
 
 /// Jails VMs from this process (which must be root).
@@ -210,36 +210,4 @@ impl JailOps for LocalJail {
         };
         cgroups.and(tree)
     }
-}
-
-/// Removes a jail tree without ever leaving its filesystem: a directory
-/// on another device (a mount inside the chroot) is refused, not entered,
-/// and symlinks are removed, never followed. Missing is fine.
-pub fn remove_tree(dir: &Path) -> Result<(), JailError> {
-    let meta = match std::fs::symlink_metadata(dir) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(dir, e)),
-    };
-    if !meta.is_dir() {
-        return std::fs::remove_file(dir).map_err(|e| io_err(dir, e));
-    }
-    remove_dir_on(dir, meta.dev())
-}
-
-fn remove_dir_on(dir: &Path, dev: u64) -> Result<(), JailError> {
-    for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
-        let entry = entry.map_err(|e| io_err(dir, e))?;
-        let path = entry.path();
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| io_err(&path, e))?;
-        if meta.is_dir() {
-            if meta.dev() != dev {
-                return Err(JailError::MountInside { path });
-            }
-            remove_dir_on(&path, dev)?;
-        } else {
-            std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
-        }
-    }
-    std::fs::remove_dir(dir).map_err(|e| io_err(dir, e))
 }

@@ -39,6 +39,7 @@ mod confine;
 #[cfg(any(test, feature = "testing"))]
 mod fake;
 mod local;
+mod remove;
 
 pub use config::{
     API_SOCKET, CgroupVersion, INITRD, JailConfig, KERNEL, LOG, METRICS, UserError, VSOCK,
@@ -50,7 +51,8 @@ pub use confine::{
 };
 #[cfg(any(test, feature = "testing"))]
 pub use fake::{FakeJail, JailCall};
-pub use local::{LocalJail, remove_tree};
+pub use local::LocalJail;
+pub use remove::remove_tree;
 
 /// Why a jail operation failed or was refused.
 #[derive(Debug, thiserror::Error)]

@@ -274,3 +274,63 @@ fn jailed_ids_are_the_vm_shaped_dirs_under_the_chroot_base() {
     std::fs::write(fc.join("1111111111111111"), b"a file").expect("file");
     assert_eq!(c.jailed_ids(), [VM, "fedcba9876543210"]);
 }
+
+/// The removal race: while the tree goes, a thread keeps swapping a
+/// directory in it for a symlink to a directory outside (as the jail's
+/// uid could, in the `run` dir it owns). Nothing outside is ever removed.
+#[test]
+fn a_dir_swapped_for_a_symlink_during_removal_never_takes_anything_outside() {
+    let d = tempfile::tempdir().expect("tmp");
+    let precious = d.path().join("precious");
+    std::fs::create_dir(&precious).expect("precious");
+    for i in 0..20 {
+        // The same names as the jail's files: a removal by path through the
+        // swapped link would find them.
+        std::fs::write(precious.join(format!("f{i}")), b"keep").expect("keep");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut removed_rounds = 0;
+    for round in 0..300 {
+        let jail = d.path().join(format!("jail{round}"));
+        let run = jail.join("root/run");
+        let victim = run.join("d");
+        std::fs::create_dir_all(&victim).expect("tree");
+        for i in 0..20 {
+            std::fs::write(victim.join(format!("f{i}")), b"x").expect("file");
+        }
+        let swapper = {
+            let (stop, run, precious) = (stop.clone(), run.clone(), precious.clone());
+            std::thread::spawn(move || {
+                let aside = run.join("d.aside");
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if std::fs::rename(run.join("d"), &aside).is_ok() {
+                        let _ = std::os::unix::fs::symlink(&precious, run.join("d"));
+                        std::thread::yield_now();
+                        let _ = std::fs::remove_file(run.join("d"));
+                        let _ = std::fs::rename(&aside, run.join("d"));
+                    } else {
+                        std::thread::yield_now();
+                    }
+                    if !run.exists() {
+                        return;
+                    }
+                }
+            })
+        };
+        // A removal that meets the swap mid-way may fail (an entry moved
+        // under it); it never follows the link.
+        for _ in 0..5 {
+            if remove_tree(&jail).is_ok() && !jail.exists() {
+                removed_rounds += 1;
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        swapper.join().expect("swapper");
+        stop.store(false, std::sync::atomic::Ordering::SeqCst);
+        let _ = remove_tree(&jail);
+        let kept = std::fs::read_dir(&precious).expect("precious").count();
+        assert_eq!(kept, 20, "round {round}: removal reached outside the jail");
+    }
+    assert!(removed_rounds > 0, "the tree was never removed");
+}
