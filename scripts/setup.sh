@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   e2fsprogs         # mkfs.ext4 -d, debugfs, resize2fs: disks without mounting
+  bubblewrap        # confines e2fsck/debugfs/resize2fs on guest-written disks
   xfsprogs          # mkfs.xfs -m reflink=1 for a reflink-capable state dir
   nftables          # the guests' network guard and per-VM NAT
   iproute2          # ip netns for the host tests

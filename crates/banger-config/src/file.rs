@@ -84,6 +84,7 @@ pub(crate) struct FileTools {
     pub(crate) mkfs_ext4: Option<PathBuf>,
     pub(crate) ssh: Option<PathBuf>,
     pub(crate) ssh_keygen: Option<PathBuf>,
+    pub(crate) bwrap: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -127,6 +127,8 @@ pub struct ToolPaths {
     pub mkfs_ext4: PathBuf,
     pub ssh: PathBuf,
     pub ssh_keygen: PathBuf,
+    /// bubblewrap, which confines the disk tools on guest-written disks.
+    pub bwrap: PathBuf,
 }
 
 /// The resolved, validated configuration.

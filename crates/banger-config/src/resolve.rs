@@ -299,6 +299,11 @@ fn tools(pick: &Pick<'_>, f: FileTools) -> Result<ToolPaths, ConfigError> {
             pick.path("BANGER_SSH_KEYGEN_BIN", f.ssh_keygen),
             "ssh-keygen",
         )?,
+        bwrap: binary(
+            "tools.bwrap",
+            pick.path("BANGER_BWRAP_BIN", f.bwrap),
+            "bwrap",
+        )?,
     })
 }
 

@@ -301,10 +301,10 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
         probe: Arc::new(SystemProbe),
         net,
         dns: Arc::new(DnsServer::new()),
-        disks: Arc::new(HostDisks::with_defaults(
-            config.tools.mkfs_ext4.clone(),
-            config.tmp_dir(),
-        )),
+        disks: Arc::new(HostDisks {
+            sandbox: banger_host::sandbox::ToolSandbox::find(&config.tools.bwrap),
+            ..HostDisks::with_defaults(config.tools.mkfs_ext4.clone(), config.tmp_dir())
+        }),
         qemu: Arc::new(QemuVmm {
             command: QemuCommand {
                 bin: config.vmm.qemu.clone(),

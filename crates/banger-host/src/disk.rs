@@ -94,6 +94,8 @@ pub struct HostDisks {
     pub debugfs: PathBuf,
     /// Where debugfs scripts and staged files are written.
     pub scratch: PathBuf,
+    /// How e2fsck, resize2fs and debugfs run on guest-written disks.
+    pub sandbox: crate::sandbox::ToolSandbox,
 }
 
 impl HostDisks {
@@ -105,6 +107,7 @@ impl HostDisks {
             mkfs_ext4,
             debugfs: "debugfs".into(),
             scratch,
+            sandbox: crate::sandbox::ToolSandbox::off(),
         }
     }
 }
@@ -211,7 +214,8 @@ impl DiskOps for HostDisks {
         if size <= current {
             return Ok(());
         }
-        ToolRun::new(&self.e2fsck)
+        self.sandbox
+            .run(&self.e2fsck, &[image])
             .args(["-f", "-p"])
             .arg(image.as_os_str())
             .ok_codes(&[0, 1])
@@ -222,7 +226,8 @@ impl DiskOps for HostDisks {
             .open(image)
             .map_err(io(image))?;
         f.set_len(size).map_err(io(image))?;
-        ToolRun::new(&self.resize2fs)
+        self.sandbox
+            .run(&self.resize2fs, &[image])
             .arg(image.as_os_str())
             .run(|_| {})
             .await?;
@@ -256,6 +261,7 @@ impl DiskOps for HostDisks {
             .debugfs_read(
                 image,
                 format!("rdump {guest_path} {}", dest.display()).into(),
+                &[dest],
             )
             .await?;
         let base = Path::new(guest_path)
@@ -283,14 +289,16 @@ impl DiskOps for HostDisks {
         // A VM that was killed (or a host that crashed) leaves the journal
         // needing recovery, and debugfs cannot write to such a filesystem:
         // let e2fsck replay it first. On a clean filesystem this is a no-op.
-        ToolRun::new(&self.e2fsck)
+        self.sandbox
+            .run(&self.e2fsck, &[image])
             .arg("-p")
             .arg(image.as_os_str())
             .ok_codes(&[0, 1, 2])
             .run(|_| {})
             .await?;
         let mut out = String::new();
-        ToolRun::new(&self.debugfs)
+        self.sandbox
+            .run(&self.debugfs, &[image])
             .arg("-w")
             .arg("-f")
             .arg(script_path.as_os_str())
@@ -365,7 +373,11 @@ mod tests {
     #[tokio::test]
     async fn real_tools_clone_grow_and_write_without_mounting() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let disks = HostDisks::with_defaults("mkfs.ext4".into(), dir.path().join("scratch"));
+        // Confined, as the daemon runs them (unconfined without bwrap).
+        let disks = HostDisks {
+            sandbox: crate::sandbox::ToolSandbox::find(Path::new("bwrap")),
+            ..HostDisks::with_defaults("mkfs.ext4".into(), dir.path().join("scratch"))
+        };
         let base = dir.path().join("base.ext4");
         let tree = dir.path().join("tree");
         std::fs::create_dir_all(tree.join("root/.ssh")).expect("tree");
@@ -459,7 +471,11 @@ mod tests {
     #[tokio::test]
     async fn real_tools_read_nodes_without_mounting() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let disks = HostDisks::with_defaults("mkfs.ext4".into(), dir.path().join("scratch"));
+        // Confined, as the daemon runs them (unconfined without bwrap).
+        let disks = HostDisks {
+            sandbox: crate::sandbox::ToolSandbox::find(Path::new("bwrap")),
+            ..HostDisks::with_defaults("mkfs.ext4".into(), dir.path().join("scratch"))
+        };
         let tree = dir.path().join("tree");
         std::fs::create_dir_all(tree.join("usr/lib/systemd")).expect("tree");
         std::fs::create_dir_all(tree.join("usr/sbin")).expect("tree");

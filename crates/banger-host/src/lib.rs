@@ -23,6 +23,7 @@ pub mod net;
 pub mod probe;
 pub mod procs;
 pub mod remote;
+pub mod sandbox;
 pub mod tools;
 
 pub use doctor::{DoctorInputs, run_doctor};

@@ -4,8 +4,6 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use crate::tools::ToolRun;
-
 use super::{DiskError, HostDisks, io};
 
 /// One path inside a guest filesystem, not followed if it is a symlink.
@@ -98,9 +96,11 @@ impl HostDisks {
         &self,
         image: &Path,
         req: OsString,
+        writable: &[&Path],
     ) -> Result<String, DiskError> {
         let mut out = String::new();
-        ToolRun::new(&self.debugfs)
+        self.sandbox
+            .run(&self.debugfs, writable)
             .arg("-R")
             .arg(req)
             .arg(image.as_os_str())
@@ -118,7 +118,7 @@ impl HostDisks {
         guest_path: &Path,
     ) -> Result<GuestNode, DiskError> {
         let out = self
-            .debugfs_read(image, request(image, "stat", &[guest_path])?)
+            .debugfs_read(image, request(image, "stat", &[guest_path])?, &[])
             .await?;
         let stat = parse_stat(&out).ok_or_else(|| DiskError::Debugfs {
             image: image.to_owned(),
@@ -148,7 +148,11 @@ impl HostDisks {
         .await
         .map_err(DiskError::Task)??;
         let out = self
-            .debugfs_read(image, request(image, "rdump", &[guest_path, dest.path()])?)
+            .debugfs_read(
+                image,
+                request(image, "rdump", &[guest_path, dest.path()])?,
+                &[dest.path()],
+            )
             .await?;
         let (image, guest_path) = (image.to_owned(), guest_path.to_owned());
         tokio::task::spawn_blocking(move || {

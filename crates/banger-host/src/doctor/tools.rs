@@ -98,10 +98,21 @@ pub(super) fn e2fsprogs(probe: &dyn HostProbe) -> Check {
         .and_then(|p| probe.run(&p, &["-V"]).ok())
         .map(|o| o.first_line().to_owned())
         .unwrap_or_default();
+    // They parse guest-written disks: confined under bubblewrap.
+    if probe.which(Path::new("bwrap")).is_none() {
+        return check(
+            ID,
+            CheckStatus::Warn,
+            format!(
+                "mkfs.ext4, debugfs, resize2fs, e2fsck ({version}); no bwrap: they would run unconfined on guest-written disks"
+            ),
+            Some("apt-get install bubblewrap"),
+        );
+    }
     check(
         ID,
         CheckStatus::Ok,
-        format!("mkfs.ext4, debugfs, resize2fs, e2fsck ({version})"),
+        format!("mkfs.ext4, debugfs, resize2fs, e2fsck ({version}), confined by bwrap"),
         None,
     )
 }
