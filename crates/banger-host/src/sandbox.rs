@@ -48,7 +48,11 @@ impl ToolSandbox {
             return ToolRun::new(tool);
         };
         let mut run =
-            ToolRun::new(bwrap).args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
+            // bwrap refuses to run with capabilities it was not given as
+            // setuid (an unprivileged daemon's ambient CAP_NET_BIND_SERVICE).
+            ToolRun::new(bwrap).without_ambient_caps().args([
+                "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            ]);
         for w in writable {
             run = run.arg("--bind").arg(w.as_os_str()).arg(w.as_os_str());
         }

@@ -61,6 +61,9 @@ pub struct ToolRun {
     /// An open descriptor handed to the tool at a fixed number (a tap for
     /// QEMU's `fd=`); only the tool gets it, no other child.
     pub pass_fd: Option<(i32, i32)>,
+    /// Clear the ambient capabilities (an unprivileged daemon's
+    /// CAP_NET_BIND_SERVICE) before exec: the tool gets none of them.
+    pub drop_ambient_caps: bool,
 }
 
 impl ToolRun {
@@ -72,12 +75,18 @@ impl ToolRun {
             env: Vec::new(),
             ok_codes: vec![0],
             pass_fd: None,
+            drop_ambient_caps: false,
         }
     }
 
     /// Hands `fd` (close-on-exec in this process) to the tool as `target`.
     pub fn pass_fd(mut self, fd: i32, target: i32) -> Self {
         self.pass_fd = Some((fd, target));
+        self
+    }
+
+    pub fn without_ambient_caps(mut self) -> Self {
+        self.drop_ambient_caps = true;
         self
     }
 
@@ -155,6 +164,27 @@ impl ToolRun {
                     } else {
                         nix::libc::dup2(fd, target)
                     };
+                    if r < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        if self.drop_ambient_caps {
+            #[allow(unsafe_code)]
+            // SAFETY: runs in the forked child before exec and only calls
+            // prctl with integer arguments, which is async-signal-safe and
+            // allocates nothing.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let r = nix::libc::prctl(
+                        nix::libc::PR_CAP_AMBIENT,
+                        nix::libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                        0,
+                        0,
+                        0,
+                    );
                     if r < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
