@@ -513,4 +513,16 @@ fn guest_console_text_reaches_the_terminal_escaped_unless_raw() {
     assert_eq!(last.trim_end(), "last \\u{9b}31mline");
     let raw = env.ok(&["vm", "logs", "noisy", "--raw"]);
     assert!(raw.contains("\x1b]0;owned\x07"), "{raw:?}");
+    // The tail's size is the API's to check, before any reading.
+    for (query, why) in [("lines=abc", "lines"), ("lines=2000000", "ask for fewer")] {
+        let (status, body) = raw_request(
+            &env,
+            &format!(
+                "GET /v1/vms/noisy/logs?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            ),
+            b"",
+        );
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.contains(why), "{query}: {body}");
+    }
 }
