@@ -120,11 +120,11 @@ pub async fn run_helper(config: Config, daemon_uid: u32) -> Result<(), DaemonErr
             uplink: config.network.uplink.clone(),
         },
         net: Arc::new(Netlink),
-        firewall: Arc::new(Nft {
-            bin: "nft".into(),
-            forwarding_marker: own.join("nat-forwarding"),
-            policy: guard_policy(&config.network),
-        }),
+        firewall: Arc::new(Nft::new(
+            "nft",
+            own.join("nat-forwarding"),
+            guard_policy(&config.network),
+        )),
         jail,
     });
     tracing::info!(socket = %socket.display(), daemon_uid, "banger-helper listening");
@@ -289,11 +289,11 @@ pub async fn run(config: Config, opts: DaemonOptions) -> Result<(), DaemonError>
         Some(c) => (c.clone(), c.clone()),
         None => (
             Arc::new(Netlink),
-            Arc::new(Nft {
-                bin: "nft".into(),
-                forwarding_marker: config.runtime_dir.join("nat-forwarding"),
-                policy: guard_policy(&config.network),
-            }),
+            Arc::new(Nft::new(
+                "nft",
+                config.runtime_dir.join("nat-forwarding"),
+                guard_policy(&config.network),
+            )),
         ),
     };
     let deps = HostDeps {

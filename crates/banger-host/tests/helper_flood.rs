@@ -34,11 +34,11 @@ async fn a_helper_out_of_descriptors_goes_on_serving_once_they_are_free() {
         },
         // Neither is reached: the request below reads /proc/net/route.
         net: Arc::new(Netlink),
-        firewall: Arc::new(Nft {
-            bin: "nft".into(),
-            forwarding_marker: dir.path().join("marker"),
-            policy: GuardPolicy::default(),
-        }),
+        firewall: Arc::new(Nft::new(
+            "nft",
+            dir.path().join("marker"),
+            GuardPolicy::default(),
+        )),
         jail: None,
     });
     let served = tokio::spawn(server.serve(UnixListener::bind(&sock).expect("bind")));

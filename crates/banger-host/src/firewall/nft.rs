@@ -31,6 +31,21 @@ pub struct Nft {
     /// Present while forwarding is on because banger turned it on.
     pub forwarding_marker: PathBuf,
     pub policy: GuardPolicy,
+    /// Every change lists, then applies: one at a time, or two VMs going
+    /// at once both see the other's rules (and the table stays), or one
+    /// deletes the table under the other's deletes (and nft fails).
+    serial: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Nft {
+    pub fn new(bin: impl Into<PathBuf>, forwarding_marker: PathBuf, policy: GuardPolicy) -> Self {
+        Self {
+            bin: bin.into(),
+            forwarding_marker,
+            policy,
+            serial: Default::default(),
+        }
+    }
 }
 
 impl Nft {
@@ -161,6 +176,7 @@ fn set_forwarding(marker: &Path, sysctl: &Path, on: bool) -> Result<(), Firewall
 #[async_trait]
 impl Firewall for Nft {
     async fn add_guard(&self, g: &Guard) -> Result<(), FirewallError> {
+        let _one = self.serial.lock().await;
         let ip = self.listing(NfFamily::IP).await?;
         let br = self.listing(NfFamily::Bridge).await?;
         let mut cmds = self.ip_table(&g.bridge, ip.as_deref());
@@ -180,6 +196,7 @@ impl Firewall for Nft {
     }
 
     async fn remove_guard(&self, tap: &str) -> Result<(), FirewallError> {
+        let _one = self.serial.lock().await;
         self.remove_tagged(NfFamily::Bridge, tap, &BRIDGE_CHAINS)
             .await?;
         self.remove_tagged(NfFamily::IP, tap, &IP_CHAINS).await?;
@@ -187,6 +204,7 @@ impl Firewall for Nft {
     }
 
     async fn add_nat(&self, rule: &NatRule) -> Result<(), FirewallError> {
+        let _one = self.serial.lock().await;
         let existing = self.listing(NfFamily::IP).await?;
         let mut cmds = self.ip_table(&rule.bridge, existing.as_deref());
         if let Some(listing) = &existing {
@@ -205,6 +223,7 @@ impl Firewall for Nft {
     }
 
     async fn remove_nat(&self, tap: &str) -> Result<(), FirewallError> {
+        let _one = self.serial.lock().await;
         self.remove_tagged(NfFamily::IP, tap, &NAT_CHAINS).await?;
         // Forwarding is NAT's: it goes with the last masquerade.
         let nat_left = self.listing(NfFamily::IP).await?.is_some_and(|l| {

@@ -240,11 +240,7 @@ fn real_rules_come_and_go_with_the_table_and_forwarding() {
             .build()
             .expect("rt");
         rt.block_on(async {
-            let fw = Nft {
-                bin: "nft".into(),
-                forwarding_marker: marker.clone(),
-                policy: GuardPolicy::default(),
-            };
+            let fw = Nft::new("nft", marker.clone(), GuardPolicy::default());
             let ruleset = || {
                 let out = std::process::Command::new("nft")
                     .args(["list", "ruleset"])
@@ -328,13 +324,14 @@ fn real_rules_come_and_go_with_the_table_and_forwarding() {
             assert!(!ruleset().contains("banger"), "{}", ruleset());
             // A changed switch is applied to the tables that are there.
             fw.add_guard(&ga).await.expect("guard");
-            let on = Nft {
-                policy: GuardPolicy {
+            let on = Nft::new(
+                "nft",
+                fw.forwarding_marker.clone(),
+                GuardPolicy {
                     vm_to_vm: true,
                     guest_ipv6: false,
                 },
-                ..fw.clone()
-            };
+            );
             on.add_guard(&gb).await.expect("guard with vm to vm");
             let text = ruleset();
             assert!(!text.contains("oifname \"bg-*\" drop"), "{text}");
@@ -429,4 +426,73 @@ async fn the_fake_records_typed_calls() {
             "remove_nat bg-0123456789ab"
         ]
     );
+}
+
+/// Tier 2: ten VMs putting up and taking down their guards at once (ten
+/// concurrent starts, then deletes): every change succeeds, and the last
+/// one out takes banger's tables with it.
+#[test]
+fn concurrent_guards_come_and_go_without_a_failed_batch_or_a_table_left() {
+    if !nix::unistd::geteuid().is_root()
+        || std::process::Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!("SKIPPED concurrent nft test: needs root and nft");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let marker = dir.path().join("nat-forwarding");
+    crate::net::in_new_netns(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let fw = std::sync::Arc::new(Nft::new("nft", marker, GuardPolicy::default()));
+            let guards: Vec<Guard> = (0..10u8)
+                .map(|i| Guard {
+                    tap: format!("bg-00000000000{i:x}"),
+                    mac: format!("02:b6:00:00:00:{i:02x}"),
+                    guest_ip: Ipv4Addr::new(172, 16, 0, 10 + i),
+                    ..guard()
+                })
+                .collect();
+            let all = |remove: bool| {
+                let fw = fw.clone();
+                let guards = guards.clone();
+                async move {
+                    let mut set = tokio::task::JoinSet::new();
+                    for g in guards {
+                        let fw = fw.clone();
+                        set.spawn(async move {
+                            if remove {
+                                fw.remove_guard(&g.tap).await
+                            } else {
+                                fw.add_guard(&g).await
+                            }
+                        });
+                    }
+                    while let Some(r) = set.join_next().await {
+                        r.expect("task").expect("a guard change");
+                    }
+                }
+            };
+            all(false).await;
+            assert_eq!(fw.tagged_taps().await.expect("taps").len(), 10);
+            all(true).await;
+            assert!(fw.tagged_taps().await.expect("taps").is_empty());
+            assert!(
+                fw.listing(NfFamily::IP).await.expect("list").is_none(),
+                "ip table left"
+            );
+            assert!(
+                fw.listing(NfFamily::Bridge).await.expect("list").is_none(),
+                "bridge table left"
+            );
+        });
+    })
+    .expect("netns");
 }
