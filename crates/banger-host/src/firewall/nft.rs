@@ -121,18 +121,18 @@ impl Nft {
     }
 
     /// Removes `tap`'s rules in `chains` of the `family` table; the table
-    /// goes when no VM's rules are left in it. Whether any are left.
+    /// goes when no VM's rules are left in it. Returns the listing it
+    /// acted on (from before the removal), `None` with no table.
     async fn remove_tagged(
         &self,
         family: NfFamily,
         tap: &str,
         chains: &[&str],
-    ) -> Result<bool, FirewallError> {
+    ) -> Result<Option<Vec<Listed>>, FirewallError> {
         let Some(existing) = self.listing(family).await? else {
-            return Ok(false);
+            return Ok(None);
         };
-        let left = holds_vm_rules(&existing, Some((tap, chains)));
-        let cmds = if left {
+        let cmds = if holds_vm_rules(&existing, Some((tap, chains))) {
             delete_rules_of(family, &existing, tap, chains)
         } else {
             vec![delete_table(family)]
@@ -140,7 +140,7 @@ impl Nft {
         if !cmds.is_empty() {
             self.apply(cmds).await?;
         }
-        Ok(left)
+        Ok(Some(existing))
     }
 
     /// Switches forwarding on (recording that banger did) or back off
@@ -224,11 +224,13 @@ impl Firewall for Nft {
 
     async fn remove_nat(&self, tap: &str) -> Result<(), FirewallError> {
         let _one = self.serial.lock().await;
-        self.remove_tagged(NfFamily::IP, tap, &NAT_CHAINS).await?;
-        // Forwarding is NAT's: it goes with the last masquerade.
-        let nat_left = self.listing(NfFamily::IP).await?.is_some_and(|l| {
+        let before = self.remove_tagged(NfFamily::IP, tap, &NAT_CHAINS).await?;
+        // Forwarding is NAT's: it goes with the last masquerade. Changes
+        // are one at a time, so the listing read for the removal tells.
+        let nat_left = before.is_some_and(|l| {
             l.iter().any(|r| {
-                r.chain == "postrouting" && tagged_tap(&r.comment).is_some_and(TapName::is_banger)
+                r.chain == "postrouting"
+                    && tagged_tap(&r.comment).is_some_and(|t| TapName::is_banger(t) && t != tap)
             })
         });
         if !nat_left {
